@@ -1,0 +1,45 @@
+# wschat: `make run` starts the server on http://127.0.0.1:8080, `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint typecheck certs clean bench bench-quick soak
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Editable install in "compat" mode: the default (strict-less) editable mode of a flat
+# layout hides twisted/plugins/ from twistd.
+$(VENV)/.installed: $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat
+	touch $@
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/twistd -n wschat --port $(PORT)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check wschat tests twisted
+	$(VENV)/bin/ruff format --check wschat tests twisted
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check wschat tests twisted
+	$(VENV)/bin/ruff format --check wschat tests twisted
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+certs: $(VENV)/.installed
+	$(PY) -m wschat.certs certs/
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	find . -name dropin.cache -delete

@@ -1,0 +1,1 @@
+"""The chat domain: rooms, members, names, history and limits, free of Twisted and Autobahn."""

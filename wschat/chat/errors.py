@@ -1,0 +1,93 @@
+"""Refusals of client requests; each carries the `code` that goes on the wire."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """A request was refused; the connection stays open and gets an error event."""
+
+    code = "error"
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+
+
+class BadJson(ChatError):
+    code = "bad_json"
+
+
+class UnknownType(ChatError):
+    code = "unknown_type"
+
+
+class InvalidField(ChatError):
+    code = "invalid_field"
+
+
+class RoomInvalid(ChatError):
+    code = "room_invalid"
+
+
+class NameRequired(ChatError):
+    code = "name_required"
+
+
+class NameInvalid(ChatError):
+    code = "name_invalid"
+
+
+class NameTaken(ChatError):
+    code = "name_taken"
+
+
+class NotInRoom(ChatError):
+    code = "not_in_room"
+
+
+class TextEmpty(ChatError):
+    code = "text_empty"
+
+
+class TextTooLong(ChatError):
+    code = "text_too_long"
+
+
+class TextInvalid(ChatError):
+    code = "text_invalid"
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+
+
+class TooManyRooms(ChatError):
+    code = "too_many_rooms"
+
+
+class RoomFull(ChatError):
+    code = "room_full"
+
+
+class StorageUnavailable(ChatError):
+    code = "storage_unavailable"
+
+
+ALL_ERRORS: tuple[type[ChatError], ...] = (
+    BadJson,
+    UnknownType,
+    InvalidField,
+    RoomInvalid,
+    NameRequired,
+    NameInvalid,
+    NameTaken,
+    NotInRoom,
+    TextEmpty,
+    TextTooLong,
+    TextInvalid,
+    RateLimited,
+    TooManyRooms,
+    RoomFull,
+    StorageUnavailable,
+)

@@ -1,0 +1,82 @@
+"""Where messages are kept: the HistoryStore interface and an in-memory store."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from .model import Message, Recovery
+
+
+class HistoryStore(Protocol):
+    """Durable, ordered per-room history. Methods are coroutines so a networked store fits."""
+
+    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+        """Store a message under the room's next id; StorageUnavailable if it was not stored."""
+
+    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+        """The kept message `name` stored in `room` with this `ref`, if any."""
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        """The newest `limit` messages, oldest first."""
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        """Messages with id > since, and whether they are all of them (complete)."""
+
+    def close(self) -> None:
+        """Release the store; called once at shutdown."""
+
+
+def recovery(
+    since: int, last_id: int, oldest_kept: int | None, found: list[Message], limit: int
+) -> Recovery:
+    """Decide whether `found` (ids > since, oldest first, up to limit + 1) is every missed message.
+
+    Incomplete when `since` is ahead of the room (its history was reset), when messages right
+    after `since` were already trimmed, or when more than `limit` were missed.
+    """
+    if since > last_id:
+        return Recovery([], complete=False)
+    if since == last_id:
+        return Recovery([], complete=True)
+    if oldest_kept is None or oldest_kept > since + 1 or len(found) > limit:
+        return Recovery([], complete=False)
+    return Recovery(found, complete=True)
+
+
+class MemoryHistory:
+    """Keeps the last `keep` messages of each room in memory; for tests and `:memory:` use."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._rooms: dict[str, deque[Message]] = {}
+        self._last_id: dict[str, int] = {}
+
+    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+        msg_id = self._last_id.get(room, 0) + 1
+        self._last_id[room] = msg_id
+        msg = Message(room, msg_id, name, text, ts, ref)
+        kept = self._rooms.get(room)
+        if kept is None:
+            kept = self._rooms[room] = deque(maxlen=self._keep)
+        kept.append(msg)
+        return msg
+
+    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+        for msg in self._rooms.get(room, ()):
+            if msg.ref == ref and msg.name == name:
+                return msg
+        return None
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        kept = list(self._rooms.get(room, ()))
+        return kept[-limit:] if limit > 0 else []
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        kept = self._rooms.get(room, deque())
+        found = [m for m in kept if m.id > since][: limit + 1]
+        oldest = kept[0].id if kept else None
+        return recovery(since, self._last_id.get(room, 0), oldest, found, limit)
+
+    def close(self) -> None:
+        self._rooms.clear()

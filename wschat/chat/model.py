@@ -1,0 +1,137 @@
+"""Value types of the chat (commands in, events out) and the rules for names, rooms and text."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from .errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid, TextTooLong
+
+MAX_NAME_CHARS = 32
+MAX_ROOM_CHARS = 64
+MAX_TEXT_CHARS = 2000
+MAX_REF_CHARS = 64
+MAX_TOKEN_CHARS = 128
+
+_ROOM_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
+# Newline and tab are how people format text; every other control character is refused.
+_TEXT_ALLOWED_CONTROLS = frozenset("\n\t")
+
+
+def check_room(room: str, ref: str | None = None) -> str:
+    if not _ROOM_RE.fullmatch(room):
+        raise RoomInvalid(
+            f"a room is 1-{MAX_ROOM_CHARS} characters of letters, digits, '_', '-', '.'", ref
+        )
+    return room
+
+
+def check_name(name: str, ref: str | None = None) -> str:
+    """Names are shown to people: printable only, so nobody can hide or spoof one."""
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise NameInvalid(f"a name is 1-{MAX_NAME_CHARS} characters", ref)
+    if not name.isprintable() or name != name.strip():
+        raise NameInvalid(
+            "a name has only printable characters and no leading or trailing space", ref
+        )
+    return name
+
+
+def check_text(text: str, ref: str | None = None) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextTooLong(f"a message is at most {MAX_TEXT_CHARS} characters", ref)
+    if not text.strip():
+        raise TextEmpty("a message must not be empty", ref)
+    for ch in text:
+        # Cs: lone surrogates (valid in JSON escapes, not encodable as UTF-8).
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in _TEXT_ALLOWED_CONTROLS) or category == "Cs":
+            raise TextInvalid("a message must not contain control characters", ref)
+    return text
+
+
+# Commands: what a client asks for.
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    name: str | None = None
+    since: int | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    room: str
+    text: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+Command = Join | Say | Leave
+
+
+# Events: what the server tells a client.
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    room: str
+    id: int
+    name: str
+    text: str
+    ts: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    room: str
+    name: str
+    users: list[str]
+    history: list[Message]
+    token: str
+    recovered: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    room: str
+    ref: str | None
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    room: str
+    event: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    ref: str | None = None
+
+
+Event = Message | Welcome | Ack | Presence | Left | Error
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a history store found for a `since` request."""
+
+    messages: list[Message] = field(default_factory=list)
+    complete: bool = False

@@ -1,0 +1,127 @@
+"""JSON text frames <-> typed commands and events (protocol v1, see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .chat.errors import BadJson, InvalidField, UnknownType
+from .chat.model import (
+    MAX_REF_CHARS,
+    MAX_TOKEN_CHARS,
+    Ack,
+    Command,
+    Error,
+    Event,
+    Join,
+    Leave,
+    Left,
+    Message,
+    Presence,
+    Say,
+    Welcome,
+)
+
+SUBPROTOCOL = "wschat.v1"
+# SQLite's INTEGER is a signed 64-bit value; a larger `since` can only be a client bug.
+MAX_ID = 2**63 - 1
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(payload: bytes) -> Command:
+    """Parse one text frame; raise a ChatError (with the request's ref when known) if it is bad."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise BadJson(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadJson("a frame must hold a JSON object")
+    ref = _optional_str(obj, "ref", MAX_REF_CHARS, None)
+    kind = obj.get("type")
+    if kind == "say":
+        return Say(_room(obj, ref), _str(obj, "text", ref), ref)
+    if kind == "join":
+        return Join(
+            _room(obj, ref),
+            _optional_str(obj, "name", None, ref),
+            _optional_id(obj, "since", ref),
+            _optional_str(obj, "token", MAX_TOKEN_CHARS, ref),
+        )
+    if kind == "leave":
+        return Leave(_room(obj, ref))
+    raise UnknownType(f"unknown type {kind!r}; expected join, say or leave", ref)
+
+
+def _room(obj: dict[str, Any], ref: str | None) -> str:
+    return _str(obj, "room", ref)
+
+
+def _str(obj: dict[str, Any], key: str, ref: str | None) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise InvalidField(f"{key!r} must be a string", ref)
+    return value
+
+
+def _optional_str(
+    obj: dict[str, Any], key: str, max_chars: int | None, ref: str | None
+) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or (max_chars is not None and not 1 <= len(value) <= max_chars):
+        limit = f" of 1-{max_chars} characters" if max_chars else ""
+        raise InvalidField(f"{key!r} must be a string{limit}", ref if key != "ref" else None)
+    return value
+
+
+def _optional_id(obj: dict[str, Any], key: str, ref: str | None) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python but not an id on the wire.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidField(f"{key!r} must be an integer from 0 to {MAX_ID}", ref)
+    return value
+
+
+def message_fields(msg: Message) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "room": msg.room,
+        "id": msg.id,
+        "name": msg.name,
+        "text": msg.text,
+        "ts": msg.ts,
+    }
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    if isinstance(event, Message):
+        return message_fields(event)
+    if isinstance(event, Ack):
+        return {"type": "ack", "room": event.room, "ref": event.ref, "id": event.id}
+    if isinstance(event, Presence):
+        return {"type": "presence", "room": event.room, "event": event.event, "name": event.name}
+    if isinstance(event, Welcome):
+        fields: dict[str, Any] = {
+            "type": "welcome",
+            "room": event.room,
+            "name": event.name,
+            "users": event.users,
+            "history": [message_fields(m) for m in event.history],
+            "token": event.token,
+        }
+        if event.recovered is not None:
+            fields["recovered"] = event.recovered
+        return fields
+    if isinstance(event, Left):
+        return {"type": "left", "room": event.room}
+    if isinstance(event, Error):
+        return {"type": "error", "code": event.code, "message": event.message, "ref": event.ref}
+    raise TypeError(f"not an event: {event!r}")
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event_fields(event)).encode("utf-8")

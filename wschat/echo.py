@@ -1,0 +1,25 @@
+"""Test-only echo endpoint (--conformance-echo): the Autobahn testsuite needs a server that
+echoes, which the chat path never does. Same protocol options as /ws."""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.web.server import Site
+
+from .ws import WsSettings, protocol_options
+
+
+class EchoProtocol(WebSocketServerProtocol):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
+def add_echo(site: Site, settings: WsSettings) -> None:
+    factory = WebSocketServerFactory()
+    factory.protocol = EchoProtocol
+    options = protocol_options(settings)
+    # The testsuite judges every frame it sees; our keep-alive pings would only add noise.
+    options["autoPingInterval"] = 0
+    factory.setProtocolOptions(**options)
+    site.resource.putChild(b"echo", WebSocketResource(factory))

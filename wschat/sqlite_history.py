@@ -1,0 +1,134 @@
+"""The durable HistoryStore: SQLite in WAL mode, schema from versioned files in wschat/schema/."""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+
+from .chat.errors import StorageUnavailable
+from .chat.history import recovery
+from .chat.model import Message, Recovery
+
+SCHEMA_VERSION = 1
+# Trimming on every insert would double the write cost; a room briefly keeps up to
+# this many extra messages, which `after` handles (it looks at what is really kept).
+TRIM_EVERY_MESSAGES = 64
+MEMORY = ":memory:"
+
+
+def _schema(version: int) -> str:
+    return resources.files("wschat").joinpath(f"schema/v{version}.sql").read_text("utf-8")
+
+
+class SqliteHistory:
+    """Runs in the reactor thread: each statement takes microseconds, and a commit in WAL mode
+    with synchronous=NORMAL survives a crash of the process (not of the OS), which is what an
+    ack promises (docs/protocol.md)."""
+
+    def __init__(self, path: str, keep: int) -> None:
+        self._keep = keep
+        self._db = sqlite3.connect(path, isolation_level=None)
+        if path != MEMORY:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+        self._last_id: dict[str, int] = {}
+        self._since_trim: dict[str, int] = {}
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"history database has schema v{version}; this wschat knows up to v{SCHEMA_VERSION}"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.executescript(
+                f"BEGIN;\n{_schema(step)}\nPRAGMA user_version = {step};\nCOMMIT;"
+            )
+
+    def _room_last_id(self, room: str) -> int:
+        last = self._last_id.get(room)
+        if last is None:
+            (found,) = self._db.execute(
+                "SELECT max(id) FROM messages WHERE room = ?", (room,)
+            ).fetchone()
+            last = self._last_id[room] = found or 0
+        return last
+
+    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+        try:
+            msg_id = self._room_last_id(room) + 1
+            self._db.execute(
+                "INSERT INTO messages (room, id, name, text, ts, ref) VALUES (?, ?, ?, ?, ?, ?)",
+                (room, msg_id, name, text, ts, ref),
+            )
+        except sqlite3.Error as exc:
+            # Re-read the room's last id next time: we don't know what the failure left.
+            self._last_id.pop(room, None)
+            raise StorageUnavailable(
+                f"the message was not stored ({exc}); retry later", ref
+            ) from None
+        self._last_id[room] = msg_id
+        count = self._since_trim.get(room, 0) + 1
+        if count >= TRIM_EVERY_MESSAGES:
+            count = 0
+            self._trim(room, msg_id)
+        self._since_trim[room] = count
+        return Message(room, msg_id, name, text, ts, ref)
+
+    def _trim(self, room: str, last_id: int) -> None:
+        try:
+            self._db.execute(
+                "DELETE FROM messages WHERE room = ? AND id <= ?", (room, last_id - self._keep)
+            )
+        except sqlite3.Error:
+            # Trimming is housekeeping; a failed one is retried after the next batch.
+            pass
+
+    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+        row = self._read(
+            "SELECT id, name, text, ts, ref FROM messages "
+            "WHERE room = ? AND name = ? AND ref = ? LIMIT 1",
+            (room, name, ref),
+            ref,
+        )
+        return _message(room, row[0]) if row else None
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        rows = self._read(
+            "SELECT id, name, text, ts, ref FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            (room, limit),
+        )
+        return [_message(room, r) for r in reversed(rows)]
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        rows = self._read(
+            "SELECT id, name, text, ts, ref FROM messages WHERE room = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (room, since, limit + 1),
+        )
+        oldest = self._read("SELECT min(id) FROM messages WHERE room = ?", (room,))[0][0]
+        assert oldest is None or isinstance(oldest, int)
+        try:
+            last = self._room_last_id(room)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"the history could not be read ({exc})") from None
+        return recovery(since, last, oldest, [_message(room, r) for r in rows], limit)
+
+    def _read(
+        self, sql: str, params: tuple[object, ...], ref: str | None = None
+    ) -> list[tuple[object, ...]]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"the history could not be read ({exc})", ref) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _message(room: str, row: tuple[object, ...]) -> Message:
+    msg_id, name, text, ts, ref = row
+    assert isinstance(msg_id, int) and isinstance(name, str) and isinstance(text, str)
+    assert isinstance(ts, str) and (ref is None or isinstance(ref, str))
+    return Message(room, msg_id, name, text, ts, ref)

@@ -1,0 +1,215 @@
+"""`twistd wschat`: the options, and makeService, which only wires things together."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.python import usage
+
+from .chat.broker import LocalBroker
+from .chat.history import HistoryStore, MemoryHistory
+from .chat.hub import Hub, Limits
+from .echo import add_echo
+from .service import ChatService
+from .sqlite_history import MEMORY, SqliteHistory
+from .web import make_site
+from .ws import ChatFactory, WsSettings, new_token
+
+DEFAULT_PORT = 8080
+DEFAULT_DB = "wschat.sqlite3"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} is negative")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the wschat chat server: the browser client at /, the WebSocket at /ws and a "
+        "health check at /healthz, all on each listening endpoint. Without --listen or "
+        "--tls-port it listens on plain TCP --port."
+    )
+
+    optParameters = [
+        [
+            "port",
+            "p",
+            DEFAULT_PORT,
+            "Plain TCP port, used when no --listen/--tls-port is given.",
+            int,
+        ],
+        [
+            "tls-port",
+            None,
+            None,
+            "Serve https/wss on this port (needs --tls-cert and --tls-key).",
+            int,
+        ],
+        ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
+        ["tls-key", None, None, "PEM private key for --tls-port."],
+        ["history-db", None, DEFAULT_DB, "SQLite history file; ':memory:' keeps nothing."],
+        ["history-size", None, 100, "Messages kept per room and sent on join.", _positive_int],
+        [
+            "max-message-bytes",
+            None,
+            65536,
+            "Largest WebSocket frame/message accepted (close 1009 beyond).",
+            _positive_int,
+        ],
+        [
+            "rate",
+            None,
+            5.0,
+            "Messages per second a connection may send on average.",
+            _positive_float,
+        ],
+        ["burst", None, 20, "Messages a connection may send at once above --rate.", _positive_int],
+        [
+            "ping-interval",
+            None,
+            10.0,
+            "Seconds between WebSocket pings that find dead peers.",
+            _positive_float,
+        ],
+        ["ping-timeout", None, 5.0, "Seconds a peer has to answer a ping.", _positive_float],
+        [
+            "max-output-bytes",
+            None,
+            1048576,
+            "Unsent output after which a slow reader is closed (4008).",
+            _positive_int,
+        ],
+        ["max-rooms", None, 32, "Rooms one connection may be in.", _positive_int],
+        ["max-members", None, 0, "Members per room (0: no limit).", _non_negative_int],
+        [
+            "max-connections",
+            None,
+            0,
+            "WebSocket connections in all (0: no limit; 503 beyond).",
+            _non_negative_int,
+        ],
+        [
+            "trust-proxies",
+            None,
+            0,
+            "Reverse proxies in front whose X-Forwarded-For is trusted.",
+            _non_negative_int,
+        ],
+    ]
+    optFlags = [
+        [
+            "conformance-echo",
+            None,
+            "Test only: also serve an echo WebSocket at /echo (for the Autobahn testsuite).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["allowed_origins"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
+        self["allowed_origins"].append(origin)
+
+    def postOptions(self) -> None:
+        tls_given = [self[k] is not None for k in ("tls-port", "tls-cert", "tls-key")]
+        if any(tls_given) and not all(tls_given):
+            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together")
+        if self["tls-port"] is not None:
+            check_tls_files(self["tls-cert"], self["tls-key"])
+            self["listen"].append(
+                "ssl:{}:privateKey={}:certKey={}".format(
+                    self["tls-port"],
+                    quoteStringArgument(self["tls-key"]),
+                    quoteStringArgument(self["tls-cert"]),
+                )
+            )
+        if not self["listen"]:
+            self["listen"].append(f"tcp:{self['port']}")
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Refuse to start on a missing or mismatched pair, instead of failing every handshake."""
+    for label, path in (("certificate", cert), ("private key", key)):
+        if not os.path.isfile(path):
+            raise usage.UsageError(f"TLS {label} file not found: {path}")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        context.use_certificate_chain_file(cert)
+        context.use_privatekey_file(key)
+        context.check_privatekey()
+    except SSL.Error as exc:
+        raise usage.UsageError(
+            f"TLS certificate {cert} and key {key} are unreadable or do not match: {exc}"
+        ) from None
+
+
+def make_store(options: Options) -> HistoryStore:
+    path = options["history-db"]
+    if path == MEMORY:
+        return MemoryHistory(options["history-size"])
+    return SqliteHistory(path, options["history-size"])
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = WsSettings(
+        max_message_bytes=options["max-message-bytes"],
+        ping_interval_s=options["ping-interval"],
+        ping_timeout_s=options["ping-timeout"],
+        max_output_bytes=options["max-output-bytes"],
+        allowed_origins=tuple(options["allowed_origins"]),
+        max_connections=options["max-connections"],
+        trusted_proxies=options["trust-proxies"],
+    )
+    limits = Limits(
+        history_size=options["history-size"],
+        rate_per_s=options["rate"],
+        burst=options["burst"],
+        max_rooms=options["max-rooms"],
+        max_members=options["max-members"],
+    )
+    store = make_store(options)
+    factory = ChatFactory(settings)
+    hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_token, limits)
+    factory.attach(hub)
+    started_s = reactor.seconds()
+    site = make_site(factory, hub, lambda: reactor.seconds() - started_s)
+    if options["conformance-echo"]:
+        add_echo(site, settings)
+
+    top = MultiService()
+    ChatService(factory, store, reactor).setServiceParent(top)
+    for endpoint in options["listen"]:
+        strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,287 @@
+"""The Autobahn adapter: decode a frame, call the hub, encode the answer; nothing else.
+
+Every refused request leaves through `_refuse`; every broadcast is framed once in
+`ChatFactory.fanout` and written to each member as the same bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .chat.broker import RoomEvent
+from .chat.errors import ChatError
+from .chat.hub import Hub, Session
+from .chat.model import Error, Event, Join, Leave, Say
+from .codec import SUBPROTOCOL, decode, encode
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_REPLACED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+
+STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class WsSettings:
+    """WebSocket-level settings; defaults are the production values (see docs/deployment.md)."""
+
+    max_message_bytes: int = 65536
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 5.0
+    open_handshake_timeout_s: float = 10.0
+    close_handshake_timeout_s: float = 5.0
+    max_output_bytes: int = 1024 * 1024
+    # Empty: only pages served from the request's own host may connect.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 0
+    trusted_proxies: int = 0
+
+
+def protocol_options(settings: WsSettings) -> dict[str, Any]:
+    """The one place where our settings become Autobahn's protocol options."""
+    return {
+        "maxFramePayloadSize": settings.max_message_bytes,
+        "maxMessagePayloadSize": settings.max_message_bytes,
+        "utf8validateIncoming": True,
+        "requireMaskedClientFrames": True,
+        "autoPingInterval": settings.ping_interval_s,
+        "autoPingTimeout": settings.ping_timeout_s,
+        "openHandshakeTimeout": settings.open_handshake_timeout_s,
+        "closeHandshakeTimeout": settings.close_handshake_timeout_s,
+        "failByDrop": False,
+        "echoCloseCodeReason": True,
+        "tcpNoDelay": True,
+        "maxConnections": settings.max_connections,
+        "trustXForwardedFor": settings.trusted_proxies,
+        # Our own Origin check in onConnect is stricter than Autobahn's patterns.
+        "allowedOrigins": ["*"],
+        "allowNullOrigin": True,
+    }
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
+    """Browsers always send Origin; without one the client is not a browser and CSWSH is moot."""
+    if origin is None:
+        return True
+    allowed = tuple(allowed)
+    if "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/").lower() in {a.rstrip("/").lower() for a in allowed}
+    if origin == "null" or host is None:
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+@implementer(IPushProducer)
+class ChatProtocol(WebSocketServerProtocol):
+    """One client connection. Autobahn owns `self.log` and `factory.server`: we use `_log`."""
+
+    factory: ChatFactory
+    _log = Logger()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: Session | None = None
+        self._paused = False
+        self._bytes_while_paused = 0
+        self._quiet_rate_limit = False
+        self._client = "?"
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        self._client = str(self.peer)
+        origin = request.headers.get("origin")
+        if not origin_allowed(
+            origin, request.headers.get("host"), self.factory.settings.allowed_origins
+        ):
+            self._log.info(
+                "refused {client}: origin {origin} not allowed", client=self._client, origin=origin
+            )
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def onOpen(self) -> None:
+        try:
+            self._session = self.factory.hub.connect(self, self.send_event, self._replaced)
+            self.factory.protocols.add(self)
+            # twisted.web's HTTPChannel registered itself as the transport's producer; after
+            # the upgrade we are the one that must hear about a full send buffer.
+            consumer = IConsumer(self.transport)
+            consumer.unregisterProducer()
+            consumer.registerProducer(self, True)
+            self._log.info("opened {client}", client=self._client)
+        except Exception:
+            self._log.failure("could not open {client}", client=self._client)
+            self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.protocols.discard(self)
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        self.factory.hub.disconnect(session)
+        self._log.info(
+            "closed {client}: code={code} reason={reason} clean={clean}",
+            client=self._client,
+            code=code,
+            reason=reason,
+            clean=wasClean,
+        )
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._close_with(CLOSE_UNSUPPORTED_DATA, "wschat speaks JSON in text frames")
+            return
+        session = self._session
+        if session is None:
+            return
+        try:
+            command = decode(payload)
+        except ChatError as exc:
+            self._refuse(exc)
+            return
+        if isinstance(command, Say):
+            handled = ensureDeferred(self.factory.hub.say(session, command))
+        elif isinstance(command, Join):
+            handled = ensureDeferred(self.factory.hub.join(session, command))
+        else:
+            handled = self._handle_leave(session, command)
+        handled.addErrback(self._failed)
+
+    def _handle_leave(self, session: Session, command: Leave) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        try:
+            self.factory.hub.leave(session, command)
+        except ChatError as exc:
+            done.errback(Failure(exc))
+        else:
+            done.callback(None)
+        return done
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(ChatError):
+            self._refuse(failure.value)
+            return
+        self._log.failure("request from {client} failed", failure, client=self._client)
+        self.send_event(Error("internal", "the server failed on this request"))
+
+    def _refuse(self, exc: ChatError) -> None:
+        if exc.code == "rate_limited":
+            if self._quiet_rate_limit:
+                self.send_event(Error(exc.code, exc.message, exc.ref))
+                return
+            self._quiet_rate_limit = True
+        else:
+            self._quiet_rate_limit = False
+        self._log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
+        self.send_event(Error(exc.code, exc.message, exc.ref))
+
+    def send_event(self, event: Event) -> None:
+        if self.state != STATE_OPEN:
+            return
+        if not isinstance(event, Error):
+            self._quiet_rate_limit = False
+        data = encode(event)
+        self._count_output(len(data))
+        if self.state == STATE_OPEN:
+            self.sendMessage(data)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write an already framed message (the same bytes go to every member)."""
+        if self.state != STATE_OPEN:
+            return
+        self._count_output(len(frame))
+        if self.state == STATE_OPEN:
+            self._write(frame)
+
+    def _count_output(self, size: int) -> None:
+        if not self._paused:
+            return
+        self._bytes_while_paused += size
+        if self._bytes_while_paused > self.factory.settings.max_output_bytes:
+            self._log.warn(
+                "closing slow consumer {client}: over {limit} bytes of output waiting",
+                client=self._client,
+                limit=self.factory.settings.max_output_bytes,
+            )
+            # The close frame waits behind the backlog; Autobahn aborts the TCP connection
+            # if the closing handshake does not finish in closeHandshakeTimeout.
+            self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: too much output waiting")
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def _replaced(self) -> None:
+        self._session = None
+        self._log.info("replaced {client} by a reconnect with its token", client=self._client)
+        self.sendClose(CLOSE_REPLACED, "replaced by a newer connection")
+
+    def _close_with(self, code: int, reason: str) -> None:
+        # sendClose accepts only 1000 and 3000-4999; protocol codes go through sendCloseFrame.
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+
+    def go_away(self) -> None:
+        self._close_with(CLOSE_GOING_AWAY, "server going away")
+
+    # IPushProducer: the transport tells us when its buffer is over its high-water mark.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._bytes_while_paused = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._bytes_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class ChatFactory(WebSocketServerFactory):
+    protocol = ChatProtocol  # type: ignore[assignment]
+
+    def __init__(self, settings: WsSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.setProtocolOptions(**protocol_options(settings))
+        self.protocols: set[ChatProtocol] = set()
+        self._hub: Hub | None = None
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise RuntimeError("ChatFactory used before attach(hub)")
+        return self._hub
+
+    def attach(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
+        frame = self.prepareMessage(encode(event)).payloadHybi
+        for session in sessions:
+            session.peer.send_frame(frame)
+
+    def go_away(self) -> None:
+        for protocol in list(self.protocols):
+            protocol.go_away()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
