@@ -122,7 +122,10 @@ class ChatProtocol(WebSocketServerProtocol):
             # twisted.web's HTTPChannel registered itself as the transport's producer; after
             # the upgrade we are the one that must hear about a full send buffer.
             consumer = IConsumer(self.transport)
-            consumer.unregisterProducer()
+            try:
+                consumer.unregisterProducer()
+            except RuntimeError:
+                pass  # no producer was registered (a bare transport, as in tests)
             consumer.registerProducer(self, True)
             self._log.info("opened {client}", client=self._client)
         except Exception:

@@ -124,11 +124,18 @@ class Hub:
     async def join(self, session: Session, cmd: Join) -> None:
         room = check_room(cmd.room)
         name = self._name_for(session, cmd)
-        if room not in session.rooms:
+        entered = room not in session.rooms
+        if entered:
             self._enter(session, room, name, cmd.token)
         if session.token is None:
             session.token = self._new_token()
-        welcome = await self._welcome(session, room, name, cmd.since)
+        try:
+            welcome = await self._welcome(session, room, name, cmd.since)
+        except Exception:
+            # Without a welcome the client does not know it is in: take it out again.
+            if entered:
+                self._exit(session, room)
+            raise
         session.send(welcome)
 
     async def say(self, session: Session, cmd: Say) -> None:

@@ -1,0 +1,63 @@
+"""A hub wired to in-memory fakes: sessions record what they are sent."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+from wschat.chat.broker import LocalBroker, RoomEvent
+from wschat.chat.history import HistoryStore, MemoryHistory
+from wschat.chat.hub import Hub, Limits, Session
+from wschat.chat.model import Event
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a coroutine that must finish without suspending (in-memory stores never wait)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    raise AssertionError("coroutine suspended")
+
+
+class Peer:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.events: list[Event] = []
+        self.replaced = False
+
+    def take(self) -> list[Event]:
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+
+class World:
+    def __init__(self, limits: Limits = Limits(), store: HistoryStore | None = None) -> None:
+        self.now_s = 1_800_000_000.0
+        self.tokens = 0
+        self.store = store if store is not None else MemoryHistory(limits.history_size)
+        self.fanouts = 0
+        self.hub = Hub(self.store, LocalBroker(), self._fanout, self._now, self._token, limits)
+
+    def _now(self) -> float:
+        return self.now_s
+
+    def _token(self) -> str:
+        self.tokens += 1
+        return f"token-{self.tokens}"
+
+    def _fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
+        self.fanouts += 1
+        for session in sessions:
+            session.peer.events.append(event)
+
+    def connect(self, label: str = "peer") -> tuple[Session, Peer]:
+        peer = Peer(label)
+
+        def replaced() -> None:
+            peer.replaced = True
+
+        return self.hub.connect(peer, peer.events.append, replaced), peer

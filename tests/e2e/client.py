@@ -1,0 +1,69 @@
+"""A small synchronous chat client on the `websockets` library, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+RECV_TIMEOUT_S = 10.0
+
+
+class Chat:
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        kwargs.setdefault("max_size", None)
+        if url.startswith("wss:") and "ssl" not in kwargs:
+            kwargs["ssl"] = insecure_context()
+        # legacy=True: a plain connection object, not a context manager (websockets >= 15).
+        self.ws: ClientConnection = connect(url, open_timeout=10, legacy=True, **kwargs)
+
+    def send(self, **fields: Any) -> None:
+        self.ws.send(json.dumps(fields))
+
+    def recv(self, timeout: float = RECV_TIMEOUT_S) -> dict[str, Any]:
+        frame = self.ws.recv(timeout=timeout)
+        assert isinstance(frame, str), f"expected a text frame, got {frame!r}"
+        event = json.loads(frame)
+        assert isinstance(event, dict)
+        return event
+
+    def expect(self, type_: str, timeout: float = RECV_TIMEOUT_S) -> dict[str, Any]:
+        """The next event, which must be of `type_`."""
+        event = self.recv(timeout)
+        assert event["type"] == type_, f"expected {type_}, got {event}"
+        return event
+
+    def join(self, room: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {"type": "join", "room": room, **extra}
+        if name is not None:
+            fields["name"] = name
+        self.send(**fields)
+        return self.expect("welcome")
+
+    def say(self, room: str, text: str, ref: str | None = None) -> dict[str, Any]:
+        """Send and return the ack (the broadcast copy is left to be received)."""
+        self.send(type="say", room=room, text=text, ref=ref)
+        return self.expect("ack")
+
+    def expect_close(self, timeout: float = RECV_TIMEOUT_S) -> tuple[int, str]:
+        """Skip events until the server closes; return the close code and reason it sent."""
+        try:
+            while True:
+                self.ws.recv(timeout=timeout)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None, f"closed without a close frame: {exc}"
+            return exc.rcvd.code, exc.rcvd.reason
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def insecure_context() -> ssl.SSLContext:
+    """Tests trust the self-signed certificate they just generated."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,34 @@
+"""Fixtures that run the real server; every test here talks to it over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .process import ServerProcess
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def wschat_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """`wschat_server(*args, tls=False)` starts a `twistd -n wschat` and stops it afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(*extra_args: str, tls: bool = False) -> ServerProcess:
+        server = ServerProcess(tmp_path / f"server{len(started)}", *extra_args, tls=tls)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.running:
+            server.kill()
+
+
+@pytest.fixture
+def server(wschat_server: ServerFactory) -> ServerProcess:
+    """A server with default options (quick pings so dead peers are found within the test)."""
+    return wschat_server()

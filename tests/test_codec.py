@@ -1,0 +1,95 @@
+"""Protocol v1 frames <-> commands and events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wschat.chat import errors
+from wschat.chat.model import Ack, Error, Join, Leave, Left, Message, Presence, Say, Welcome
+from wschat.codec import MAX_ID, decode, encode
+
+
+def test_decode_commands() -> None:
+    """join, say and leave decode to their commands with optional fields."""
+    assert decode(b'{"type":"join","room":"lobby","name":"alice"}') == Join("lobby", "alice")
+    assert decode(b'{"type":"join","room":"r","since":4,"token":"t"}') == Join("r", None, 4, "t")
+    assert decode(b'{"type":"say","room":"r","text":"hi","ref":"c1"}') == Say("r", "hi", "c1")
+    assert decode(b'{"type":"say","room":"r","text":"hi"}') == Say("r", "hi", None)
+    assert decode(b'{"type":"leave","room":"r"}') == Leave("r")
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"not json", errors.BadJson),
+        (b"[1,2]", errors.BadJson),
+        (b'"string"', errors.BadJson),
+        (b"[" * 100_000, errors.BadJson),
+        (b"1" * 5000, errors.BadJson),
+        (b"{}", errors.UnknownType),
+        (b'{"type":"shout"}', errors.UnknownType),
+        (b'{"type":7}', errors.UnknownType),
+        (b'{"type":"say","room":"r"}', errors.InvalidField),
+        (b'{"type":"say","room":5,"text":"x"}', errors.InvalidField),
+        (b'{"type":"join","room":"r","since":-1}', errors.InvalidField),
+        (b'{"type":"join","room":"r","since":true}', errors.InvalidField),
+        (b'{"type":"join","room":"r","since":1.5}', errors.InvalidField),
+        (b'{"type":"join","room":"r","since":%d}' % (MAX_ID + 1), errors.InvalidField),
+        (b'{"type":"join","room":"r","name":3}', errors.InvalidField),
+        (b'{"type":"say","room":"r","text":"x","ref":""}', errors.InvalidField),
+        (b'{"type":"say","room":"r","text":"x","ref":{}}', errors.InvalidField),
+    ],
+)
+def test_decode_refusals(frame: bytes, error: type[errors.ChatError]) -> None:
+    """Malformed frames raise the ChatError whose code the client will see."""
+    with pytest.raises(error):
+        decode(frame)
+
+
+def test_refusal_carries_ref() -> None:
+    """A bad field in a request with a valid ref is answered with that ref."""
+    with pytest.raises(errors.InvalidField) as caught:
+        decode(b'{"type":"say","room":"r","ref":"c7"}')
+    assert caught.value.ref == "c7"
+
+
+def test_encode_events() -> None:
+    """Each event encodes to the documented JSON object, non-ASCII kept as UTF-8."""
+    msg = Message("lobby", 42, "bob", "hï 🙂", "2026-11-27T21:00:00.123Z", "secret-ref")
+    assert json.loads(encode(msg)) == {
+        "type": "message",
+        "room": "lobby",
+        "id": 42,
+        "name": "bob",
+        "text": "hï 🙂",
+        "ts": "2026-11-27T21:00:00.123Z",
+    }
+    assert "🙂".encode() in encode(msg)
+    assert json.loads(encode(Ack("lobby", "c1", 42))) == {
+        "type": "ack",
+        "room": "lobby",
+        "ref": "c1",
+        "id": 42,
+    }
+    assert json.loads(encode(Presence("lobby", "join", "carol")))["event"] == "join"
+    assert json.loads(encode(Left("lobby"))) == {"type": "left", "room": "lobby"}
+    assert json.loads(encode(Error("name_taken", "taken", None))) == {
+        "type": "error",
+        "code": "name_taken",
+        "message": "taken",
+        "ref": None,
+    }
+    welcome = json.loads(encode(Welcome("lobby", "bob", ["bob"], [msg], "tok", True)))
+    assert welcome["recovered"] is True and welcome["history"][0]["id"] == 42
+    assert "recovered" not in json.loads(encode(Welcome("l", "b", ["b"], [], "t", None)))
+
+
+def test_every_error_code_is_documented() -> None:
+    """docs/protocol.md lists every code a client can receive."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    for error in errors.ALL_ERRORS:
+        assert f"`{error.code}`" in doc, error.code

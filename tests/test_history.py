@@ -1,0 +1,129 @@
+"""Both history stores keep the same contract; SQLite also survives a reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wschat.chat.errors import StorageUnavailable
+from wschat.chat.history import HistoryStore, MemoryHistory
+from wschat.sqlite_history import SCHEMA_VERSION, TRIM_EVERY_MESSAGES, SqliteHistory
+
+from .chatkit import run
+
+StoreFactory = Callable[[int], HistoryStore]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    if request.param == "memory":
+        return MemoryHistory
+    return lambda keep: SqliteHistory(str(tmp_path / "h.sqlite3"), keep)
+
+
+def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
+    for i in range(count):
+        run(store.append(room, name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}"))
+
+
+def test_ids_increase_per_room(make_store: StoreFactory) -> None:
+    """Each room numbers its messages 1, 2, 3, ... independently."""
+    store = make_store(10)
+    a1 = run(store.append("a", "x", "1", "t", None))
+    b1 = run(store.append("b", "x", "1", "t", None))
+    a2 = run(store.append("a", "x", "2", "t", None))
+    assert (a1.id, b1.id, a2.id) == (1, 1, 2)
+
+
+def test_latest_is_oldest_first_and_limited(make_store: StoreFactory) -> None:
+    """latest(limit) gives the newest `limit` messages in id order."""
+    store = make_store(100)
+    fill(store, "lobby", 7)
+    assert [m.id for m in run(store.latest("lobby", 3))] == [5, 6, 7]
+    assert run(store.latest("empty", 3)) == []
+
+
+def test_find_ref(make_store: StoreFactory) -> None:
+    """A ref is found for the name that used it, in its room only."""
+    store = make_store(100)
+    fill(store, "lobby", 3)
+    found = run(store.find_ref("lobby", "alice", "r2"))
+    assert found is not None and found.id == 2 and found.text == "m2"
+    assert run(store.find_ref("lobby", "bob", "r2")) is None
+    assert run(store.find_ref("dev", "alice", "r2")) is None
+
+
+def test_after_is_exact_or_incomplete(make_store: StoreFactory) -> None:
+    """after(since) is complete only when it holds every later message."""
+    store = make_store(100)
+    fill(store, "lobby", 5)
+    got = run(store.after("lobby", 2, 100))
+    assert got.complete and [m.id for m in got.messages] == [3, 4, 5]
+    assert run(store.after("lobby", 5, 100)).complete
+    assert not run(store.after("lobby", 6, 100)).complete
+    assert not run(store.after("lobby", 0, 3)).complete
+    assert run(store.after("empty", 0, 3)).complete
+
+
+def test_after_notices_trimmed_messages(make_store: StoreFactory) -> None:
+    """Once old messages are dropped, a since before them is not recoverable."""
+    keep = 5
+    store = make_store(keep)
+    fill(store, "lobby", TRIM_EVERY_MESSAGES * 2)
+    last = TRIM_EVERY_MESSAGES * 2
+    assert not run(store.after("lobby", 1, 1000)).complete
+    recent = run(store.after("lobby", last - keep, keep))
+    assert recent.complete and [m.id for m in recent.messages] == list(
+        range(last - keep + 1, last + 1)
+    )
+
+
+def test_sqlite_survives_reopen_and_continues_ids(tmp_path: Path) -> None:
+    """History and id sequence persist across a close and reopen of the database."""
+    path = str(tmp_path / "h.sqlite3")
+    store = SqliteHistory(path, 100)
+    fill(store, "lobby", 3)
+    store.close()
+    store = SqliteHistory(path, 100)
+    assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "m2", "m3"]
+    assert run(store.append("lobby", "bob", "m4", "t", None)).id == 4
+    store.close()
+
+
+def test_sqlite_uses_wal_and_versioned_schema(tmp_path: Path) -> None:
+    """The file is in WAL mode with the current schema version recorded."""
+    path = str(tmp_path / "h.sqlite3")
+    SqliteHistory(path, 10).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    """A database written by a newer wschat is not silently misread."""
+    path = str(tmp_path / "h.sqlite3")
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(RuntimeError, match="schema"):
+        SqliteHistory(path, 10)
+
+
+def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
+    """A locked database refuses the insert with StorageUnavailable and reuses no id."""
+    path = str(tmp_path / "h.sqlite3")
+    store = SqliteHistory(path, 10)
+    fill(store, "lobby", 1)
+    locker = sqlite3.connect(path, timeout=0, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(StorageUnavailable) as caught:
+        run(store.append("lobby", "alice", "lost?", "t", "rx"))
+    assert caught.value.ref == "rx"
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert run(store.append("lobby", "alice", "kept", "t", "rx")).id == 2
+    assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]

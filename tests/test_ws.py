@@ -1,0 +1,288 @@
+"""The Autobahn adapter on in-memory transports, with a task.Clock for time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import txaio
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+
+from wschat.chat.broker import LocalBroker
+from wschat.chat.history import MemoryHistory
+from wschat.chat.hub import Hub, Limits
+from wschat.ws import (
+    CLOSE_REPLACED,
+    CLOSE_SLOW_CONSUMER,
+    ChatFactory,
+    ChatProtocol,
+    WsSettings,
+    origin_allowed,
+)
+
+from .wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    client_frame,
+    close_code,
+    handshake,
+    parse_frames,
+    text,
+)
+
+
+class Client:
+    """One connection: a ChatProtocol on a StringTransport, driven by hand."""
+
+    def __init__(
+        self, factory: ChatFactory, origin: str | None = None, protocols: str | None = None
+    ) -> None:
+        self.protocol: ChatProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(handshake(origin, protocols))
+        self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.transport.clear()
+        self._pending = rest
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        data, self._pending = self._pending + self.transport.value(), b""
+        self.transport.clear()
+        return parse_frames(data)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for op, p in self.frames() if op == OP_TEXT]
+
+    def join(self, room: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
+        self.send(text({"type": "join", "room": room, "name": name, **extra}))
+        [welcome] = [e for e in self.events() if e["type"] == "welcome"]
+        return welcome
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    # Autobahn's timers (pings, handshake timeouts) go through txaio's loop.
+    monkeypatch.setattr(txaio.config, "loop", clock)
+    return clock
+
+
+def make_factory(
+    clock: Clock, settings: WsSettings = WsSettings(), limits: Limits = Limits()
+) -> ChatFactory:
+    factory = ChatFactory(settings)
+    hub = Hub(
+        MemoryHistory(limits.history_size),
+        LocalBroker(),
+        factory.fanout,
+        clock.seconds,
+        lambda: "tok",
+        limits,
+    )
+    factory.attach(hub)
+    return factory
+
+
+@pytest.fixture
+def factory(clock: Clock) -> ChatFactory:
+    return make_factory(clock)
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_handshake_selects_our_subprotocol_when_offered(factory: ChatFactory) -> None:
+    """wschat.v1 is selected when offered; a client offering none is served anyway."""
+    offered = Client(factory, protocols="other, wschat.v1")
+    assert offered.response.startswith(b"HTTP/1.1 101")
+    assert b"Sec-WebSocket-Protocol: wschat.v1" in offered.response
+    plain = Client(factory)
+    assert plain.response.startswith(b"HTTP/1.1 101")
+    assert b"Sec-WebSocket-Protocol" not in plain.response
+
+
+def test_foreign_origin_is_refused_before_the_upgrade(factory: ChatFactory) -> None:
+    """A browser page from another origin gets 403 (CSWSH); same host and no Origin pass."""
+    assert Client(factory, origin="https://evil.example").response.startswith(b"HTTP/1.1 403")
+    assert Client(factory, origin="http://chat.example:8080").response.startswith(b"HTTP/1.1 101")
+    assert Client(factory).response.startswith(b"HTTP/1.1 101")
+
+
+def test_origin_rules() -> None:
+    """Explicit --allowed-origin replaces the same-host default; '*' allows all."""
+    assert origin_allowed(None, "h:1", ())
+    assert origin_allowed("http://h:1", "h:1", ())
+    assert not origin_allowed("http://h:2", "h:1", ())
+    assert not origin_allowed("null", "h:1", ())
+    assert origin_allowed(
+        "https://chat.example.com", "internal:8080", ("https://chat.example.com",)
+    )
+    assert not origin_allowed("http://h:1", "h:1", ("https://chat.example.com",))
+    assert origin_allowed("http://anything", "h:1", ("*",))
+
+
+def test_chat_round_trip_frames_the_broadcast_once(
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """join/say/ack/message flow over frames; a broadcast is framed once for all members."""
+    alice, bob = Client(factory), Client(factory)
+    alice.join("lobby", "alice")
+    welcome = bob.join("lobby", "bob")
+    assert welcome["users"] == ["alice", "bob"]
+    assert alice.events() == [{"type": "presence", "room": "lobby", "event": "join", "name": "bob"}]
+    prepared: list[bytes] = []
+    original = factory.prepareMessage
+    monkeypatch.setattr(
+        factory, "prepareMessage", lambda payload: prepared.append(payload) or original(payload)
+    )
+    bob.send(text({"type": "say", "room": "lobby", "text": "hi", "ref": "c1"}))
+    ack, message = bob.events()
+    assert ack == {"type": "ack", "room": "lobby", "ref": "c1", "id": 1}
+    assert message["type"] == "message" and message["text"] == "hi" and message["id"] == 1
+    assert alice.events() == [message]
+    assert len(prepared) == 1
+
+
+def test_errors_keep_the_connection_open(factory: ChatFactory, log_events: list[LogEvent]) -> None:
+    """Refused requests get an error frame with the code, are logged by kind, and the
+    connection keeps working; the message text is never logged."""
+    client = Client(factory)
+    client.send(client_frame(OP_TEXT, b"{nope"))
+    client.send(text({"type": "say", "room": "lobby", "text": "secret words", "ref": "r1"}))
+    errors = client.events()
+    assert [(e["code"], e["ref"]) for e in errors] == [("bad_json", None), ("not_in_room", "r1")]
+    assert client.join("lobby", "alice")["name"] == "alice"
+    kinds = [
+        e.get("kind") for e in log_events if e.get("log_format", "").startswith("refused {kind}")
+    ]
+    assert kinds == ["bad_json", "not_in_room"]
+    assert not any("secret words" in repr(e) for e in log_events)
+
+
+def test_binary_frame_closes_1003(factory: ChatFactory) -> None:
+    """Binary frames are refused with close code 1003."""
+    client = Client(factory)
+    client.send(client_frame(OP_BINARY, b"\x00\x01"))
+    [(op, payload)] = client.frames()
+    assert op == OP_CLOSE and close_code(payload) == 1003
+
+
+def test_oversized_message_closes_1009(clock: Clock) -> None:
+    """A message over --max-message-bytes is refused with close code 1009."""
+    client = Client(make_factory(clock, WsSettings(max_message_bytes=100)))
+    client.send(client_frame(OP_TEXT, b"x" * 101))
+    [(op, payload)] = client.frames()
+    assert op == OP_CLOSE and close_code(payload) == 1009
+
+
+def test_invalid_utf8_closes_1007(factory: ChatFactory) -> None:
+    """A text frame that is not UTF-8 is refused with close code 1007."""
+    client = Client(factory)
+    client.send(client_frame(OP_TEXT, b'{"type":"\xff"}'))
+    [(op, payload)] = client.frames()
+    assert op == OP_CLOSE and close_code(payload) == 1007
+
+
+def test_unanswered_pings_drop_the_peer_and_announce_leave(clock: Clock) -> None:
+    """A peer that does not answer pings is dropped after interval + timeout; others see leave."""
+    factory = make_factory(clock, WsSettings(ping_interval_s=10, ping_timeout_s=5))
+    alice, ghost = Client(factory), Client(factory)
+    alice.join("lobby", "alice")
+    ghost.join("lobby", "ghost")
+    alice.events()
+    for _ in range(10):
+        clock.advance(1)
+    assert any(op == OP_PING for op, _ in ghost.frames())
+    # alice answers her pings through the protocol machinery: pong with the same payload.
+    for op, payload in alice.frames():
+        if op == OP_PING:
+            alice.send(client_frame(0xA, payload))
+    for _ in range(7):
+        clock.advance(1)
+    assert ghost.transport.disconnecting or ghost.protocol.state == ChatProtocol.STATE_CLOSED
+    ghost.protocol.connectionLost(Failure(ConnectionDone()))
+    assert {
+        "type": "presence",
+        "room": "lobby",
+        "event": "leave",
+        "name": "ghost",
+    } in alice.events()
+    assert factory.hub.members("lobby") == ["alice"]
+
+
+def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
+    clock: Clock, log_events: list[LogEvent]
+) -> None:
+    """Once the transport is full, output beyond --max-output-bytes closes that client only."""
+    factory = make_factory(
+        clock, WsSettings(max_output_bytes=2000), Limits(rate_per_s=1000, burst=1000)
+    )
+    slow, fast = Client(factory), Client(factory)
+    slow.join("lobby", "slow")
+    fast.join("lobby", "fast")
+    slow.frames()
+    # What a TCP transport does when its buffer passes its high-water mark:
+    slow.protocol.pauseProducing()
+    for i in range(30):
+        fast.send(text({"type": "say", "room": "lobby", "text": f"message {i:03d} " + "x" * 80}))
+    got = [e["text"][:11] for e in fast.events() if e["type"] == "message"]
+    assert got == [f"message {i:03d}" for i in range(30)]
+    closes = [p for op, p in slow.frames() if op == OP_CLOSE]
+    assert [close_code(p) for p in closes] == [CLOSE_SLOW_CONSUMER]
+    assert any("slow consumer" in e.get("log_format", "") for e in log_events)
+
+
+def test_resumed_transport_resets_the_count(clock: Clock) -> None:
+    """Output counts only while the transport is full; a drained buffer starts over."""
+    factory = make_factory(
+        clock, WsSettings(max_output_bytes=2000), Limits(rate_per_s=1000, burst=1000)
+    )
+    reader, sender = Client(factory), Client(factory)
+    reader.join("lobby", "reader")
+    sender.join("lobby", "sender")
+    for _ in range(30):
+        reader.protocol.pauseProducing()
+        sender.send(text({"type": "say", "room": "lobby", "text": "y" * 100}))
+        reader.protocol.resumeProducing()
+    assert not any(op == OP_CLOSE for op, _ in reader.frames())
+
+
+def test_takeover_closes_the_old_connection_4001(factory: ChatFactory) -> None:
+    """A join with the name's token replaces the old connection, which is closed with 4001."""
+    old, bob = Client(factory), Client(factory)
+    token = old.join("lobby", "alice")["token"]
+    bob.join("lobby", "bob")
+    new = Client(factory)
+    assert new.join("lobby", "alice", token=token)["users"] == ["alice", "bob"]
+    closes = [close_code(p) for op, p in old.frames() if op == OP_CLOSE]
+    assert closes == [CLOSE_REPLACED]
+    old.protocol.connectionLost(Failure(ConnectionDone()))
+    assert bob.events() == []
+
+
+def test_going_away_sends_1001(factory: ChatFactory) -> None:
+    """Shutdown closes every open connection with 1001."""
+    clients = [Client(factory) for _ in range(3)]
+    for i, client in enumerate(clients):
+        client.join("lobby", f"user{i}")
+    factory.go_away()
+    for client in clients:
+        closes = [close_code(p) for op, p in client.frames() if op == OP_CLOSE]
+        assert closes == [1001]
