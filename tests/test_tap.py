@@ -1,0 +1,90 @@
+"""twistd options and the service tree makeService wires."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from wschat.certs import write_dev_cert
+from wschat.service import ChatService
+from wschat.tap import Options, makeService
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_default_is_plain_tcp_8080() -> None:
+    """Without --listen or --tls-port, the server listens on tcp:8080."""
+    assert parse()["listen"] == ["tcp:8080"]
+    assert parse("--port", "9000")["listen"] == ["tcp:9000"]
+
+
+def test_listen_is_repeatable_and_replaces_port() -> None:
+    """--listen endpoints are used as given, and --port is then ignored."""
+    options = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "tcp6:2", "--port", "3")
+    assert options["listen"] == ["tcp:1:interface=127.0.0.1", "tcp6:2"]
+
+
+def test_tls_shorthand_becomes_an_ssl_endpoint(tmp_path: Path) -> None:
+    """--tls-port/--tls-cert/--tls-key add a quoted ssl: endpoint (and no plain port)."""
+    cert, key = write_dev_cert(tmp_path / "a:b")
+    options = parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(key))
+    [endpoint] = options["listen"]
+    assert endpoint.startswith("ssl:8443:privateKey=")
+    assert "a\\:b" in endpoint
+
+
+def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
+    """A missing file or a key that does not match the certificate stops start-up clearly."""
+    cert, _ = write_dev_cert(tmp_path / "one")
+    _, other_key = write_dev_cert(tmp_path / "two")
+    with pytest.raises(usage.UsageError, match="not found"):
+        parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(tmp_path / "no.pem"))
+    with pytest.raises(usage.UsageError, match="do not match"):
+        parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(other_key))
+    with pytest.raises(usage.UsageError, match="go together"):
+        parse("--tls-port", "8443")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--history-size", "0"),
+        ("--rate", "0"),
+        ("--max-message-bytes", "-5"),
+        ("--max-members", "-1"),
+        ("--port", "http"),
+    ],
+)
+def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:
+    """Numeric options refuse values that make no sense."""
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
+    """makeService wires the chat service first, then one port service per endpoint."""
+    reactor = MemoryReactorClock()
+    options = parse(
+        "--listen",
+        "tcp:8081:interface=127.0.0.1",
+        "--listen",
+        "tcp:8082",
+        "--history-db",
+        str(tmp_path / "h.sqlite3"),
+    )
+    top = makeService(options, reactor=reactor)
+    assert isinstance(top, MultiService)
+    services = list(top)
+    assert isinstance(services[0], ChatService)
+    top.startService()
+    assert [(port[0], port[3]) for port in reactor.tcpServers] == [(8081, "127.0.0.1"), (8082, "")]
+    top.stopService()
+    reactor.advance(10)
