@@ -102,6 +102,13 @@ class Options(usage.Options):
             "Unsent output after which a slow reader is closed (4008).",
             _positive_int,
         ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send its complete HTTP request / WebSocket handshake.",
+            _positive_float,
+        ],
         ["max-rooms", None, 32, "Rooms one connection may be in.", _positive_int],
         ["max-members", None, 0, "Members per room (0: no limit).", _non_negative_int],
         [
@@ -109,6 +116,13 @@ class Options(usage.Options):
             None,
             0,
             "WebSocket connections in all (0: no limit; 503 beyond).",
+            _non_negative_int,
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            256,
+            "WebSocket connections from one address (0: no limit; 429 beyond).",
             _non_negative_int,
         ],
         [
@@ -187,9 +201,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_message_bytes=options["max-message-bytes"],
         ping_interval_s=options["ping-interval"],
         ping_timeout_s=options["ping-timeout"],
+        open_handshake_timeout_s=options["handshake-timeout"],
         max_output_bytes=options["max-output-bytes"],
         allowed_origins=tuple(options["allowed_origins"]),
         max_connections=options["max-connections"],
+        max_connections_per_ip=options["max-connections-per-ip"],
         trusted_proxies=options["trust-proxies"],
     )
     limits = Limits(
@@ -204,7 +220,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_token, limits)
     factory.attach(hub)
     started_s = reactor.seconds()
-    site = make_site(factory, hub, lambda: reactor.seconds() - started_s)
+    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor)
     if options["conformance-echo"]:
         add_echo(site, settings)
 

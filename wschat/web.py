@@ -8,6 +8,11 @@ from importlib import resources
 from pathlib import Path
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -15,8 +20,12 @@ from twisted.web.static import File
 from .chat.hub import Hub
 from .ws import ChatFactory
 
-# Plain HTTP requests (and a handshake that never finishes its headers) get this long.
-HTTP_TIMEOUT_S = 30
+# An idle HTTP connection is closed after this long.
+HTTP_IDLE_TIMEOUT_S = 30
+# A request head (the WebSocket handshake included) must arrive complete within this long of
+# connecting or of the previous request finishing: a slowloris client trickling bytes would
+# otherwise hold the connection open forever, since every byte resets the idle timeout.
+REQUEST_HEAD_TIMEOUT_S = 10.0
 
 
 def static_dir() -> Path:
@@ -43,10 +52,73 @@ class Health(Resource):
         return json.dumps(status).encode()
 
 
-def make_site(factory: ChatFactory, hub: Hub, uptime_s: Callable[[], float]) -> Site:
+class HeadDeadlineChannel(HTTPChannel):
+    """HTTP/1.1 with an absolute deadline on each request head."""
+
+    _log = Logger()
+    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
+    _head_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Site.buildProtocol has set self.site by now.
+        site = getattr(self, "site", None)
+        self.head_timeout_s = getattr(site, "head_timeout_s", self.head_timeout_s)
+        self._arm()
+
+    def allHeadersReceived(self) -> None:
+        self._disarm()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        super().requestDone(request)
+        # After a WebSocket upgrade the transport belongs to the WebSocket protocol.
+        if self.transport is not None and not getattr(self.transport, "disconnecting", False):
+            self._arm()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_deadline = self.callLater(self.head_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _too_slow(self) -> None:
+        self._head_deadline = None
+        transport = ITCPTransport(self.transport, None)
+        if transport is not None:
+            self._log.info(
+                "closing {peer}: no complete request head in {timeout}s",
+                peer=transport.getPeer(),
+                timeout=self.head_timeout_s,
+            )
+            transport.abortConnection()
+
+
+class ChatSite(Site):
+    """A Site speaking only HTTP/1.1: WebSockets are upgraded from HTTP/1.1, so ALPN must
+    offer exactly that (browsers fail the TLS handshake when nothing is offered)."""
+
+    protocol = HeadDeadlineChannel  # type: ignore[assignment]
+    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
+
+
+def make_site(
+    factory: ChatFactory, hub: Hub, uptime_s: Callable[[], float], reactor: object = None
+) -> ChatSite:
     root = File(str(static_dir()))
     root.putChild(b"ws", WebSocketResource(factory))
     root.putChild(b"healthz", Health(hub, uptime_s))
-    site = Site(root, timeout=HTTP_TIMEOUT_S)
+    site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+    site.head_timeout_s = factory.settings.open_handshake_timeout_s
     site.displayTracebacks = False
     return site

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,6 +50,8 @@ class WsSettings:
     # Empty: only pages served from the request's own host may connect.
     allowed_origins: tuple[str, ...] = ()
     max_connections: int = 0
+    # 0: no limit. Many people can share one address (NAT), so this is generous.
+    max_connections_per_ip: int = 256
     trusted_proxies: int = 0
 
 
@@ -102,6 +105,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._bytes_while_paused = 0
         self._quiet_rate_limit = False
         self._client = "?"
+        self._counted_ip: str | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
@@ -113,7 +117,21 @@ class ChatProtocol(WebSocketServerProtocol):
                 "refused {client}: origin {origin} not allowed", client=self._client, origin=origin
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        ip = self._client_ip()
+        if not self.factory.admit_ip(ip):
+            self._log.info(
+                "refused {client}: too many connections from {ip}", client=self._client, ip=ip
+            )
+            raise ConnectionDeny(429, "too many connections from your address")
+        self._counted_ip = ip
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def _client_ip(self) -> str:
+        # With --trust-proxies Autobahn has already replaced self.peer by the forwarded address.
+        peer = str(self.peer)
+        if peer.startswith(("tcp4:", "tcp6:")):
+            return peer.split(":", 1)[1].rsplit(":", 1)[0]
+        return peer
 
     def onOpen(self) -> None:
         try:
@@ -134,6 +152,9 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
+        if self._counted_ip is not None:
+            self.factory.release_ip(self._counted_ip)
+            self._counted_ip = None
         if self._session is None:
             return
         session, self._session = self._session, None
@@ -257,6 +278,27 @@ class ChatProtocol(WebSocketServerProtocol):
         self._paused = True
 
 
+class _ExactCall:
+    """A pending timer that Autobahn may cancel after it fired (a DelayedCall would raise)."""
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class ExactTimer:
+    """Stands in for Autobahn's `factory._batched_timer`. txaio's batched timer rounds every
+    deadline down to a whole second (`int(now + delay)`): a 0.5 s ping timeout fires at once
+    and drops every peer, a 1 s one fires after 0-1 s, the 5 s default after 4-5 s. Timers go
+    through txaio's loop (the reactor, or the tests' Clock), one DelayedCall each."""
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _ExactCall:
+        return _ExactCall(txaio.call_later(delay, func, *args, **kwargs))
+
+
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol  # type: ignore[assignment]
 
@@ -264,8 +306,11 @@ class ChatFactory(WebSocketServerFactory):
         super().__init__()
         self.settings = settings
         self.setProtocolOptions(**protocol_options(settings))
+        # Pings and handshake timeouts as configured, not rounded to whole seconds.
+        self._batched_timer = ExactTimer()
         self.protocols: set[ChatProtocol] = set()
         self._hub: Hub | None = None
+        self._per_ip: dict[str, int] = {}
 
     @property
     def hub(self) -> Hub:
@@ -275,6 +320,22 @@ class ChatFactory(WebSocketServerFactory):
 
     def attach(self, hub: Hub) -> None:
         self._hub = hub
+
+    def admit_ip(self, ip: str) -> bool:
+        count = self._per_ip.get(ip, 0)
+        limit = self.settings.max_connections_per_ip
+        if limit and count >= limit:
+            return False
+        self._per_ip[ip] = count + 1
+        return True
+
+    def release_ip(self, ip: str) -> None:
+        count = self._per_ip.pop(ip, 0) - 1
+        if count > 0:
+            self._per_ip[ip] = count
+
+    def connections_from(self, ip: str) -> int:
+        return self._per_ip.get(ip, 0)
 
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         frame = self.prepareMessage(encode(event)).payloadHybi
