@@ -40,6 +40,8 @@ def test_decode_commands() -> None:
         (b'{"type":"join","room":"r","name":3}', errors.InvalidField),
         (b'{"type":"say","room":"r","text":"x","ref":""}', errors.InvalidField),
         (b'{"type":"say","room":"r","text":"x","ref":{}}', errors.InvalidField),
+        (b'{"type":"say","room":"r","text":"x","ref":"\\ud800"}', errors.InvalidField),
+        (b'{"type":"join","room":"r","token":"\\udfff"}', errors.InvalidField),
     ],
 )
 def test_decode_refusals(frame: bytes, error: type[errors.ChatError]) -> None:

@@ -26,6 +26,7 @@ SUBPROTOCOL = "wschat.v1"
 # SQLite's INTEGER is a signed 64-bit value; a larger `since` can only be a client bug.
 MAX_ID = 2**63 - 1
 
+_OPAQUE_KEYS = frozenset({"ref", "token"})
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -73,6 +74,10 @@ def _optional_str(
     if not isinstance(value, str) or (max_chars is not None and not 1 <= len(value) <= max_chars):
         limit = f" of 1-{max_chars} characters" if max_chars else ""
         raise InvalidField(f"{key!r} must be a string{limit}", ref if key != "ref" else None)
+    if key in _OPAQUE_KEYS and not value.isprintable():
+        # refs and tokens are echoed back and compared as bytes: a lone surrogate (legal as a
+        # JSON escape) could not even be encoded as UTF-8.
+        raise InvalidField(f"{key!r} must be printable characters", ref if key != "ref" else None)
     return value
 
 
