@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck certs clean bench bench-quick soak
+.PHONY: run test lint typecheck certs clean bench bench-quick soak conformance
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,8 @@ certs: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/artifacts
 	find . -name dropin.cache -delete
+
+# The Autobahn|Testsuite (Python 2.7) against the real server; report in tests/artifacts/.
+conformance: $(STAMP)
+	bash tests/conformance/setup.sh
+	$(PY) tests/conformance/run.py --twistd $(VENV)/bin/twistd
