@@ -1,0 +1,917 @@
+// wschat browser client: plain JavaScript and the native WebSocket API (protocol: docs/protocol.md).
+//
+// Rules this file keeps:
+// - every user-provided string reaches the page through textContent or an attribute, never innerHTML;
+// - a message is shown once per (room, id), in id order, whatever mix of history, live messages,
+//   acks and reconnects delivers it;
+// - nothing typed is silently lost: a message waits in the room's outbox (shown as pending) until the
+//   server acks it, is resent after a reconnect with the same `ref` (the server dedupes by ref), and
+//   is marked "not sent" when the server refuses it.
+'use strict';
+
+(() => {
+  const SUBPROTOCOL = 'wschat.v1';
+  const NAME_STORAGE_KEY = 'wschat.name';
+  const DEFAULT_ROOM = 'lobby';
+  const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  // protocol.md: no control (Cc), format (Cf) or surrogate (Cs) characters in a name.
+  const NAME_BAD_CHAR_RE = /[\p{Cc}\p{Cf}\p{Cs}]/u;
+  const MAX_NAME_CHARS = 32;
+  const MAX_TEXT_CHARS = 2000;
+  // Reconnect delay: exponential backoff with "equal jitter" (half fixed, half random), so a crowd
+  // of clients dropped by one server restart does not come back in lockstep.
+  const BACKOFF_BASE_MS = 1000;
+  const BACKOFF_MAX_MS = 30000;
+  const RATE_LIMIT_RETRY_MS = 1200;
+  const RATE_LIMIT_MAX_RETRIES = 5;
+  // Closer than this to the bottom counts as "reading the newest messages": keep following.
+  const STICKY_BOTTOM_PX = 48;
+  const CLOSE_REPLACED = 4001;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    status: $('status'),
+    reconnectNow: $('reconnect-now'),
+    me: $('me'),
+    meName: $('me-name'),
+    tabs: $('rooms'),
+    roomForm: $('room-form'),
+    roomInput: $('room-input'),
+    messages: $('messages'),
+    empty: $('empty'),
+    jump: $('jump'),
+    people: $('people'),
+    users: $('users'),
+    userCount: $('user-count'),
+    composer: $('composer'),
+    input: $('input'),
+    error: $('error'),
+    nameDialog: $('name-dialog'),
+    nameForm: $('name-form'),
+    nameInput: $('name-input'),
+    nameError: $('name-error'),
+  };
+
+  const state = {
+    name: loadName(),
+    token: null, // from the last welcome: lets a reconnect take our name over (protocol.md, join)
+    ws: null,
+    conn: 'connecting', // connecting | online | reconnecting | offline
+    attempt: 0,
+    retryTimer: 0,
+    retryAt: 0,
+    countdownTimer: 0,
+    replaced: false,
+    rooms: new Map(), // room name -> Room, in tab order
+    active: null,
+    // Joins and leaves carry no ref, so an error with ref null answers the oldest of them: the
+    // server answers one connection's requests in order.
+    awaiting: [],
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Small helpers
+
+  function loadName() {
+    try {
+      return localStorage.getItem(NAME_STORAGE_KEY) || '';
+    } catch {
+      return ''; // storage disabled: ask every time
+    }
+  }
+
+  function saveName(name) {
+    try {
+      localStorage.setItem(NAME_STORAGE_KEY, name);
+    } catch {
+      // storage disabled: the name lasts for this page only
+    }
+  }
+
+  function charCount(text) {
+    return [...text].length; // code points, as the server counts them
+  }
+
+  function nameProblem(name) {
+    if (!name) return 'Please enter a name.';
+    if (charCount(name) > MAX_NAME_CHARS) return `At most ${MAX_NAME_CHARS} characters.`;
+    if (name !== name.trim()) return 'No spaces at the start or end.';
+    if (NAME_BAD_CHAR_RE.test(name)) return 'Only printable characters, please.';
+    return '';
+  }
+
+  function newRef() {
+    // randomUUID exists only in secure contexts (https, localhost); plain http on a LAN address
+    // still has getRandomValues.
+    if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    if (window.crypto && typeof crypto.getRandomValues === 'function') {
+      crypto.getRandomValues(bytes);
+    } else {
+      for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+  const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
+
+  function setTime(timeEl, ts) {
+    const date = new Date(ts);
+    if (Number.isNaN(date.getTime())) {
+      timeEl.textContent = '';
+      return;
+    }
+    timeEl.dateTime = date.toISOString();
+    timeEl.textContent = timeFormat.format(date);
+    timeEl.title = fullFormat.format(date);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Rooms
+
+  function makeRoom(name) {
+    return {
+      name,
+      messages: [], // sorted by id
+      byId: new Map(),
+      lastId: null, // the highest id seen: `since` when rejoining
+      welcomed: false,
+      joinState: 'idle', // idle | joining | joined | error
+      users: new Set(),
+      outbox: [], // {ref, text, state: queued|sending|failed, error, retries, node}
+      unread: 0,
+      scrollTop: null, // remembered while another tab is shown; null = follow the bottom
+    };
+  }
+
+  function activeRoom() {
+    return state.active ? state.rooms.get(state.active) || null : null;
+  }
+
+  function openRoom(name, { focus = false } = {}) {
+    if (!ROOM_RE.test(name)) {
+      showError(`"${name}" is not a room name: use 1–64 letters, digits, _, - or .`);
+      return false;
+    }
+    if (!state.rooms.has(name)) {
+      const room = makeRoom(name);
+      state.rooms.set(name, room);
+      if (isOpen()) sendJoin(room);
+    }
+    setActive(name);
+    if (focus) ui.input.focus();
+    return true;
+  }
+
+  function closeRoom(name) {
+    const room = state.rooms.get(name);
+    if (!room) return;
+    if (room.outbox.some((item) => item.state !== 'failed')) {
+      showError(`Messages to #${name} are still being sent.`);
+      return;
+    }
+    if (room.joinState === 'joined' && send({ type: 'leave', room: name })) {
+      state.awaiting.push({ kind: 'leave', room: name });
+    }
+    state.rooms.delete(name);
+    if (state.active === name) {
+      const next = state.rooms.keys().next();
+      state.active = null;
+      if (!next.done) setActive(next.value);
+      else renderAll();
+    } else {
+      renderTabs();
+    }
+  }
+
+  function setActive(name) {
+    const previous = activeRoom();
+    if (previous && previous.name !== name) {
+      previous.scrollTop = nearBottom() ? null : ui.messages.scrollTop;
+    }
+    state.active = name;
+    const room = activeRoom();
+    room.unread = 0;
+    if (room.joinState === 'error' && isOpen()) sendJoin(room); // try again, e.g. after room_full
+    const hash = `#/${name}`;
+    if (location.hash !== hash) history.replaceState(null, '', hash);
+    renderAll();
+  }
+
+  function roomFromUrl() {
+    // Only "#/room" is a room: a plain "#id" is an in-page link (like the skip link).
+    const hash = location.hash.startsWith('#/') ? location.hash.slice(2) : '';
+    if (hash) {
+      try {
+        return decodeURIComponent(hash);
+      } catch {
+        return hash;
+      }
+    }
+    return new URLSearchParams(location.search).get('room') || DEFAULT_ROOM;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Connection
+
+  function isOpen() {
+    return state.ws !== null && state.ws.readyState === WebSocket.OPEN;
+  }
+
+  function send(frame) {
+    if (!isOpen()) return false;
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function connect() {
+    clearRetry();
+    if (!state.name) return;
+    if (navigator.onLine === false) {
+      setConn('offline');
+      return;
+    }
+    dropSocket();
+    state.replaced = false;
+    state.awaiting = [];
+    // Same scheme family and host as the page: works unchanged behind TLS and a reverse proxy.
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}//${location.host}/ws`, SUBPROTOCOL);
+    } catch {
+      scheduleReconnect();
+      return;
+    }
+    state.ws = ws;
+    setConn(state.attempt === 0 ? 'connecting' : 'reconnecting');
+    ws.addEventListener('open', () => {
+      if (ws !== state.ws) return;
+      for (const room of state.rooms.values()) sendJoin(room);
+      if (state.rooms.size === 0) setConn('online'); // nothing to join: connected is all there is
+    });
+    ws.addEventListener('message', (event) => {
+      if (ws !== state.ws || typeof event.data !== 'string') return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (frame && typeof frame === 'object') handleFrame(frame);
+    });
+    ws.addEventListener('close', (event) => {
+      if (ws !== state.ws) return; // a socket we dropped on purpose
+      state.ws = null;
+      onDisconnected(event.code);
+    });
+  }
+
+  function dropSocket() {
+    const ws = state.ws;
+    state.ws = null; // its close event is now ignored
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  }
+
+  function onDisconnected(code) {
+    state.awaiting = [];
+    for (const room of state.rooms.values()) {
+      room.joinState = 'idle';
+      // Not acked yet means maybe stored, maybe not: resend with the same ref after rejoining.
+      for (const item of room.outbox) if (item.state === 'sending') item.state = 'queued';
+    }
+    renderOutboxStates();
+    if (code === CLOSE_REPLACED) {
+      state.replaced = true;
+      setConn('offline', 'offline: you joined from another tab or device');
+      return;
+    }
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    clearRetry();
+    if (navigator.onLine === false) {
+      setConn('offline');
+      return;
+    }
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    state.attempt += 1;
+    state.retryAt = Date.now() + delay;
+    state.retryTimer = setTimeout(connect, delay);
+    state.countdownTimer = setInterval(renderStatus, 250);
+    setConn('reconnecting');
+  }
+
+  function clearRetry() {
+    clearTimeout(state.retryTimer);
+    clearInterval(state.countdownTimer);
+    state.retryTimer = 0;
+    state.countdownTimer = 0;
+    state.retryAt = 0;
+  }
+
+  function reconnectNow() {
+    state.attempt = 0;
+    connect();
+  }
+
+  function sendJoin(room) {
+    const frame = { type: 'join', room: room.name, name: state.name };
+    if (room.welcomed) frame.since = room.lastId ?? 0;
+    if (state.token) frame.token = state.token;
+    if (send(frame)) {
+      room.joinState = 'joining';
+      state.awaiting.push({ kind: 'join', room: room.name, withToken: Boolean(frame.token) });
+    }
+  }
+
+  function sendSay(room, item) {
+    if (room.joinState !== 'joined') return;
+    if (send({ type: 'say', room: room.name, text: item.text, ref: item.ref })) {
+      item.state = 'sending';
+      renderOutboxItem(item);
+    }
+  }
+
+  function flushOutbox(room) {
+    for (const item of room.outbox) if (item.state === 'queued') sendSay(room, item);
+  }
+
+  function takeAwaiting(kind, roomName) {
+    const i = state.awaiting.findIndex((a) => a.kind === kind && a.room === roomName);
+    return i >= 0 ? state.awaiting.splice(i, 1)[0] : null;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Frames from the server
+
+  function handleFrame(frame) {
+    switch (frame.type) {
+      case 'welcome': return onWelcome(frame);
+      case 'message': return onMessage(frame);
+      case 'ack': return onAck(frame);
+      case 'presence': return onPresence(frame);
+      case 'left': takeAwaiting('leave', frame.room); return undefined;
+      case 'error': return onServerError(frame);
+      default: return undefined; // newer server: ignore what we do not know
+    }
+  }
+
+  function onWelcome(frame) {
+    takeAwaiting('join', frame.room);
+    const room = state.rooms.get(frame.room);
+    if (!room) {
+      // Closed the tab while the join was on its way.
+      if (send({ type: 'leave', room: frame.room })) state.awaiting.push({ kind: 'leave', room: frame.room });
+      return;
+    }
+    if (typeof frame.token === 'string') state.token = frame.token;
+    state.attempt = 0;
+    const history = Array.isArray(frame.history) ? frame.history.filter(isMessage) : [];
+    const wasActive = room === activeRoom();
+    const keepScrollTop = wasActive && !nearBottom() ? ui.messages.scrollTop : null;
+    if (!room.welcomed || frame.recovered === false) {
+      // recovered:false: some messages since our last id are gone; never show a partial set as
+      // complete, show the server's latest history instead.
+      replaceMessages(room, history);
+    } else {
+      for (const message of history) upsertMessage(room, message);
+    }
+    room.welcomed = true;
+    room.joinState = 'joined';
+    room.users = new Set(Array.isArray(frame.users) ? frame.users : []);
+    if (wasActive) {
+      room.scrollTop = keepScrollTop;
+      renderRoom();
+      renderUsers();
+    }
+    renderTabs();
+    setConn('online');
+    flushOutbox(room);
+  }
+
+  function isMessage(m) {
+    return m && Number.isInteger(m.id) && typeof m.text === 'string' && typeof m.name === 'string';
+  }
+
+  function onMessage(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room || !isMessage(frame)) return;
+    const isNew = !room.byId.has(frame.id);
+    const stick = room === activeRoom() && nearBottom();
+    upsertMessage(room, frame);
+    if (!isNew) return;
+    if (room === activeRoom()) {
+      if (stick || frame.name === state.name) scrollToBottom();
+      else ui.jump.hidden = false;
+    } else if (frame.name !== state.name) {
+      room.unread += 1;
+      renderTabs();
+    }
+    renderTitle();
+  }
+
+  function onAck(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room) return;
+    const item = room.outbox.find((i) => i.ref === frame.ref);
+    if (!item) return;
+    removeOutboxItem(room, item);
+    if (Number.isInteger(frame.id) && !room.byId.has(frame.id)) {
+      // Shown now as delivered; the broadcast of the same id (if any) only refreshes its time.
+      upsertMessage(room, {
+        id: frame.id, room: room.name, name: state.name, text: item.text, ts: new Date().toISOString(),
+      });
+    }
+    if (room === activeRoom()) scrollToBottom();
+  }
+
+  function onPresence(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room || typeof frame.name !== 'string') return;
+    if (frame.event === 'join') room.users.add(frame.name);
+    else if (frame.event === 'leave') room.users.delete(frame.name);
+    if (room === activeRoom()) renderUsers();
+  }
+
+  function onServerError(frame) {
+    const text = typeof frame.message === 'string' && frame.message ? frame.message : String(frame.code);
+    if (frame.ref !== null && frame.ref !== undefined) {
+      for (const room of state.rooms.values()) {
+        const item = room.outbox.find((i) => i.ref === frame.ref);
+        if (!item) continue;
+        if (frame.code === 'rate_limited' && item.retries < RATE_LIMIT_MAX_RETRIES) {
+          // Usually a burst of queued messages after a reconnect: slow down, keep the order.
+          item.retries += 1;
+          item.state = 'queued';
+          renderOutboxItem(item);
+          setTimeout(() => flushOutbox(room), RATE_LIMIT_RETRY_MS * item.retries);
+        } else {
+          item.state = 'failed';
+          item.error = text;
+          renderOutboxItem(item);
+        }
+        break;
+      }
+      showError(text);
+      return;
+    }
+    const request = state.awaiting.shift();
+    if (request && request.kind === 'join') onJoinError(request, frame, text);
+    else showError(text);
+  }
+
+  function onJoinError(request, frame, text) {
+    const room = state.rooms.get(request.room);
+    if (!room) return;
+    if (frame.code === 'invalid_field' && request.withToken) {
+      // A token this server does not understand (say, a new server version): join without it.
+      state.token = null;
+      sendJoin(room);
+      return;
+    }
+    room.joinState = 'error';
+    renderTabs();
+    showError(`#${room.name}: ${text}`);
+    if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code)) askName(text);
+    else if (state.conn !== 'online' && [...state.rooms.values()].every((r) => r.joinState === 'error')) {
+      setConn('offline', 'offline: could not join');
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Message list
+
+  function replaceMessages(room, history) {
+    for (const m of room.messages) if (m.node) m.node.remove();
+    room.messages = [];
+    room.byId = new Map();
+    room.lastId = null;
+    const sorted = [...history].sort((a, b) => a.id - b.id);
+    for (const message of sorted) upsertMessage(room, message);
+  }
+
+  function upsertMessage(room, message) {
+    const known = room.byId.get(message.id);
+    if (known) {
+      // Same id again (history after a reconnect, or the broadcast after our ack): refresh only.
+      known.ts = message.ts;
+      if (known.node) setTime(known.node.querySelector('time'), known.ts);
+      return;
+    }
+    const entry = { id: message.id, name: message.name, text: message.text, ts: message.ts, node: null };
+    room.byId.set(entry.id, entry);
+    const list = room.messages;
+    let i = list.length;
+    while (i > 0 && list[i - 1].id > entry.id) i -= 1;
+    list.splice(i, 0, entry);
+    if (room.lastId === null || entry.id > room.lastId) room.lastId = entry.id;
+    if (room === activeRoom()) {
+      const next = list[i + 1];
+      const firstPending = room.outbox.find((item) => item.node && item.node.isConnected);
+      const before = next && next.node && next.node.isConnected ? next.node : (firstPending ? firstPending.node : null);
+      ui.messages.insertBefore(messageNode(entry), before);
+      ui.empty.hidden = true;
+    }
+  }
+
+  function messageNode(entry) {
+    if (entry.node) return entry.node;
+    const own = entry.name === state.name;
+    const li = el('li', own ? 'msg own' : 'msg');
+    li.dataset.id = String(entry.id);
+    li.dataset.name = entry.name;
+    const meta = el('div', 'meta');
+    meta.append(el('span', 'author', entry.name));
+    if (own) meta.append(el('span', 'visually-hidden', ' (you)'));
+    const time = el('time');
+    setTime(time, entry.ts);
+    meta.append(' ', time);
+    li.append(meta, el('p', 'text', entry.text));
+    entry.node = li;
+    return li;
+  }
+
+  const OUTBOX_NOTE = { queued: 'Waiting for connection…', sending: 'Sending…', failed: 'Not sent' };
+
+  function outboxNode(item) {
+    if (item.node) return item.node;
+    const li = el('li', 'msg own pending');
+    li.dataset.ref = item.ref;
+    const meta = el('div', 'meta');
+    meta.append(el('span', 'author', state.name), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
+    const actions = el('div', 'actions');
+    const retry = el('button', 'link-button retry', 'Retry');
+    retry.type = 'button';
+    retry.addEventListener('click', () => retryItem(item));
+    const discard = el('button', 'link-button discard', 'Discard');
+    discard.type = 'button';
+    discard.addEventListener('click', () => discardItem(item));
+    actions.append(retry, discard);
+    li.append(meta, el('p', 'text', item.text), actions);
+    item.node = li;
+    renderOutboxItem(item);
+    return li;
+  }
+
+  function renderOutboxItem(item) {
+    const li = item.node;
+    if (!li) return;
+    li.dataset.state = item.state;
+    li.classList.toggle('failed', item.state === 'failed');
+    const note = item.state === 'failed' && item.error ? `Not sent: ${item.error}` : OUTBOX_NOTE[item.state];
+    li.querySelector('.note').textContent = note;
+    li.querySelector('.actions').hidden = item.state !== 'failed';
+  }
+
+  function renderOutboxStates() {
+    for (const room of state.rooms.values()) for (const item of room.outbox) renderOutboxItem(item);
+  }
+
+  function removeOutboxItem(room, item) {
+    room.outbox.splice(room.outbox.indexOf(item), 1);
+    if (item.node) item.node.remove();
+    ui.empty.hidden = !(room === activeRoom() && room.messages.length === 0 && room.outbox.length === 0);
+  }
+
+  function retryItem(item) {
+    const room = [...state.rooms.values()].find((r) => r.outbox.includes(item));
+    if (!room) return;
+    item.state = 'queued';
+    item.error = '';
+    item.retries = 0;
+    renderOutboxItem(item);
+    sendSay(room, item);
+    ui.input.focus();
+  }
+
+  function discardItem(item) {
+    const room = [...state.rooms.values()].find((r) => r.outbox.includes(item));
+    if (room) removeOutboxItem(room, item);
+    ui.input.focus();
+  }
+
+  function nearBottom() {
+    const list = ui.messages;
+    return list.scrollHeight - list.scrollTop - list.clientHeight < STICKY_BOTTOM_PX;
+  }
+
+  function scrollToBottom() {
+    ui.messages.scrollTop = ui.messages.scrollHeight;
+    ui.jump.hidden = true;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Rendering
+
+  function renderAll() {
+    renderTabs();
+    renderRoom();
+    renderUsers();
+    renderStatus();
+    renderTitle();
+  }
+
+  function renderRoom() {
+    const room = activeRoom();
+    const nodes = [];
+    if (room) {
+      for (const entry of room.messages) nodes.push(messageNode(entry));
+      for (const item of room.outbox) nodes.push(outboxNode(item));
+    }
+    ui.messages.replaceChildren(...nodes);
+    ui.messages.setAttribute('aria-label', room ? `Messages in #${room.name}` : 'Messages');
+    ui.empty.hidden = !(room && room.welcomed && nodes.length === 0);
+    ui.input.placeholder = room ? `Message #${room.name}` : 'Join a room first';
+    if (room && room.scrollTop !== null) {
+      ui.messages.scrollTop = room.scrollTop;
+      room.scrollTop = null;
+      ui.jump.hidden = nearBottom();
+    } else {
+      scrollToBottom();
+    }
+  }
+
+  function renderTabs() {
+    const items = [];
+    for (const room of state.rooms.values()) {
+      const selected = room.name === state.active;
+      const li = el('li', 'tab');
+      li.setAttribute('role', 'presentation');
+      li.dataset.room = room.name;
+      li.dataset.state = room.joinState;
+      const tab = el('button', 'tab-button');
+      tab.type = 'button';
+      tab.setAttribute('role', 'tab');
+      tab.setAttribute('aria-selected', String(selected));
+      tab.setAttribute('aria-controls', 'messages');
+      tab.tabIndex = selected ? 0 : -1;
+      tab.dataset.room = room.name;
+      tab.append(el('span', 'hash', '#'), el('span', 'room-name', room.name));
+      if (room.unread > 0) {
+        const badge = el('span', 'badge', String(room.unread));
+        badge.setAttribute('aria-label', `${room.unread} unread`);
+        tab.append(badge);
+      }
+      tab.addEventListener('click', () => setActive(room.name));
+      tab.addEventListener('keydown', onTabKey);
+      const close = el('button', 'tab-close', '×');
+      close.type = 'button';
+      close.setAttribute('aria-label', `Leave #${room.name}`);
+      close.title = `Leave #${room.name}`;
+      close.addEventListener('click', () => closeRoom(room.name));
+      li.append(tab, close);
+      items.push(li);
+    }
+    ui.tabs.replaceChildren(...items);
+  }
+
+  function onTabKey(event) {
+    const names = [...state.rooms.keys()];
+    const i = names.indexOf(state.active);
+    let next = null;
+    if (event.key === 'ArrowRight') next = names[(i + 1) % names.length];
+    else if (event.key === 'ArrowLeft') next = names[(i - 1 + names.length) % names.length];
+    else if (event.key === 'Home') next = names[0];
+    else if (event.key === 'End') next = names[names.length - 1];
+    if (next === null) return;
+    event.preventDefault();
+    setActive(next);
+    const button = ui.tabs.querySelector(`button.tab-button[data-room="${CSS.escape(next)}"]`);
+    if (button) button.focus();
+  }
+
+  function renderUsers() {
+    const room = activeRoom();
+    const names = room ? [...room.users].sort() : [];
+    const items = names.map((name) => {
+      const li = el('li', name === state.name ? 'user own' : 'user');
+      li.dataset.name = name;
+      li.append(el('span', 'dot'), el('span', 'user-name', name));
+      if (name === state.name) li.append(el('span', 'you', 'you'));
+      return li;
+    });
+    ui.users.replaceChildren(...items);
+    ui.userCount.textContent = String(names.length);
+  }
+
+  function setConn(conn, text) {
+    state.conn = conn;
+    state.connText = text || '';
+    if (conn !== 'reconnecting') clearInterval(state.countdownTimer);
+    renderStatus();
+  }
+
+  function renderStatus() {
+    let text = state.connText || state.conn;
+    if (state.conn === 'connecting') text = 'connecting…';
+    if (state.conn === 'reconnecting') {
+      if (state.retryAt) {
+        const seconds = Math.max(1, Math.ceil((state.retryAt - Date.now()) / 1000));
+        text = `reconnecting in ${seconds} s`;
+      } else {
+        text = 'reconnecting…';
+      }
+    }
+    if (state.conn === 'offline' && !state.connText && navigator.onLine === false) {
+      text = 'offline: no network';
+    }
+    ui.status.dataset.state = state.conn;
+    if (ui.status.textContent !== text) ui.status.textContent = text;
+    ui.reconnectNow.hidden = !(state.conn === 'reconnecting' && state.retryAt) && !state.replaced;
+  }
+
+  function renderTitle() {
+    let unread = 0;
+    for (const room of state.rooms.values()) unread += room.unread;
+    document.title = unread > 0 ? `(${unread}) wschat` : state.active ? `#${state.active} · wschat` : 'wschat';
+  }
+
+  function renderMe() {
+    ui.meName.textContent = state.name;
+    ui.me.hidden = !state.name;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Errors next to the input (never alert())
+
+  function showError(text) {
+    ui.error.textContent = text;
+  }
+
+  function clearError() {
+    ui.error.textContent = '';
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // User actions
+
+  function submitMessage() {
+    const text = ui.input.value;
+    const room = activeRoom();
+    if (!room) {
+      showError('Join a room first.');
+      return;
+    }
+    if (!text.trim()) {
+      showError('Type a message first.');
+      return;
+    }
+    const length = charCount(text);
+    if (length > MAX_TEXT_CHARS) {
+      showError(`Too long: ${length} characters, at most ${MAX_TEXT_CHARS}.`);
+      return;
+    }
+    clearError();
+    const item = { ref: newRef(), text, state: 'queued', error: '', retries: 0, node: null };
+    room.outbox.push(item);
+    ui.messages.append(outboxNode(item));
+    ui.empty.hidden = true;
+    ui.input.value = '';
+    autosize();
+    sendSay(room, item);
+    scrollToBottom();
+  }
+
+  function autosize() {
+    ui.input.style.height = 'auto';
+    ui.input.style.height = `${Math.min(ui.input.scrollHeight, 160)}px`;
+  }
+
+  function askName(problem) {
+    ui.nameInput.value = state.name;
+    ui.nameError.textContent = problem || '';
+    if (!ui.nameDialog.open) ui.nameDialog.showModal();
+    ui.nameInput.focus();
+    ui.nameInput.select();
+  }
+
+  function onNameSubmit(event) {
+    event.preventDefault();
+    const name = ui.nameInput.value;
+    const problem = nameProblem(name);
+    if (problem) {
+      ui.nameError.textContent = problem;
+      ui.nameInput.focus();
+      return;
+    }
+    ui.nameError.textContent = '';
+    ui.nameDialog.close();
+    const changed = name !== state.name;
+    saveName(name);
+    state.name = name;
+    renderMe();
+    const failed = [...state.rooms.values()].some((room) => room.joinState === 'error');
+    if (changed || failed || !isOpen()) {
+      // A connection has one name in all its rooms: a new name needs a new connection.
+      clearError();
+      state.token = null;
+      for (const room of state.rooms.values()) {
+        for (const m of room.messages) m.node = null; // "own" marks follow the name
+        for (const item of room.outbox) {
+          if (item.node) item.node.remove();
+          item.node = null;
+        }
+      }
+      renderRoom();
+      dropSocket();
+      reconnectNow();
+    }
+    ui.input.focus();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Wiring
+
+  function init() {
+    ui.composer.addEventListener('submit', (event) => {
+      event.preventDefault();
+      submitMessage();
+    });
+    ui.input.addEventListener('keydown', (event) => {
+      // Enter sends, Shift+Enter is a newline; never while an IME is composing.
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submitMessage();
+      }
+    });
+    ui.input.addEventListener('input', () => {
+      autosize();
+      if (ui.error.textContent) clearError();
+    });
+    ui.roomForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const name = ui.roomInput.value.trim().replace(/^#/, '');
+      if (!name) return;
+      if (openRoom(name, { focus: true })) ui.roomInput.value = '';
+    });
+    ui.nameForm.addEventListener('submit', onNameSubmit);
+    ui.nameDialog.addEventListener('cancel', (event) => {
+      if (!state.name) event.preventDefault(); // nothing works without a name
+    });
+    ui.me.addEventListener('click', () => askName(''));
+    ui.reconnectNow.addEventListener('click', reconnectNow);
+    ui.jump.addEventListener('click', () => {
+      scrollToBottom();
+      ui.input.focus();
+    });
+    ui.messages.addEventListener('scroll', () => {
+      if (nearBottom()) ui.jump.hidden = true;
+    }, { passive: true });
+    window.addEventListener('hashchange', () => {
+      if (location.hash.startsWith('#/')) openRoom(roomFromUrl());
+    });
+    document.querySelector('.skip-link').addEventListener('click', (event) => {
+      event.preventDefault(); // keep the room in the URL
+      ui.input.focus();
+    });
+    window.addEventListener('online', () => {
+      if (!state.ws && !state.replaced) reconnectNow();
+    });
+    document.addEventListener('visibilitychange', () => {
+      // Background tabs have their timers throttled: don't make a returning person wait it out.
+      if (document.visibilityState === 'visible' && state.retryTimer) reconnectNow();
+    });
+    window.addEventListener('offline', () => {
+      if (!isOpen()) {
+        clearRetry();
+        setConn('offline');
+      }
+    });
+    window.addEventListener('beforeunload', (event) => {
+      const unsent = [...state.rooms.values()].some((room) => room.outbox.length > 0);
+      if (unsent) event.preventDefault(); // the browser asks before unsent messages are lost
+    });
+    const wide = window.matchMedia('(min-width: 760px)');
+    ui.people.open = wide.matches;
+    wide.addEventListener('change', () => {
+      ui.people.open = wide.matches;
+    });
+
+    const first = roomFromUrl();
+    if (!openRoom(first)) openRoom(DEFAULT_ROOM);
+    renderMe();
+    if (state.name && !nameProblem(state.name)) {
+      connect();
+    } else {
+      state.name = '';
+      setConn('offline', 'offline: choose a name');
+      askName('');
+    }
+  }
+
+  init();
+})();
