@@ -23,8 +23,8 @@ from .chatkit import Peer, run
 
 
 def make() -> tuple[StubTreq, Hub]:
-    factory = ChatFactory(WsSettings())
     clock = Clock()
+    factory = ChatFactory(WsSettings(), clock)
     clock.advance(100)
     hub = Hub(MemoryHistory(10), LocalBroker(), factory.fanout, clock.seconds, lambda: "t")
     factory.attach(hub)

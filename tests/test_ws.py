@@ -82,7 +82,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def make_factory(
     clock: Clock, settings: WsSettings = WsSettings(), limits: Limits = Limits()
 ) -> ChatFactory:
-    factory = ChatFactory(settings)
+    factory = ChatFactory(settings, clock)
     hub = Hub(
         MemoryHistory(limits.history_size),
         LocalBroker(),

@@ -216,7 +216,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_members=options["max-members"],
     )
     store = make_store(options)
-    factory = ChatFactory(settings)
+    factory = ChatFactory(settings, reactor)
     hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_token, limits)
     factory.attach(hub)
     started_s = reactor.seconds()

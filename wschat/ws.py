@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,6 +26,7 @@ from .chat.errors import ChatError
 from .chat.hub import Hub, Session
 from .chat.model import Error, Event, Join, Leave, Say
 from .codec import SUBPROTOCOL, decode, encode
+from .timers import BucketTimer
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -35,6 +35,15 @@ CLOSE_REPLACED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_status_line",
+    "http_request_params",
+    "_wskey",
+)
+OPCODE_TEXT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            self._forget_handshake()
             self._session = self.factory.hub.connect(self, self.send_event, self._replaced)
             self.factory.protocols.add(self)
             # twisted.web's HTTPChannel registered itself as the transport's producer; after
@@ -149,6 +159,12 @@ class ChatProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("could not open {client}", client=self._client)
             self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _forget_handshake(self) -> None:
+        """The request and response of the opening handshake are not needed after it; at
+        tens of thousands of idle connections they would be a fair share of the memory."""
+        for attr in _HANDSHAKE_LEFTOVERS:
+            setattr(self, attr, None)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
@@ -223,7 +239,10 @@ class ChatProtocol(WebSocketServerProtocol):
         data = encode(event)
         self._count_output(len(data))
         if self.state == STATE_OPEN:
-            self.sendMessage(data)
+            # Not sendMessage: Autobahn applies maxMessagePayloadSize (our limit on what a
+            # client may send) to outgoing messages too, and a welcome carrying the history
+            # is often larger than that.
+            self.sendFrame(opcode=OPCODE_TEXT, payload=data)
 
     def send_frame(self, frame: bytes) -> None:
         """Write an already framed message (the same bytes go to every member)."""
@@ -247,6 +266,12 @@ class ChatProtocol(WebSocketServerProtocol):
             # if the closing handshake does not finish in closeHandshakeTimeout.
             self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: too much output waiting")
 
+    def onPing(self, payload: bytes) -> None:
+        # A pong is output like any other: a client flooding pings without reading the pongs
+        # must meet the slow-consumer limit, not grow the server's send buffer without bound.
+        self._count_output(len(payload) + 2)
+        super().onPing(payload)
+
     def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None:
@@ -267,6 +292,10 @@ class ChatProtocol(WebSocketServerProtocol):
     # IPushProducer: the transport tells us when its buffer is over its high-water mark.
 
     def pauseProducing(self) -> None:
+        # Twisted calls this again on every write while its buffer stays full: count from the
+        # first call, or the count restarts with each message and never reaches the limit.
+        if self._paused:
+            return
         self._paused = True
         self._bytes_while_paused = 0
 
@@ -278,36 +307,24 @@ class ChatProtocol(WebSocketServerProtocol):
         self._paused = True
 
 
-class _ExactCall:
-    """A pending timer that Autobahn may cancel after it fired (a DelayedCall would raise)."""
-
-    def __init__(self, call: IDelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
-
-
-class ExactTimer:
-    """Stands in for Autobahn's `factory._batched_timer`. txaio's batched timer rounds every
-    deadline down to a whole second (`int(now + delay)`): a 0.5 s ping timeout fires at once
-    and drops every peer, a 1 s one fires after 0-1 s, the 5 s default after 4-5 s. Timers go
-    through txaio's loop (the reactor, or the tests' Clock), one DelayedCall each."""
-
-    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _ExactCall:
-        return _ExactCall(txaio.call_later(delay, func, *args, **kwargs))
-
-
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol  # type: ignore[assignment]
 
-    def __init__(self, settings: WsSettings) -> None:
+    def __init__(self, settings: WsSettings, clock: IReactorTime) -> None:
         super().__init__()
         self.settings = settings
         self.setProtocolOptions(**protocol_options(settings))
-        # Pings and handshake timeouts as configured, not rounded to whole seconds.
-        self._batched_timer = ExactTimer()
+        # Autobahn copies ~40 options into each protocol's __dict__ when it connects; as class
+        # attributes of a subclass per factory they cost nothing per connection.
+        # (A callable option such as perMessageCompressionAccept must not become a method.)
+        options = {
+            attr: staticmethod(value) if callable(value) else value
+            for attr in ChatProtocol.CONFIG_ATTRS
+            for value in [getattr(self, attr)]
+        }
+        options["CONFIG_ATTRS"] = ()
+        self.protocol = type("ChatProtocol", (ChatProtocol,), options)  # type: ignore[assignment]
+        self._batched_timer = BucketTimer(clock)
         self.protocols: set[ChatProtocol] = set()
         self._hub: Hub | None = None
         self._per_ip: dict[str, int] = {}
