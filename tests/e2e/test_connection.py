@@ -1,0 +1,220 @@
+"""The WebSocket connection itself: close codes, slow readers, dead peers, shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .client import Chat
+from .conftest import ServerFactory
+from .process import CLEAN_STOP_CODES, ServerProcess
+from .rawws import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawWs
+
+pytestmark = pytest.mark.e2e
+
+MAX_MESSAGE_BYTES = 1024
+
+
+def health(server: ServerProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as resp:
+        status = json.load(resp)
+    assert isinstance(status, dict)
+    return status
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server that accepts messages of at most MAX_MESSAGE_BYTES."""
+    server = ServerProcess(
+        tmp_path_factory.mktemp("close-codes"), "--max-message-bytes", str(MAX_MESSAGE_BYTES)
+    ).start()
+    yield server
+    server.kill()
+
+
+def test_binary_frame_closes_1003(small: ServerProcess) -> None:
+    """A binary frame closes the connection with 1003 (unsupported data)."""
+    chat = Chat(small.ws_url)
+    chat.join("lobby", "bin")
+    chat.ws.send(b'{"type": "say"}')
+    code, _ = chat.expect_close()
+    assert code == 1003
+
+
+def test_oversize_closes_1009(small: ServerProcess) -> None:
+    """A message over --max-message-bytes closes with 1009, fragmented or not."""
+    chat = Chat(small.ws_url)
+    chat.ws.send("x" * MAX_MESSAGE_BYTES)
+    assert chat.expect("error")["code"] == "bad_json"
+    chat.ws.send("x" * (MAX_MESSAGE_BYTES + 1))
+    assert chat.expect_close()[0] == 1009
+
+    fragmented = Chat(small.ws_url)
+    fragmented.ws.send(iter(["x" * 600, "x" * 600]))
+    assert fragmented.expect_close()[0] == 1009
+
+
+def test_invalid_utf8_closes_1007(small: ServerProcess) -> None:
+    """A text frame that is not UTF-8 closes with 1007, also in a continuation frame."""
+    raw = RawWs(small.port)
+    raw.join("lobby", "utf")
+    raw.send_frame(OP_TEXT, b'{"type": "say", "room": "lobby", "text": "\xff\xfe"}')
+    assert raw.recv_close()[0] == 1007
+
+    fragments = RawWs(small.port)
+    fragments.send_frame(OP_TEXT, b'{"type": "join", "room": "', fin=False)
+    fragments.send_frame(OP_CONT, b'\xc3\x28"}')
+    assert fragments.recv_close()[0] == 1007
+
+
+def test_protocol_violation_closes_1002(small: ServerProcess) -> None:
+    """A reserved opcode is any other protocol violation: close 1002."""
+    raw = RawWs(small.port)
+    raw.send_frame(0x3, b"")
+    assert raw.recv_close()[0] == 1002
+
+
+def test_slow_reader_cut_off(wschat_server: ServerFactory) -> None:
+    """Slow readers are closed with 4008 and logged; a fast reader gets every message."""
+    server = wschat_server("--max-output-bytes", "65536", "--rate", "100000", "--burst", "100000")
+    # `late` reads its backlog once it is cut off; `stuck` never reads again.
+    late = RawWs(server.port, recv_buffer_bytes=4096)
+    late.join("flood", "late")
+    stuck = RawWs(server.port, recv_buffer_bytes=4096)
+    stuck.join("flood", "stuck")
+    fast = Chat(server.ws_url, max_queue=None)
+    fast.join("flood", "fast")
+    sender = Chat(server.ws_url, max_queue=None)
+    sender.join("flood", "sender")
+    fast.expect("presence")
+    assert health(server)["connections"] == 4
+
+    # ~7 MB in all: the kernel's send buffer for a slow socket alone grows to 4 MiB
+    # (net.ipv4.tcp_wmem), and only what Twisted holds beyond its own 64 KiB counts.
+    count = 1200
+    text = "€" * 1990  # 6 KB of UTF-8
+    for i in range(count):
+        sender.send(type="say", room="flood", text=f"{i} {text}")
+    got = [fast.expect("message") for _ in range(count)]
+    assert [int(m["text"].split()[0]) for m in got] == list(range(count))
+    assert [m["id"] for m in got] == list(range(got[0]["id"], got[0]["id"] + count))
+    started = time.monotonic()
+
+    # The close frame waits behind the backlog; read within the 5 s before the abort.
+    code, reason = late.recv_close()
+    assert (code, reason) == (4008, "slow consumer: too much output waiting")
+    late.send_frame(OP_CLOSE, code.to_bytes(2, "big"))
+    event = fast.expect("presence")
+    assert (event["event"], event["name"]) == ("leave", "late")
+
+    event = fast.expect("presence", timeout=10)
+    assert (event["event"], event["name"]) == ("leave", "stuck")
+    assert time.monotonic() - started < 8
+    assert health(server)["connections"] == 2
+    log = server.log()
+    assert log.count("closing slow consumer") == 2
+    assert "peer did not finish the closing handshake in time" in log
+
+    events = [sender.recv() for _ in range(2 * count + 2)]
+    assert [e["type"] for e in events].count("ack") == count
+    assert [e["type"] for e in events].count("message") == count
+    # The others are unaffected.
+    sender.say("flood", "after")
+    assert fast.expect("message")["text"] == "after"
+
+
+def test_dead_peer_found_by_ping(wschat_server: ServerFactory) -> None:
+    """A peer that never answers pings is dropped and its leave broadcast within seconds."""
+    server = wschat_server("--ping-interval", "0.5", "--ping-timeout", "0.5")
+    alive = Chat(server.ws_url)
+    alive.join("lobby", "alive")
+    dead = RawWs(server.port)
+    dead.join("lobby", "dead")
+    started = time.monotonic()
+    assert alive.expect("presence")["event"] == "join"
+    event = alive.expect("presence", timeout=5)
+    assert (event["event"], event["name"]) == ("leave", "dead")
+    assert time.monotonic() - started < 4
+    time.sleep(1.5)  # more pings: the one that answers them is kept
+    assert alive.join("other")["users"] == ["alive"]
+    assert health(server)["connections"] == 1
+
+
+def test_sigterm_closes_1001(wschat_server: ServerFactory) -> None:
+    """SIGTERM: every client gets 1001, twistd stops cleanly, no WAL left, history intact."""
+    server = wschat_server()
+    clients = [Chat(server.ws_url) for _ in range(3)]
+    for i, chat in enumerate(clients):
+        chat.join("lobby", f"user{i}")
+    writer = Chat(server.ws_url)
+    writer.join("other", "writer")
+    for i in range(3):
+        writer.say("other", f"m{i}")
+        writer.expect("message")
+    raw = RawWs(server.port)
+    raw.join("lobby", "raw")
+    history = writer.join("other")["history"]
+    assert [m["text"] for m in history] == ["m0", "m1", "m2"]
+
+    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    for chat in [*clients, writer]:
+        assert chat.expect_close() == (1001, "server going away")
+    assert raw.recv_close() == (1001, "server going away")
+    raw.send_frame(OP_CLOSE, (1001).to_bytes(2, "big"))
+    assert server.stop() in CLEAN_STOP_CODES
+    log = server.log()
+    assert "stopped: connections closed, history database closed" in log
+    assert "Server Shut Down." in log
+    wal = server.db_path.with_name(server.db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    # Readable without the server, as a plain SQLite file.
+    db = sqlite3.connect(server.db_path)
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (3,)
+    db.close()
+
+    server.start()
+    assert Chat(server.ws_url).join("other", "again")["history"] == history
+
+
+def test_acked_survives_kill(wschat_server: ServerFactory) -> None:
+    """What was acked survives `kill -9` of the server (the ack's durability promise)."""
+    server = wschat_server()
+    chat = Chat(server.ws_url)
+    chat.join("lobby", "kim")
+    acks = []
+    for i in range(5):
+        acks.append(chat.say("lobby", f"m{i}", ref=f"r{i}")["id"])
+        chat.expect("message")
+    assert server.kill() == -signal.SIGKILL
+    server.start()
+    history = Chat(server.ws_url).join("lobby", "lou")["history"]
+    assert [m["id"] for m in history] == acks
+    assert [m["text"] for m in history] == [f"m{i}" for i in range(5)]
+
+
+def test_binary_frame_opcode_raw(small: ServerProcess) -> None:
+    """A raw binary frame mid-conversation also gets 1003 and the others see the leave."""
+    watcher = Chat(small.ws_url)
+    watcher.join("raw-bin", "watcher")
+    raw = RawWs(small.port)
+    raw.join("raw-bin", "raw")
+    assert watcher.expect("presence")["event"] == "join"
+    raw.send_frame(OP_BINARY, b"\x00\x01")
+    assert raw.recv_close()[0] == 1003
+    raw.send_frame(OP_CLOSE, (1003).to_bytes(2, "big"))
+    event = watcher.expect("presence")
+    assert (event["event"], event["name"]) == ("leave", "raw")
