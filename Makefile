@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck certs clean bench bench-quick soak conformance
+.PHONY: run test lint typecheck certs clean soak conformance
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,5 @@ clean:
 conformance: $(STAMP)
 	bash tests/conformance/setup.sh
 	$(PY) tests/conformance/run.py --twistd $(VENV)/bin/twistd
+
+include bench/Makefile.inc

@@ -1,0 +1,1069 @@
+#!/usr/bin/env python3
+# ruff: noqa: RUF001  (the tables use typographic multiplication signs and dashes)
+"""wschat benchmark orchestrator.
+
+Runs wschat and the peer servers of bench/peers/ through the same scenarios, with the server
+pinned to CPU 0 and the Node load generator (bench/loadgen.js) pinned to CPU 1, a fresh server
+per run, several runs per scenario. Writes raw JSON lines to bench/results/, prints a markdown
+table, and with --docs writes docs/benchmarks.md.
+
+    python bench/run.py --quick                     # < 2 minutes
+    python bench/run.py --docs docs/benchmarks.md   # the full suite
+    python bench/run.py --servers wschat,node --scenarios fanout --runs 5
+
+Only the standard library is used here; the peers need a Python with autobahn and websockets
+(--python, by default the interpreter next to --twistd) and Node with `npm ci` done in bench/.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+PEERS = os.path.join(BENCH, "peers")
+LOADGEN = os.path.join(BENCH, "loadgen.js")
+
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+ALL_SERVERS = ["wschat", "node", "autobahn", "websockets", "null"]
+# "null" (bench/tools/null_server.js) is no peer: it frames each message once and writes once per
+# client per event-loop turn, to show what the load generator can take (fan-out) and the latency
+# floor of the measurement (steady). Not run in the connect scenarios.
+NULL_SCENARIOS = ("fanout", "fanout2", "steady")
+ALL_SCENARIOS = ["fanout", "fanout2", "steady", "connect", "idle_max"]
+SERVER_LABELS = {
+    "wschat": "wschat",
+    "node": "Node.js ws (classic chat server)",
+    "autobahn": "Autobahn naive broadcast",
+    "websockets": "Python websockets + broadcast()",
+    "null": "(null server: what the load generator can measure)",
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings(quick):
+    """Scenario sizes. The full values are the ones the benchmark issue asks for."""
+    if quick:
+        return {
+            "runs": 1,
+            "fanout": dict(clients=500, senders=10, inflight=8, warmup=1.0, duration=2.0),
+            "steady": dict(clients=500, senders=10, rate=5.0, warmup=1.0, duration=2.0),
+            "connect": dict(clients=1000, room_size=100, concurrency=50),
+            "idle_max": dict(clients=2000, room_size=100, concurrency=50),
+        }
+    return {
+        "runs": 3,
+        "fanout": dict(clients=1000, senders=10, inflight=8, warmup=2.0, duration=8.0),
+        "steady": dict(clients=1000, senders=10, rate=5.0, warmup=2.0, duration=10.0),
+        "connect": dict(clients=10000, room_size=100, concurrency=50),
+        "idle_max": dict(clients=19000, room_size=100, concurrency=50),
+    }
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_times():
+    """Per-CPU jiffies from /proc/stat: {cpu: (busy, total)}."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    parts = line.split()
+                    vals = [int(x) for x in parts[1:]]
+                    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+                    out[parts[0][3:]] = (sum(vals) - idle, sum(vals))
+    except OSError:
+        pass
+    return out
+
+
+def cpu_busy(a, b):
+    """Busy % per CPU between two cpu_times() samples (user, system and softirq alike)."""
+    res = {}
+    for cpu in a:
+        if cpu in b and b[cpu][1] > a[cpu][1]:
+            res[cpu] = round(100.0 * (b[cpu][0] - a[cpu][0]) / (b[cpu][1] - a[cpu][1]), 1)
+    return res
+
+
+def stop_process(proc, timeout=3.0):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class Server:
+    def __init__(self, name, opts, logdir, tag):
+        self.name = name
+        self.opts = opts
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix=f"wschat-bench-{name}-")
+        self.logpath = os.path.join(logdir, f"{tag}-server.log")
+        self.proc = None
+        self.baseline_kib = None
+        if name == "wschat":
+            self.url = f"ws://127.0.0.1:{self.port}/ws"
+            self.proto = "wschat"
+        else:
+            self.url = f"ws://127.0.0.1:{self.port}/"
+            self.proto = "raw"
+
+    def argv(self):
+        o = self.opts
+        if self.name == "node":
+            cmd = [o.node, os.path.join(PEERS, "node_ws.js"), str(self.port)]
+        elif self.name == "null":
+            cmd = [o.node, os.path.join(BENCH, "tools", "null_server.js"), str(self.port)]
+        elif self.name == "autobahn":
+            cmd = [o.python, os.path.join(PEERS, "autobahn_naive.py"), str(self.port)]
+        elif self.name == "websockets":
+            cmd = [o.python, os.path.join(PEERS, "websockets_broadcast.py"), str(self.port)]
+        elif self.name == "wschat":
+            cmd = [
+                o.twistd,
+                "-n",
+                "--pidfile=",
+                "wschat",
+                "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--history-db",
+                os.path.join(self.tmp, "history.db"),
+                "--rate",
+                "1000000",
+                "--burst",
+                "1000000",
+                *o.wschat_extra,
+            ]
+        else:
+            raise ValueError(self.name)
+        return ["taskset", "-c", SERVER_CPU, *cmd]
+
+    def start(self):
+        self.logf = open(self.logpath, "wb")
+        self.proc = subprocess.Popen(
+            self.argv(),
+            cwd=self.tmp,
+            stdin=subprocess.DEVNULL,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_port(self.port, self.proc):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; see {self.logpath}")
+        time.sleep(0.5)  # let start-up allocations settle before the baseline
+        self.baseline_kib = rss_kib(self.proc.pid)
+
+    def stop(self):
+        stop_process(self.proc)
+        self.logf.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class LoadGen:
+    def __init__(self, node, cfg, logdir, tag):
+        self.cfg = cfg
+        self.errpath = os.path.join(logdir, f"{tag}-gen{cfg['gen']}.log")
+        self.errf = open(self.errpath, "wb")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", LOADGEN_CPU, node, LOADGEN, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errf,
+            text=True,
+            bufsize=1,
+        )
+        self.q = queue.Queue()
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                self.q.put(json.loads(line))
+            except ValueError:
+                self.q.put({"event": "junk", "line": line})
+        self.q.put({"event": "eof"})
+
+    def send(self, cmd):
+        try:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def wait_event(self, name, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"load generator {self.cfg['gen']}: no '{name}' in {timeout:.0f} s"
+                )
+            try:
+                ev = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if ev.get("event") == name:
+                return ev
+            if ev.get("event") in ("fatal", "eof"):
+                raise RuntimeError(
+                    f"load generator {self.cfg['gen']} failed: {ev}; see {self.errpath}"
+                )
+
+    def stop(self):
+        self.send("exit")
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.errf.close()
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def merge_hist(results):
+    buckets = {}
+    for r in results:
+        for lo, width, n in r.get("hist", []):
+            key = (lo, width)
+            buckets[key] = buckets.get(key, 0) + n
+    return sorted(buckets.items())
+
+
+def percentile(hist, p):
+    total = sum(n for _, n in hist)
+    if total == 0:
+        return None
+    want = total * p / 100.0
+    acc = 0
+    for (lo, width), n in hist:
+        acc += n
+        if acc >= want:
+            return (lo + width) / 1000.0  # ms, bucket upper bound
+    (lo, width), _ = hist[-1]
+    return (lo + width) / 1000.0
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def split(n, parts):
+    base, extra = divmod(n, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
+    counts = split(total_clients, gens)
+    sender_counts = split(senders, gens)
+    out, offset, sid = [], 0, 0
+    for g in range(gens):
+        cfg = dict(
+            mode=mode,
+            proto=server.proto,
+            url=server.url,
+            gen=g,
+            clients=counts[g],
+            offset=offset,
+            senders=list(range(sid, sid + sender_counts[g])),
+            payload=140,
+            room="bench",
+            addrs=opts.addrs,
+            concurrency=50,
+        )
+        cfg.update(extra)
+        if mode == "connect":
+            cfg["concurrency"] = max(1, extra.get("concurrency", 50) // gens)
+        out.append(LoadGen(opts.node, cfg, opts.logdir, f"{tag}"))
+        offset += counts[g]
+        sid += sender_counts[g]
+    return out
+
+
+def connect_timeout(n):
+    return 60 + n / 50.0
+
+
+def run_traffic(opts, server, scen, s, gens, tag):
+    """fanout / steady: connect the room, then send; returns the merged record."""
+    mode = "fanout" if scen in ("fanout", "fanout2") else "steady"
+    extra = dict(warmup=s["warmup"], duration=s["duration"])
+    if mode == "fanout":
+        extra["inflight"] = s["inflight"]
+    else:
+        extra["rate"] = s["rate"]
+        extra["totalSenders"] = s["senders"]
+    lgs = start_gens(opts, server, mode, s["clients"], gens, tag, extra, senders=s["senders"])
+    try:
+        readies = [lg.wait_event("ready", connect_timeout(s["clients"])) for lg in lgs]
+        time.sleep(0.5)  # let the last presence broadcasts drain
+        for lg in lgs:
+            lg.send("go")
+        # server CPU over (about) the generators' measuring window
+        time.sleep(s["warmup"] + 0.05)
+        cpu0, t0, st0 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        time.sleep(max(0.1, s["duration"] - 0.1))
+        cpu1, t1, st1 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        server_cpu = (
+            (cpu1 - cpu0) / (t1 - t0) * 100 if cpu0 is not None and cpu1 is not None else None
+        )
+        results = [lg.wait_event("result", 60) for lg in lgs]
+        rss = rss_kib(server.proc.pid)
+    finally:
+        for lg in lgs:
+            lg.stop()
+    window = statistics.mean(r["window"] for r in results)
+    hist = merge_hist(results)
+    connected = sum(r["connected"] for r in readies)
+    sent = sum(r["sent"] for r in results)
+    received = sum(r["received"] for r in results)
+    rec = dict(
+        clients=s["clients"],
+        connected=connected,
+        join_failures={k: v for r in readies for k, v in r["failures"].items()},
+        deliveries_per_s=sum(r["deliveries"] for r in results) / window,
+        messages_per_s=sum(r["sentInWindow"] for r in results) / window,
+        latency_ms=dict(
+            p50=percentile(hist, 50),
+            p90=percentile(hist, 90),
+            p99=percentile(hist, 99),
+            max=percentile(hist, 100),
+        ),
+        sent=sent,
+        received=received,
+        lost=sent * connected - received,
+        stalls=sum(r["stalls"] for r in results),
+        closed=sum(r["closedEarly"] for r in results),
+        close_codes=[r["closeCodes"] for r in results],
+        gen_cpu_percent=[round(r["cpuPercent"], 1) for r in results],
+        gen_cpu_percent_total=round(sum(r["cpuPercent"] for r in results), 1),
+        gen_cpu_user_system_s=[[round(r["cpuUser"], 2), round(r["cpuSystem"], 2)] for r in results],
+        gen_loop_delay_p99_ms=[round(r["loopDelayP99Ms"], 2) for r in results],
+        server_cpu_percent=round(server_cpu, 1) if server_cpu is not None else None,
+        cpu_busy_percent=cpu_busy(st0, st1),
+        server_rss_kib=rss,
+        window_s=window,
+    )
+    if mode == "steady":
+        rec["target_deliveries_per_s"] = s["senders"] * s["rate"] * s["clients"]
+    return rec
+
+
+def run_connect(opts, server, scen, s, gens, tag):
+    """connect / idle_max: open (and join) N connections, hold them, measure server RSS."""
+    extra = dict(roomSize=s["room_size"], concurrency=s["concurrency"], room="idle")
+    lgs = start_gens(opts, server, "connect", s["clients"], gens, tag, extra)
+    try:
+        readies = [lg.wait_event("ready", connect_timeout(s["clients"])) for lg in lgs]
+        time.sleep(2.0)  # idle: let the server settle (pending writes, garbage)
+        rss = rss_kib(server.proc.pid)
+        for lg in lgs:
+            lg.send("status")
+        statuses = [lg.wait_event("status", 30) for lg in lgs]
+        alive = server.proc.poll() is None
+    finally:
+        for lg in lgs:
+            lg.stop()
+    connected = sum(r["connected"] for r in readies)
+    start = min(r["connectStart"] for r in readies)
+    end = max(r["connectEnd"] for r in readies)
+    failures = {}
+    for r in readies:
+        for k, v in r["failures"].items():
+            failures[k] = failures.get(k, 0) + v
+    held = sum(st["open"] for st in statuses)
+    per_conn = None
+    if rss is not None and server.baseline_kib is not None and held:
+        per_conn = (rss - server.baseline_kib) / held
+    return dict(
+        clients=s["clients"],
+        connected=connected,
+        failed=sum(r["failed"] for r in readies),
+        failures=failures,
+        held=held,
+        server_alive=alive,
+        connect_per_s=connected / (end - start) if end > start else None,
+        connect_seconds=end - start,
+        gen_connect_cpu_percent=[round(r["connectCpuPercent"], 1) for r in readies],
+        baseline_rss_kib=server.baseline_kib,
+        rss_kib=rss,
+        rss_per_conn_kib=per_conn,
+        gen_errors=[st["errorKinds"] for st in statuses],
+        close_codes=[st["closeCodes"] for st in statuses],
+    )
+
+
+def run_one(opts, server_name, scen, s, run_idx, outf):
+    tag = f"{scen}-{server_name}-{run_idx}"
+    gens = max(2, opts.gens) if scen == "fanout2" else opts.gens
+    sz = s["fanout"] if scen == "fanout2" else s[scen]
+    server = Server(server_name, opts, opts.logdir, tag)
+    t0 = time.monotonic()
+    rec = dict(
+        scenario=scen,
+        server=server_name,
+        run=run_idx,
+        gens=gens,
+        params=sz,
+        time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    # Wait (up to --wait-idle seconds) for the other processes on the machine to quieten down.
+    deadline = time.monotonic() + opts.wait_idle
+    while True:
+        before = cpu_times()
+        time.sleep(0.5)
+        rec["cpu_busy_before_percent"] = cpu_busy(before, cpu_times())
+        if (
+            max(rec["cpu_busy_before_percent"].values(), default=0) <= 15
+            or time.monotonic() > deadline
+        ):
+            break
+    if max(rec["cpu_busy_before_percent"].values(), default=0) > 15:
+        log(
+            f"  warning: the machine was busy before {tag}: {rec['cpu_busy_before_percent']} % "
+            "(other processes share the CPUs; numbers will be noisy)"
+        )
+    try:
+        server.start()
+        if scen in ("fanout", "fanout2", "steady"):
+            rec.update(run_traffic(opts, server, scen, sz, gens, tag))
+        else:
+            rec.update(run_connect(opts, server, scen, sz, gens, tag))
+        rec["ok"] = True
+    except Exception as e:  # keep going: one failed run must not lose the others
+        rec["ok"] = False
+        rec["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if server.proc is not None:
+            rec["server_exit"] = server.proc.poll()
+        server.stop()
+    rec["elapsed_s"] = round(time.monotonic() - t0, 2)
+    outf.write(json.dumps(rec) + "\n")
+    outf.flush()
+    log(f"  {tag}: {short(rec)}")
+    return rec
+
+
+def short(rec):
+    if not rec.get("ok"):
+        return "FAILED " + rec.get("error", "")
+    if "deliveries_per_s" in rec:
+        lat = rec["latency_ms"]
+        return (
+            f"{rec['deliveries_per_s']:,.0f} deliveries/s p50 {fmt_ms(lat['p50'])} "
+            f"p99 {fmt_ms(lat['p99'])} ms lost {rec['lost']} gen CPU {rec['gen_cpu_percent']} % "
+            f"server CPU {rec['server_cpu_percent']} % ({rec['elapsed_s']} s)"
+        )
+    return (
+        f"{rec['held']}/{rec['clients']} held, {fmt_num(rec['connect_per_s'])} conn/s, "
+        f"{fmt_num(rec['rss_per_conn_kib'], 2)} KiB/conn ({rec['elapsed_s']} s)"
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def fmt_num(v, digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def med_range(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def mib(v):
+    return f"{v:.0f}"
+
+
+def busy_cell(rs):
+    c0 = [r.get("cpu_busy_percent", {}).get(SERVER_CPU) for r in rs]
+    c1 = [r.get("cpu_busy_percent", {}).get(LOADGEN_CPU) for r in rs]
+    c0 = [v for v in c0 if v is not None]
+    c1 = [v for v in c1 if v is not None]
+    if not c0 or not c1:
+        return "–"
+    return f"{statistics.median(c0):.0f} / {statistics.median(c1):.0f}"
+
+
+def summarize(records, servers, scenarios, s):
+    by = {}
+    for r in records:
+        by.setdefault((r["scenario"], r["server"]), []).append(r)
+
+    def ok(scen, srv):
+        return [r for r in by.get((scen, srv), []) if r.get("ok")]
+
+    def failed(scen, srv):
+        return len(by.get((scen, srv), [])) - len(ok(scen, srv))
+
+    def runs_cell(scen, srv):
+        n_ok, n_bad = len(ok(scen, srv)), failed(scen, srv)
+        return f"{n_ok}" + (f" (+{n_bad} failed)" if n_bad else "")
+
+    def node_median(scen, key):
+        rs = ok(scen, "node")
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    lines = []
+    k0 = lambda v: fmt_num(v)  # noqa: E731
+    pct = lambda v: f"{v:.0f}"  # noqa: E731
+    if "fanout" in scenarios:
+        f = s["fanout"]
+        node_med = node_median("fanout", "deliveries_per_s")
+        lines += [
+            f"### Fan-out: {f['clients']:,} clients in one room, {f['senders']} senders × "
+            f"{f['inflight']} messages in flight, 140-byte text",
+            "",
+            "| server | runs | deliveries/s | × Node ws | latency p50 ms | latency p99 ms | lost | "
+            "server CPU % | load-gen CPU % | CPU 0 / CPU 1 busy % |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for srv in servers:
+            rs = ok("fanout", srv)
+            d = [r["deliveries_per_s"] for r in rs]
+            ratio = (
+                f"{statistics.median(d) / node_med:.2f}"
+                if d and node_med and srv != "null"
+                else "–"
+            )
+            lines.append(
+                f"| {SERVER_LABELS[srv]} | {runs_cell('fanout', srv)} | "
+                f"{med_range(d, k0)} | {ratio} | "
+                f"{med_range([r['latency_ms']['p50'] for r in rs], fmt_ms)} | "
+                f"{med_range([r['latency_ms']['p99'] for r in rs], fmt_ms)} | "
+                f"{sum(r['lost'] for r in rs) if rs else '–'} | "
+                f"{med_range([r['server_cpu_percent'] for r in rs], pct)} | "
+                f"{med_range([r['gen_cpu_percent_total'] for r in rs], pct)} | "
+                f"{busy_cell(rs)} |"
+            )
+        lines.append("")
+    if "fanout2" in scenarios:
+        lines += [
+            "### Fan-out with the load split over 2 generator processes (both on CPU 1)",
+            "",
+            "If the load generator were the bottleneck, a second process would raise the figure.",
+            "",
+            "| server | runs | deliveries/s, 1 process | deliveries/s, 2 processes | "
+            "load-gen CPU % per process (2 processes) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for srv in servers:
+            r1, r2 = ok("fanout", srv), ok("fanout2", srv)
+            per = [p for r in r2 for p in r["gen_cpu_percent"]]
+            lines.append(
+                f"| {SERVER_LABELS[srv]} | {runs_cell('fanout2', srv)} | "
+                f"{med_range([r['deliveries_per_s'] for r in r1], k0)} | "
+                f"{med_range([r['deliveries_per_s'] for r in r2], k0)} | "
+                f"{med_range(per, pct)} |"
+            )
+        lines.append("")
+    if "steady" in scenarios:
+        st = s["steady"]
+        target = st["senders"] * st["rate"] * st["clients"]
+        lines += [
+            f"### Latency under steady load: {st['senders']} senders × {st['rate']:g} msg/s to "
+            f"{st['clients']:,} members = {target:,.0f} deliveries/s",
+            "",
+            "| server | runs | deliveries/s | p50 ms | p99 ms | max ms | lost | server CPU % | "
+            "load-gen CPU % | CPU 0 / CPU 1 busy % |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for srv in servers:
+            rs = ok("steady", srv)
+            lines.append(
+                f"| {SERVER_LABELS[srv]} | {runs_cell('steady', srv)} | "
+                f"{med_range([r['deliveries_per_s'] for r in rs], k0)} | "
+                f"{med_range([r['latency_ms']['p50'] for r in rs], fmt_ms)} | "
+                f"{med_range([r['latency_ms']['p99'] for r in rs], fmt_ms)} | "
+                f"{med_range([r['latency_ms']['max'] for r in rs], fmt_ms)} | "
+                f"{sum(r['lost'] for r in rs) if rs else '–'} | "
+                f"{med_range([r['server_cpu_percent'] for r in rs], pct)} | "
+                f"{med_range([r['gen_cpu_percent_total'] for r in rs], pct)} | "
+                f"{busy_cell(rs)} |"
+            )
+        lines.append("")
+    for scen in ("connect", "idle_max"):
+        if scen not in scenarios:
+            continue
+        c = s[scen]
+        title = (
+            "Connect rate and idle memory"
+            if scen == "connect"
+            else "As many connections as the fd limit allows"
+        )
+        lines += [
+            f"### {title}: {c['clients']:,} connections (wschat: joined, rooms of "
+            f"{c['room_size']}), {c['concurrency']} handshakes in progress at a time",
+            "",
+            "| server | runs | held | connects (+ join)/s | server RSS KiB per connection | "
+            "server RSS MiB | failed |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for srv in servers:
+            if srv == "null":
+                continue
+            rs = ok(scen, srv)
+            lines.append(
+                f"| {SERVER_LABELS[srv]} | {runs_cell(scen, srv)} | "
+                f"{med_range([r['held'] for r in rs], k0)} | "
+                f"{med_range([r['connect_per_s'] for r in rs], k0)} | "
+                f"{med_range([r['rss_per_conn_kib'] for r in rs], lambda v: f'{v:.2f}')} | "
+                f"{med_range([r['rss_kib'] / 1024 if r['rss_kib'] else None for r in rs], mib)} | "
+                f"{sum(r['failed'] for r in rs) if rs else '–'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def versions(opts, servers):
+    v = {
+        "python (orchestrator)": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    try:
+        v["node"] = subprocess.run(
+            [opts.node, "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        with open(os.path.join(BENCH, "node_modules", "ws", "package.json")) as f:
+            v["ws (npm)"] = json.load(f)["version"]
+    except OSError:
+        pass
+    probe = (
+        "import sys, importlib.metadata as m\n"
+        "out = {'python (servers)': sys.version.split()[0]}\n"
+        "for p in ('twisted', 'autobahn', 'websockets', 'wschat'):\n"
+        "    try: out[p] = m.version(p)\n"
+        "    except Exception: pass\n"
+        "import json; print(json.dumps(out))\n"
+    )
+    try:
+        r = subprocess.run([opts.python, "-c", probe], capture_output=True, text=True, timeout=30)
+        v.update(json.loads(r.stdout))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+    try:
+        r = subprocess.run(
+            [
+                opts.python,
+                "-c",
+                "import autobahn.websocket as w; print(getattr(w, 'USES_NVX', None))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        v["autobahn USES_NVX"] = r.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        rev = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        if rev:
+            v["wschat git"] = rev
+    except OSError:
+        pass
+    return v
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory": mem,
+        "fd limit (soft/hard)": "/".join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE))),
+    }
+
+
+DOC_HEAD = """# Benchmarks
+
+Produced by `{command}` on {date}. Raw results: `{results}` (one JSON object per run,
+after a first line with the settings). Regenerate with `make bench` (full) or `make bench-quick`
+(smaller sizes, one run, under two minutes; it does not rewrite this file).
+
+## Machine and versions
+
+{machine}
+
+## How it is measured
+
+- Every server is started fresh for every run, pinned to CPU 0 with `taskset -c 0`; the load
+  generator (`bench/loadgen.js`, Node with the `ws` package, no compression, no UTF-8 validation)
+  is pinned to CPU 1. Runs of the servers are interleaved (run 1 of every server, then run 2, …).
+  Each cell is the median of the runs, with the min–max in parentheses.
+- wschat runs with its real protocol: every client sends `join`, senders send `say`; the server
+  stores every message in SQLite before broadcasting it as a `message` JSON frame. It is started as
+  `twistd -n wschat --listen tcp:PORT:interface=127.0.0.1 --history-db FILE --rate 1000000
+  --burst 1000000` (the per-connection rate limit is lifted for the senders{wschat_extra}).
+  The peers (`bench/peers/`) broadcast every text frame they get to all their clients.
+- Every message is a 140-byte text starting with its send time (CLOCK_MONOTONIC, µs, shared by
+  all processes) and its sender id; every receiver computes the delivery latency on receipt, into
+  a histogram with 10 µs buckets. A delivery is one message received by one client; every message
+  reaches every member, the sender included. `lost` = sent × members − received after a drain.
+- fan-out: each sender keeps {inflight} messages in flight (it sends the next one when one of its
+  own comes back). Deliveries/s are counted over {fo_dur:g} s after {fo_warm:g} s of warm-up.
+- steady: each sender sends at a fixed rate, the senders staggered; latency over {st_dur:g} s.
+- connect: {conc} handshakes in progress at a time until all are in (wschat: handshake + `join`
+  answered by `welcome`, {room_size} members per room, since every join is broadcast to the room);
+  then the connections stay idle 2 s and the server's RSS (`VmRSS`) minus its RSS right after
+  start-up, divided by the connections held, is the RSS per connection. Client source addresses
+  are spread over 127.0.0.2–127.0.0.{last_addr}.
+- The load generator reports its own CPU use (`process.cpuUsage()` over the measuring window) and
+  event-loop delay; the fan-out is also run with the clients split over two generator processes.
+
+## Results
+
+"""
+
+
+def write_docs(path, opts, servers, scenarios, s, records, results_name, command):
+    m = machine()
+    v = versions(opts, servers)
+    mach = "\n".join(f"- {k}: {val}" for k, val in m.items())
+    mach += "\n" + "\n".join(f"- {k}: {val}" for k, val in v.items())
+    head = DOC_HEAD.format(
+        command=command,
+        date=datetime.date.today().isoformat(),
+        results=results_name,
+        machine=mach,
+        wschat_extra=(", and `" + " ".join(opts.wschat_extra) + "`") if opts.wschat_extra else "",
+        inflight=s["fanout"]["inflight"],
+        fo_dur=s["fanout"]["duration"],
+        fo_warm=s["fanout"]["warmup"],
+        st_dur=s["steady"]["duration"],
+        conc=s["connect"]["concurrency"],
+        room_size=s["connect"]["room_size"],
+        last_addr=1 + opts.addrs,
+    )
+    notes = []
+    for r in records:
+        if not r.get("ok"):
+            notes.append(
+                f"- {r['scenario']} / {r['server']} run {r['run']} failed: {r.get('error')}"
+            )
+    body = summarize(records, servers, scenarios, s)
+    before = [
+        max(r["cpu_busy_before_percent"].values())
+        for r in records
+        if r.get("cpu_busy_before_percent")
+    ]
+    if before:
+        head += (
+            f"Background load: the busier CPU was {statistics.median(before):.0f} % busy "
+            f"(median; max {max(before):.0f} %) in the 0.5 s before each run, with no "
+            "benchmark process running.\n\n"
+        )
+        if statistics.median(before) > 15:
+            head += (
+                "**Warning: other processes kept the CPUs busy during this run, so these numbers "
+                "are distorted (and runs taken at different moments are not comparable). Run "
+                "`make bench` again on an otherwise idle machine.**\n\n"
+            )
+    with open(path, "w") as f:
+        f.write(head + body + "\n")
+        if opts.skipped:
+            f.write("\n## Not run\n\n" + "\n".join(f"- {x}" for x in opts.skipped) + "\n")
+        if notes:
+            f.write("\n## Failed runs\n\n" + "\n".join(notes) + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def check_python(py, modules):
+    try:
+        r = subprocess.run(
+            [py, "-c", "import " + ", ".join(modules)], capture_output=True, timeout=60
+        )
+        return r.returncode == 0
+    except OSError:
+        return False
+
+
+def wschat_extra_args(twistd):
+    """Options wschat needs lifted for the benchmark, if this version of it has them."""
+    try:
+        r = subprocess.run([twistd, "wschat", "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    # --max-members and --max-connections default to no limit; nothing else needs lifting.
+    return []
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
+    ap.add_argument(
+        "--twistd",
+        default=os.path.join(ROOT, ".venv", "bin", "twistd"),
+        help="twistd of a venv with wschat installed (default: .venv/bin/twistd)",
+    )
+    ap.add_argument(
+        "--python",
+        default=None,
+        help="Python with autobahn and websockets for the peers "
+        "(default: the python next to --twistd, else this one)",
+    )
+    ap.add_argument("--node", default=shutil.which("node") or "node")
+    ap.add_argument("--servers", default=",".join(ALL_SERVERS))
+    ap.add_argument(
+        "--scenarios",
+        default=None,
+        help="comma-separated; default: all (quick: fanout, steady, connect)",
+    )
+    ap.add_argument("--runs", type=int, default=None, help="runs per scenario and server")
+    ap.add_argument(
+        "--gens",
+        type=int,
+        default=1,
+        help="load-generator processes (all on CPU 1) for every scenario; fanout2 uses at least 2",
+    )
+    ap.add_argument(
+        "--clients", type=int, default=None, help="override the idle_max connection count"
+    )
+    ap.add_argument(
+        "--addrs", type=int, default=100, help="source addresses 127.0.0.2.. to spread over"
+    )
+    ap.add_argument(
+        "--wschat-arg",
+        action="append",
+        default=[],
+        help="extra argument for `twistd wschat` (repeatable)",
+    )
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help="before each run, wait up to this many seconds for the CPUs to be idle "
+        "(default 20; quick: 2)",
+    )
+    ap.add_argument("--out", default=os.path.join(BENCH, "results"))
+    ap.add_argument("--docs", default=None, help="write this markdown file (docs/benchmarks.md)")
+    opts = ap.parse_args()
+
+    # Children inherit the raised fd limit; this process stays off the server's CPU.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        os.sched_setaffinity(0, {int(LOADGEN_CPU)})
+    except OSError:
+        pass
+
+    if not os.path.exists(os.path.join(BENCH, "node_modules", "ws", "package.json")):
+        log("bench: npm ci")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
+
+    if opts.wait_idle is None:
+        opts.wait_idle = 2.0 if opts.quick else 20.0
+    s = settings(opts.quick)
+    if opts.runs:
+        s["runs"] = opts.runs
+    if opts.clients:
+        s["idle_max"]["clients"] = opts.clients
+    servers = [x for x in opts.servers.split(",") if x]
+    if opts.scenarios:
+        scenarios = [x for x in opts.scenarios.split(",") if x]
+    else:
+        scenarios = [x for x in ALL_SCENARIOS if not (opts.quick and x in ("fanout2", "idle_max"))]
+    for x in servers:
+        if x not in ALL_SERVERS:
+            ap.error(f"unknown server {x}")
+    for x in scenarios:
+        if x not in ALL_SCENARIOS:
+            ap.error(f"unknown scenario {x}")
+
+    opts.twistd = os.path.abspath(opts.twistd)
+    if opts.python is None:
+        cand = os.path.join(os.path.dirname(opts.twistd), "python")
+        opts.python = cand if os.path.exists(cand) else sys.executable
+    opts.skipped = []
+    if "wschat" in servers:
+        extra = wschat_extra_args(opts.twistd) if os.path.exists(opts.twistd) else None
+        if extra is None:
+            opts.skipped.append(
+                f"wschat: `{opts.twistd} wschat --help` does not work "
+                "(no venv with wschat installed?)"
+            )
+            servers.remove("wschat")
+        else:
+            opts.wschat_extra = extra + opts.wschat_arg
+    opts.wschat_extra = getattr(opts, "wschat_extra", opts.wschat_arg)
+    for srv, mods in (("autobahn", ["autobahn", "twisted"]), ("websockets", ["websockets"])):
+        if srv in servers and not check_python(opts.python, mods):
+            opts.skipped.append(
+                f"{srv}: {opts.python} cannot import {', '.join(mods)} "
+                "(pip install -r bench/requirements.txt)"
+            )
+            servers.remove(srv)
+    for x in opts.skipped:
+        log("bench: skipped " + x)
+    if not servers:
+        log("bench: no server to run")
+        return 2
+
+    os.makedirs(opts.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    kind = "quick" if opts.quick else "full"
+    results_name = f"{stamp}-{kind}.jsonl"
+    opts.logdir = os.path.join(opts.out, "logs", f"{stamp}-{kind}")
+    os.makedirs(opts.logdir, exist_ok=True)
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    log(
+        f"bench: {kind}, servers {servers}, scenarios {scenarios}, {s['runs']} run(s); "
+        f"fd limit {hard}; results {os.path.join(opts.out, results_name)}"
+    )
+
+    t0 = time.monotonic()
+    records = []
+    with open(os.path.join(opts.out, results_name), "w") as outf:
+        outf.write(
+            json.dumps(
+                {
+                    "meta": True,
+                    "command": command,
+                    "machine": machine(),
+                    "versions": versions(opts, servers),
+                    "settings": s,
+                    "wschat_args": opts.wschat_extra,
+                    "skipped": opts.skipped,
+                }
+            )
+            + "\n"
+        )
+        for scen in scenarios:
+            log(f"bench: scenario {scen}")
+            for run_idx in range(s["runs"]):
+                for srv in servers:
+                    if srv == "null" and scen not in NULL_SCENARIOS:
+                        continue
+                    records.append(run_one(opts, srv, scen, s, run_idx, outf))
+    table = summarize(records, servers, scenarios, s)
+    with open(os.path.join(opts.out, f"{stamp}-{kind}.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    if opts.skipped:
+        print("Not run: " + "; ".join(opts.skipped))
+    log(
+        f"bench: done in {time.monotonic() - t0:.0f} s; "
+        f"raw results in {os.path.join(opts.out, results_name)}"
+    )
+    if opts.docs:
+        # keep the raw results of the documented run next to the others, under a fixed name
+        # that is not git-ignored
+        latest = os.path.join(opts.out, f"latest-{kind}.jsonl")
+        shutil.copyfile(os.path.join(opts.out, results_name), latest)
+        write_docs(
+            opts.docs, opts, servers, scenarios, s, records, os.path.relpath(latest, ROOT), command
+        )
+        log(f"bench: wrote {opts.docs}")
+    return 0 if all(r.get("ok") for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
