@@ -48,6 +48,7 @@ class Client:
     ) -> None:
         self.protocol: ChatProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         self.transport = StringTransport()
+        self.clock = factory.clock
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(handshake(origin, protocols))
         self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
@@ -58,6 +59,8 @@ class Client:
         self.protocol.dataReceived(data)
 
     def frames(self) -> list[tuple[int, bytes]]:
+        # Output is written at the end of the reactor turn, as the real reactor would.
+        self.clock.advance(0)
         data, self._pending = self._pending + self.transport.value(), b""
         self.transport.clear()
         return parse_frames(data)
@@ -157,7 +160,7 @@ def test_chat_round_trip_frames_the_broadcast_once(
     assert ack == {"type": "ack", "room": "lobby", "ref": "c1", "id": 1}
     assert message["type"] == "message" and message["text"] == "hi" and message["id"] == 1
     assert alice.events() == [message]
-    assert len(prepared) == 1
+    assert len([p for p in prepared if b'"type":"message"' in p]) == 1
 
 
 def test_errors_keep_the_connection_open(factory: ChatFactory, log_events: list[LogEvent]) -> None:
@@ -286,3 +289,34 @@ def test_going_away_sends_1001(factory: ChatFactory) -> None:
     for client in clients:
         closes = [close_code(p) for op, p in client.frames() if op == OP_CLOSE]
         assert closes == [1001]
+
+
+def test_output_of_one_turn_is_one_write(factory: ChatFactory, clock: Clock) -> None:
+    """Everything queued for a connection during a reactor turn reaches its transport in a
+    single write at the end of the turn."""
+    reader, sender = Client(factory), Client(factory)
+    reader.join("lobby", "reader")
+    sender.join("lobby", "sender")
+    reader.frames()
+    writes: list[bytes] = []
+    original = reader.transport.write
+    reader.transport.write = lambda data: writes.append(data) or original(data)  # type: ignore[method-assign]
+    for i in range(3):
+        sender.send(text({"type": "say", "room": "lobby", "text": f"m{i}"}))
+    assert writes == []
+    clock.advance(0)
+    assert len(writes) == 1
+    assert [e["text"] for e in reader.events()] == ["m0", "m1", "m2"]
+
+
+def test_frames_autobahn_writes_itself_go_after_queued_output(factory: ChatFactory) -> None:
+    """A close frame (or pong) written by Autobahn never overtakes queued messages."""
+    reader, sender = Client(factory), Client(factory)
+    reader.join("lobby", "reader")
+    sender.join("lobby", "sender")
+    reader.frames()
+    sender.send(text({"type": "say", "room": "lobby", "text": "before the close"}))
+    factory.go_away()
+    frames = reader.frames()
+    assert [op for op, _ in frames] == [OP_TEXT, OP_CLOSE]
+    assert json.loads(frames[0][1])["text"] == "before the close"

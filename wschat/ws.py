@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -43,7 +44,6 @@ _HANDSHAKE_LEFTOVERS = (
     "http_request_params",
     "_wskey",
 )
-OPCODE_TEXT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +115,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._quiet_rate_limit = False
         self._client = "?"
         self._counted_ip: str | None = None
+        self._pending: list[bytes] | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
@@ -168,6 +169,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
+        self._pending = None
         if self._counted_ip is not None:
             self.factory.release_ip(self._counted_ip)
             self._counted_ip = None
@@ -236,21 +238,49 @@ class ChatProtocol(WebSocketServerProtocol):
             return
         if not isinstance(event, Error):
             self._quiet_rate_limit = False
-        data = encode(event)
-        self._count_output(len(data))
-        if self.state == STATE_OPEN:
-            # Not sendMessage: Autobahn applies maxMessagePayloadSize (our limit on what a
-            # client may send) to outgoing messages too, and a welcome carrying the history
-            # is often larger than that.
-            self.sendFrame(opcode=OPCODE_TEXT, payload=data)
+        # Framed here rather than by sendMessage: Autobahn applies maxMessagePayloadSize (our
+        # limit on what a client may send) to outgoing messages too, and a welcome carrying
+        # the history is often larger than that.
+        self._queue(self.factory.prepareMessage(encode(event)).payloadHybi)
 
     def send_frame(self, frame: bytes) -> None:
-        """Write an already framed message (the same bytes go to every member)."""
+        """Queue an already framed message (the same bytes go to every member)."""
+        if self.state == STATE_OPEN:
+            self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        self._count_output(len(frame))
         if self.state != STATE_OPEN:
             return
-        self._count_output(len(frame))
-        if self.state == STATE_OPEN:
-            self._write(frame)
+        if self._pending is None:
+            self._pending = [frame]
+            self.factory.flush_soon(self)
+        else:
+            self._pending.append(frame)
+
+    def flush(self) -> None:
+        """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon)."""
+        pending, self._pending = self._pending, None
+        transport = self.transport
+        if not pending or transport is None:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        if isinstance(transport, tcp.Connection) and _tcp_idle(transport):
+            # Twisted's write() would buffer, register the socket for writing, send on the
+            # next poll and unregister it: three extra system calls per delivery when the
+            # socket could take the data right now. Only what does not fit is buffered.
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        transport.write(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Everything Autobahn writes itself (pongs, close frames) goes after what we queued.
+        if self._pending is not None:
+            self.flush()
+        super().sendData(data, sync, chopsize)
 
     def _count_output(self, size: int) -> None:
         if not self._paused:
@@ -271,11 +301,6 @@ class ChatProtocol(WebSocketServerProtocol):
         # must meet the slow-consumer limit, not grow the server's send buffer without bound.
         self._count_output(len(payload) + 2)
         super().onPing(payload)
-
-    def _write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.write(data)
 
     def _replaced(self) -> None:
         self._session = None
@@ -324,7 +349,10 @@ class ChatFactory(WebSocketServerFactory):
         }
         options["CONFIG_ATTRS"] = ()
         self.protocol = type("ChatProtocol", (ChatProtocol,), options)  # type: ignore[assignment]
+        self.clock = clock
         self._batched_timer = BucketTimer(clock)
+        self._dirty: list[ChatProtocol] = []
+        self._flush_call: IDelayedCall | None = None
         self.protocols: set[ChatProtocol] = set()
         self._hub: Hub | None = None
         self._per_ip: dict[str, int] = {}
@@ -354,6 +382,20 @@ class ChatFactory(WebSocketServerFactory):
     def connections_from(self, ip: str) -> int:
         return self._per_ip.get(ip, 0)
 
+    def flush_soon(self, protocol: ChatProtocol) -> None:
+        """Output queued during one reactor turn is written once per connection at its end
+        (callLater(0) runs before the next poll): under load several messages share one
+        system call, and a lone message still goes out in the same turn."""
+        self._dirty.append(protocol)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, []
+        for protocol in dirty:
+            protocol.flush()
+
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         frame = self.prepareMessage(encode(event)).payloadHybi
         for session in sessions:
@@ -362,6 +404,17 @@ class ChatFactory(WebSocketServerFactory):
     def go_away(self) -> None:
         for protocol in list(self.protocols):
             protocol.go_away()
+
+
+def _tcp_idle(transport: tcp.Connection) -> bool:
+    """Nothing is waiting in Twisted's buffer of this TCP connection (so writing directly
+    keeps the order of bytes)."""
+    return bool(
+        transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) == transport.offset
+    )
 
 
 def new_token() -> str:
