@@ -401,8 +401,20 @@ class ChatFactory(WebSocketServerFactory):
 
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         frame = self.prepareMessage(encode(event)).payloadHybi
+        dirty = self._dirty
+        # The common case inlined (an open connection whose socket keeps up): this loop runs
+        # once per recipient of every message, and its calls were most of its cost.
         for session in sessions:
-            session.peer.send_frame(frame)
+            peer = session.peer
+            if peer._paused or peer.state != STATE_OPEN:
+                peer.send_frame(frame)
+            elif peer._pending is None:
+                peer._pending = [frame]
+                dirty.append(peer)
+            else:
+                peer._pending.append(frame)
+        if dirty and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_all)
 
     def go_away(self) -> None:
         for protocol in list(self.protocols):
