@@ -50,3 +50,7 @@ conformance: $(STAMP)
 	$(PY) tests/conformance/run.py --twistd $(VENV)/bin/twistd
 
 include bench/Makefile.inc
+
+# The soak: 1,000 clients for 10 minutes; e.g. SOAK_ARGS="--clients 200 --duration 60".
+soak: $(STAMP)
+	$(PY) -m tests.soak.soak $(SOAK_ARGS)

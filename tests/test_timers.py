@@ -44,3 +44,23 @@ def test_cancel_is_idempotent_and_safe_after_firing() -> None:
     clock.advance(2.0)
     kept.cancel()
     assert fired == ["kept"]
+
+
+def test_cancelled_call_lets_go_of_its_target() -> None:
+    """A cancelled deadline does not keep its connection alive until its bucket fires."""
+    import gc
+    import weakref
+
+    class Connection:
+        def ping(self) -> None:
+            raise AssertionError("cancelled")
+
+    clock = Clock()
+    timer = BucketTimer(clock)
+    connection = Connection()
+    gone = weakref.ref(connection)
+    timer.call_later(60.0, connection.ping).cancel()
+    del connection
+    gc.collect()
+    assert gone() is None
+    clock.advance(61.0)

@@ -14,6 +14,10 @@ SCHEMA_VERSION = 1
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
 MEMORY = ":memory:"
+# Every statement runs on the reactor thread, so SQLite's busy wait (5 s by default in Python)
+# would stall every connection while another process holds a lock on the database. Wait only
+# long enough for someone else's short transaction, then refuse with storage_unavailable.
+BUSY_TIMEOUT_S = 0.1
 
 
 def _schema(version: int) -> str:
@@ -27,7 +31,7 @@ class SqliteHistory:
 
     def __init__(self, path: str, keep: int) -> None:
         self._keep = keep
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         if path != MEMORY:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

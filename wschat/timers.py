@@ -18,6 +18,10 @@ from twisted.internet.interfaces import IReactorTime
 BUCKET_S = 0.1
 
 
+def _nothing(*args: object, **kwargs: object) -> None:
+    pass
+
+
 class TimerCall:
     __slots__ = ("_args", "_func", "_kwargs", "cancelled")
 
@@ -32,6 +36,9 @@ class TimerCall:
     def cancel(self) -> None:
         """Idempotent, and harmless after the call fired (Autobahn cancels late sometimes)."""
         self.cancelled = True
+        # Let go of the callable too: it is a bound method of a connection that may be gone,
+        # and the bucket holding this call may fire only a ping interval from now.
+        self._func = _nothing
         self._args = ()
         self._kwargs = {}
 

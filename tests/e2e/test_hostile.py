@@ -1,0 +1,452 @@
+"""Raw-socket abuse against the real server: each attack gets a clear HTTP status or close code,
+and a well-behaved client on the same server keeps being served while and after it happens."""
+
+from __future__ import annotations
+
+import itertools
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.wsframes import OP_PING, OP_PONG, OP_TEXT, client_frame
+
+from .abuse import (
+    OP_CONT,
+    RawClient,
+    health,
+    http_exchange,
+    percentile,
+    ping,
+    request_head,
+    rss_mib,
+    wait_for,
+)
+from .client import Chat
+from .conftest import ServerFactory
+from .process import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+HANDSHAKE_TIMEOUT_S = 1.5
+# A functional bound on a well-behaved client's round trip while someone else attacks: far
+# above the milliseconds it takes on an idle server, far below "the server stalled".
+ROUND_TRIP_BOUND_S = 1.0
+
+
+class Bystander:
+    """A well-behaved client that proves the server still serves everyone else."""
+
+    def __init__(self, server: ServerProcess, room: str = "bystanders", name: str = "ann") -> None:
+        self.chat = Chat(server.ws_url, max_queue=None)
+        self.room = room
+        self.chat.join(room, name)
+        self._count = 0
+
+    def round_trip(self) -> float:
+        """Say something and wait for its broadcast copy; returns the seconds it took."""
+        self._count += 1
+        text = f"still here {self._count}"
+        start = time.monotonic()
+        self.chat.send(type="say", room=self.room, text=text)
+        while True:
+            event = self.chat.recv()
+            if event["type"] == "message" and event["text"] == text:
+                return time.monotonic() - start
+            assert event["type"] in ("ack", "message", "presence"), event
+
+    def served(self) -> None:
+        assert self.round_trip() < ROUND_TRIP_BOUND_S
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+def drain_to(chat: Chat, type_: str) -> dict[str, Any]:
+    """The next event of `type_`, skipping presence and broadcasts before it."""
+    while (event := chat.recv())["type"] != type_:
+        assert event["type"] in ("presence", "message", "ack"), event
+    return event
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the attacks that need no option of their own; a short handshake timeout
+    so that half-sent heads are dropped quickly, and no rate limit to get in the way."""
+    server = ServerProcess(
+        tmp_path_factory.mktemp("hostile"),
+        "--handshake-timeout",
+        str(HANDSHAKE_TIMEOUT_S),
+        "--rate",
+        "1000",
+        "--burst",
+        "1000",
+    ).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def ann(target: ServerProcess, request: pytest.FixtureRequest) -> Iterator[Bystander]:
+    """A bystander on the shared server, in a room of its own."""
+    bystander = Bystander(target, room=f"b{abs(hash(request.node.nodeid))}")
+    yield bystander
+    bystander.close()
+
+
+def test_slowloris_handshakes_are_closed_after_the_handshake_timeout(
+    wschat_server: ServerFactory,
+) -> None:
+    """Connections that trickle a request head byte by byte (also after a first complete
+    request) are cut off after --handshake-timeout, and meanwhile others are served."""
+    server = wschat_server(
+        "--handshake-timeout", str(HANDSHAKE_TIMEOUT_S), "--rate", "1000", "--burst", "1000"
+    )
+    ann = Bystander(server)
+    count = 40
+    socks: list[socket.socket] = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.setblocking(False)
+        if i % 2:
+            # The deadline holds for every request head, not only the first one.
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /ws HTTP/1.1\r\n")
+        socks.append(sock)
+    start = time.monotonic()
+    closed_after: dict[socket.socket, float] = {}
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    round_trips = []
+    while len(closed_after) < count and time.monotonic() - start < HANDSHAKE_TIMEOUT_S + 5:
+        for key, _ in selector.select(timeout=0.2):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                closed_after[sock] = time.monotonic() - start
+                selector.unregister(sock)
+        for sock in socks:
+            if sock not in closed_after:
+                try:
+                    sock.send(b"X")  # one more byte of a header that never ends
+                except OSError:
+                    pass
+        round_trips.append(ann.round_trip())
+    for sock in socks:
+        sock.close()
+    assert len(closed_after) == count, f"{count - len(closed_after)} slowloris still open"
+    assert HANDSHAKE_TIMEOUT_S - 0.1 < min(closed_after.values())
+    assert max(closed_after.values()) < HANDSHAKE_TIMEOUT_S + 2
+    assert max(round_trips) < ROUND_TRIP_BOUND_S
+    assert server.log().count("no complete request head") == count
+    ann.served()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"\x00\xff\xfe garbage \x01\x02\r\n\r\n", id="binary"),
+        pytest.param(b"HELLO\r\n\r\n", id="not-a-request-line"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200), id="tls-hello"),
+        pytest.param(b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n", id="100k-request-line"),
+        pytest.param(
+            b"GET /ws HTTP/1.1\r\n" + b"X-Junk: y\r\n" * 1000 + b"\r\n", id="1000-headers"
+        ),
+        pytest.param(request_head(1).replace(b"13", b"99"), id="bad-ws-version"),
+        pytest.param(request_head(1).replace(b"Upgrade: websocket", b"Upgrade: junk"), id="no-ws"),
+    ],
+)
+def test_garbage_instead_of_http_gets_400_or_a_close(
+    target: ServerProcess, ann: Bystander, garbage: bytes
+) -> None:
+    """Bytes that are not a valid request head are answered with a 4xx status or the
+    connection is closed (at the latest after --handshake-timeout); nothing is upgraded and
+    the server goes on serving."""
+    connections = health(target)["connections"]
+    start = time.monotonic()
+    answer = http_exchange(target.port, garbage)
+    assert time.monotonic() - start < HANDSHAKE_TIMEOUT_S + 2
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 426")), answer[:200]
+    ann.served()
+    assert health(target)["connections"] == connections
+
+
+RESERVED_OPCODES = [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [pytest.param(client_frame(op, b"junk"), id=f"opcode-{op:x}") for op in RESERVED_OPCODES]
+    + [
+        pytest.param(b"\xc1\x84" + b"\x00" * 4 + b"junk", id="rsv1-without-extension"),
+        pytest.param(b"\xb1\x84" + b"\x00" * 4 + b"junk", id="rsv2-rsv3"),
+        pytest.param(client_frame(OP_CONT, b"junk"), id="continuation-without-start"),
+        pytest.param(
+            client_frame(OP_TEXT, b"{", fin=False) + client_frame(OP_TEXT, b"}"),
+            id="new-message-inside-fragmented",
+        ),
+        pytest.param(client_frame(OP_PING, b"x", fin=False), id="fragmented-ping"),
+        pytest.param(client_frame(OP_PING, b"x" * 126), id="126-byte-ping"),
+        pytest.param(b"\x81\xfe\x00\x05" + b"\x00" * 9, id="non-minimal-length"),
+        pytest.param(client_frame(OP_TEXT, b'{"type": "join"}', masked=False), id="unmasked"),
+    ],
+)
+def test_junk_frames_after_a_valid_handshake_close_1002(
+    target: ServerProcess, ann: Bystander, junk: bytes
+) -> None:
+    """Reserved opcodes and bits, broken fragmentation, bad control frames, non-minimal
+    lengths and unmasked client frames each fail the connection with 1002; others stay served."""
+    raw = RawClient(target.port)
+    assert raw.upgrade() == 101
+    raw.join("junk", "junk")
+    raw.send(junk)
+    assert raw.recv_close() == 1002
+    raw.close()
+    ann.served()
+
+
+def test_huge_length_headers_close_1009_or_1002(target: ServerProcess, ann: Bystander) -> None:
+    """A frame header announcing 2^63 bytes (the top bit must be 0) is a protocol error
+    (1002); 2^63 - 1 is over --max-message-bytes (1009). Nothing is allocated for either."""
+    before = rss_mib(target)
+    for length, code in ((1 << 63, 1002), ((1 << 63) - 1, 1009), (1 << 32, 1009)):
+        raw = RawClient(target.port)
+        assert raw.upgrade() == 101
+        raw.send(b"\x81\xff" + struct.pack("!Q", length) + b"\x00" * 4 + b"x" * 1000)
+        assert raw.recv_close() == code, length
+        raw.close()
+    assert rss_mib(target) - before < 8
+    ann.served()
+
+
+def test_fragmented_message_with_interleaved_control_frames_is_processed(
+    target: ServerProcess,
+    ann: Bystander,
+) -> None:
+    """A say split over five fragments with a ping and an unsolicited pong between them: the
+    ping is answered at once, then the reassembled say is acked and broadcast."""
+    raw = RawClient(target.port)
+    assert raw.upgrade() == 101
+    raw.join("frag", "frag")
+    say = b'{"type": "say", "room": "frag", "text": "in pieces \xf0\x9f\xa7\xa9", "ref": "f"}'
+    # Cut inside the 4-byte emoji too: UTF-8 is validated across fragments.
+    cuts = [0, 7, 20, 45, len(say) - 5, len(say)]
+    pieces = [say[a:b] for a, b in itertools.pairwise(cuts)]
+    frames = [client_frame(OP_TEXT, pieces[0], fin=False), ping(b"p1")]
+    frames += [client_frame(OP_CONT, pieces[1], fin=False), client_frame(OP_PONG, b"unasked")]
+    frames += [client_frame(OP_CONT, p, fin=False) for p in pieces[2:-1]]
+    frames += [ping(b"p2"), client_frame(OP_CONT, pieces[-1])]
+    for frame in frames:
+        raw.send(frame)
+        time.sleep(0.01)  # separate TCP segments: the server sees each frame on its own
+    assert raw.recv_frame() == (OP_PONG, b"p1")
+    assert raw.recv_frame() == (OP_PONG, b"p2")
+    assert raw.expect("ack")["ref"] == "f"
+    assert raw.expect("message")["text"] == "in pieces 🧩"
+    ann.served()
+
+
+def test_a_ping_flood_that_reads_its_pongs_is_answered(
+    target: ServerProcess, ann: Bystander
+) -> None:
+    """10,000 pings sent at once are answered with 10,000 pongs, in order, with the same
+    payloads, while another client's round trips stay fast."""
+    raw = RawClient(target.port)
+    assert raw.upgrade() == 101
+    count = 10_000
+    pongs: list[bytes] = []
+
+    def read() -> None:
+        while len(pongs) < count:
+            opcode, payload = raw.recv_frame()
+            if opcode == OP_PONG:
+                pongs.append(payload)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    raw.send(b"".join(ping(str(i).encode()) for i in range(count)))
+    round_trips = []
+    while reader.is_alive():
+        round_trips.append(ann.round_trip())
+    reader.join()
+    assert pongs == [str(i).encode() for i in range(count)]
+    assert max(round_trips) < ROUND_TRIP_BOUND_S
+    ann.served()
+
+
+def test_a_ping_flood_that_never_reads_is_cut_off(wschat_server: ServerFactory) -> None:
+    """A client that floods pings and never reads the pongs is closed as a slow consumer
+    (4008) once --max-output-bytes of pongs wait, instead of growing the server's memory
+    until the ping timeout; others are served meanwhile."""
+    server = wschat_server("--max-output-bytes", "262144")
+    ann = Bystander(server)
+    before = rss_mib(server)
+    raw = RawClient(server.port, recv_buffer_bytes=4096)
+    assert raw.upgrade() == 101
+    batch = ping(b"x" * 125) * 2000  # 262 KB of pings, 254 KB of pongs
+    sent = 0
+    limit = 200 * 1024 * 1024
+    start = time.monotonic()
+    try:
+        while sent < limit:
+            raw.send(batch)
+            sent += len(batch)
+    except OSError:
+        pass  # the server aborted the connection
+    elapsed = time.monotonic() - start
+    grown = rss_mib(server) - before
+    print(f"ping flood: {sent / 1e6:.1f} MB sent in {elapsed:.1f}s; server RSS +{grown:.1f} MiB")
+    assert sent < limit, "the server never closed the ping flood"
+    assert "closing slow consumer" in server.log()
+    # Without the limit the pongs for everything sent would be buffered in the server.
+    assert grown < 32
+    # The 5 s close handshake timeout is what ends it; the 10 s + 5 s ping timeout would not.
+    assert elapsed < 10
+    ann.served()
+
+
+def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> None:
+    """One client fires 10,000 tiny says at once: all but the rate allowance get
+    rate_limited (not logged one by one), and another member of the same room keeps
+    receiving its messages with a bounded round trip."""
+    server = wschat_server("--rate", "20", "--burst", "20")
+    ann = Bystander(server, room="flood")
+    raw = RawClient(server.port)
+    assert raw.upgrade() == 101
+    raw.join("flood", "flooder")
+    count = 10_000
+    answers: dict[str, int] = {"ack": 0, "rate_limited": 0}
+
+    def read() -> None:
+        while answers["ack"] + answers["rate_limited"] < count:
+            event = raw.recv_json()
+            if event["type"] == "ack":
+                answers["ack"] += 1
+            elif event["type"] == "error":
+                assert event["code"] == "rate_limited", event
+                answers["rate_limited"] += 1
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    flood = b"".join(
+        client_frame(OP_TEXT, b'{"type":"say","room":"flood","text":"x","ref":"%d"}' % i)
+        for i in range(count)
+    )
+    start = time.monotonic()
+    raw.send(flood)
+    round_trips = []
+    # Keep measuring for at least 2 s, to see past the flood's first moments.
+    while reader.is_alive() or time.monotonic() - start < 2:
+        round_trips.append(ann.round_trip())
+        time.sleep(0.05)
+    reader.join()
+    elapsed = time.monotonic() - start
+    p99 = percentile(round_trips, 99)
+    print(
+        f"flood: {answers} in {elapsed:.2f}s; bystander round trips: n={len(round_trips)} "
+        f"p50={percentile(round_trips, 50) * 1000:.1f}ms p99={p99 * 1000:.1f}ms"
+    )
+    assert answers["ack"] + answers["rate_limited"] == count
+    # The burst plus --rate for the time the flood took to process.
+    assert 20 <= answers["ack"] <= 20 + 20 * elapsed + 1
+    assert p99 < ROUND_TRIP_BOUND_S
+    # Refusals in a row are logged once, not 10,000 times.
+    assert server.log().count("refused rate_limited") < answers["rate_limited"] / 10
+    ann.served()
+
+
+def test_connections_per_ip_are_capped_with_429(wschat_server: ServerFactory) -> None:
+    """With --max-connections-per-ip 3 the 4th upgrade from the address is refused with 429
+    before the upgrade; HTTP is still served, the three keep chatting, and a freed slot
+    is reusable."""
+    server = wschat_server("--max-connections-per-ip", "3")
+    members = [Chat(server.ws_url) for _ in range(3)]
+    for i, chat in enumerate(members):
+        chat.join("capped", f"m{i}")
+    fourth = RawClient(server.port)
+    assert fourth.upgrade() == 429
+    assert health(server)["connections"] == 3
+    members[2].send(type="say", room="capped", text="still fine")
+    assert drain_to(members[0], "message")["text"] == "still fine"
+    members[0].close()
+    wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
+    fifth = RawClient(server.port)
+    assert fifth.upgrade() == 101
+    assert "too many connections from 127.0.0.1" in server.log()
+
+
+def test_total_connections_are_capped_with_503(wschat_server: ServerFactory) -> None:
+    """With --max-connections 3 the 4th upgrade is refused with 503; HTTP is still served,
+    the three keep chatting, and a freed slot is reusable."""
+    server = wschat_server("--max-connections", "3")
+    members = [Chat(server.ws_url) for _ in range(3)]
+    for i, chat in enumerate(members):
+        chat.join("capped", f"m{i}")
+    for _ in range(5):
+        assert RawClient(server.port).upgrade() == 503
+    assert health(server)["connections"] == 3
+    members[2].send(type="say", room="capped", text="still fine")
+    assert drain_to(members[1], "message")["text"] == "still fine"
+    members[0].close()
+    wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
+    assert RawClient(server.port).upgrade() == 101
+
+
+def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
+    """A connection that pipelines 1,000 joins gets --max-rooms welcomes and too_many_rooms
+    for the rest, so the server holds only those rooms; a room at --max-members refuses
+    newcomers with room_full while its members go on chatting."""
+    server = wschat_server("--max-rooms", "5", "--max-members", "3")
+    greedy = RawClient(server.port)
+    assert greedy.upgrade() == 101
+    greedy.send(
+        b"".join(
+            client_frame(OP_TEXT, b'{"type":"join","room":"r%d","name":"greedy"}' % i)
+            for i in range(1000)
+        )
+    )
+    answers: list[dict[str, Any]] = [greedy.recv_json() for _ in range(1000)]
+    assert [a["type"] for a in answers[:5]] == ["welcome"] * 5
+    assert {a.get("code") for a in answers[5:]} == {"too_many_rooms"}
+    assert health(server)["rooms"] == 5
+
+    members = [Chat(server.ws_url) for _ in range(3)]
+    for i, chat in enumerate(members):
+        chat.join("full", f"m{i}")
+    for i in range(10):
+        late = RawClient(server.port)
+        assert late.upgrade() == 101
+        late.send_json(type="join", room="full", name=f"late{i}")
+        assert late.expect("error")["code"] == "room_full"
+    members[2].send(type="say", room="full", text="we three")
+    for chat in members:
+        assert drain_to(chat, "message")["text"] == "we three"
+
+
+def test_a_welcome_larger_than_max_message_bytes_is_sent(wschat_server: ServerFactory) -> None:
+    """--max-message-bytes limits what clients send, not what the server sends: a welcome
+    whose history is far larger than it arrives whole (it used to fail with `internal`)."""
+    server = wschat_server("--max-message-bytes", "1024", "--rate", "1000", "--burst", "1000")
+    writer = Chat(server.ws_url)
+    writer.join("big", "writer")
+    texts = [f"{i} " + "y" * 800 for i in range(50)]
+    for text in texts:
+        writer.say("big", text)
+        writer.expect("message")
+    welcome = Chat(server.ws_url).join("big", "reader")
+    assert [m["text"] for m in welcome["history"]] == texts
+    # ...while a client frame over the limit still closes with 1009.
+    raw = RawClient(server.port)
+    assert raw.upgrade() == 101
+    raw.send(client_frame(OP_TEXT, b"z" * 1025))
+    assert raw.recv_close() == 1009
