@@ -382,9 +382,6 @@ class ChatFactory(WebSocketServerFactory):
         if count > 0:
             self._per_ip[ip] = count
 
-    def connections_from(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
-
     def flush_soon(self, protocol: ChatProtocol) -> None:
         """Output queued during one reactor turn is written once per connection at its end
         (callLater(0) runs before the next poll): under load several messages share one

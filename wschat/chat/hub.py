@@ -118,9 +118,6 @@ class Hub:
         self._sessions.add(session)
         return session
 
-    def sessions(self) -> list[Session]:
-        return list(self._sessions)
-
     async def join(self, session: Session, cmd: Join) -> None:
         room = check_room(cmd.room)
         name = self._name_for(session, cmd)
