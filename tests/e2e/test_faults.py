@@ -18,10 +18,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .abuse import RawClient, health, percentile, rss_mib, run_async, wait_for
+from .abuse import health, percentile, rss_mib, run_async, wait_for
 from .client import Chat
 from .conftest import ServerFactory
 from .process import ServerProcess
+from .rawws import RawWs
 
 pytestmark = pytest.mark.e2e
 
@@ -333,7 +334,7 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
     )
     stuck = []
     for i in range(STUCK):
-        raw = RawClient(server.port, recv_buffer_bytes=4096)
+        raw = RawWs(server.port, recv_buffer_bytes=4096, handshake=False)
         assert raw.upgrade() == 101
         raw.join("crowd", f"stuck{i}")
         stuck.append(raw)
@@ -490,6 +491,6 @@ def test_connection_churn_leaks_nothing(wschat_server: ServerFactory) -> None:
     assert after - before < 8
     assert server.log().count("] opened tcp4:") == CHURN_WARMUP + CHURN_CYCLES
     # Every slot of both caps is free again: `cap` connections at once are all accepted.
-    held = [RawClient(server.port) for _ in range(2 * CHURN_CONCURRENCY)]
+    held = [RawWs(server.port, handshake=False) for _ in range(2 * CHURN_CONCURRENCY)]
     assert [raw.upgrade() for raw in held] == [101] * len(held)
-    assert RawClient(server.port).upgrade() in (429, 503)
+    assert RawWs(server.port, handshake=False).upgrade() in (429, 503)

@@ -16,20 +16,11 @@ import pytest
 
 from tests.wsframes import OP_PING, OP_PONG, OP_TEXT, client_frame
 
-from .abuse import (
-    OP_CONT,
-    RawClient,
-    health,
-    http_exchange,
-    percentile,
-    ping,
-    request_head,
-    rss_mib,
-    wait_for,
-)
+from .abuse import health, http_exchange, percentile, ping, rss_mib, wait_for
 from .client import Chat
 from .conftest import ServerFactory
 from .process import ServerProcess
+from .rawws import OP_CONT, RawWs, request_head
 
 pytestmark = pytest.mark.e2e
 
@@ -206,11 +197,11 @@ def test_junk_frames_after_a_valid_handshake_close_1002(
 ) -> None:
     """Reserved opcodes and bits, broken fragmentation, bad control frames, non-minimal
     lengths and unmasked client frames each fail the connection with 1002; others stay served."""
-    raw = RawClient(target.port)
+    raw = RawWs(target.port, handshake=False)
     assert raw.upgrade() == 101
     raw.join("junk", "junk")
     raw.send(junk)
-    assert raw.recv_close() == 1002
+    assert raw.recv_close()[0] == 1002
     raw.close()
     ann.served()
 
@@ -220,10 +211,10 @@ def test_huge_length_headers_close_1009_or_1002(target: ServerProcess, ann: Byst
     (1002); 2^63 - 1 is over --max-message-bytes (1009). Nothing is allocated for either."""
     before = rss_mib(target)
     for length, code in ((1 << 63, 1002), ((1 << 63) - 1, 1009), (1 << 32, 1009)):
-        raw = RawClient(target.port)
+        raw = RawWs(target.port, handshake=False)
         assert raw.upgrade() == 101
         raw.send(b"\x81\xff" + struct.pack("!Q", length) + b"\x00" * 4 + b"x" * 1000)
-        assert raw.recv_close() == code, length
+        assert raw.recv_close()[0] == code, length
         raw.close()
     assert rss_mib(target) - before < 8
     ann.served()
@@ -235,7 +226,7 @@ def test_fragmented_message_with_interleaved_control_frames_is_processed(
 ) -> None:
     """A say split over five fragments with a ping and an unsolicited pong between them: the
     ping is answered at once, then the reassembled say is acked and broadcast."""
-    raw = RawClient(target.port)
+    raw = RawWs(target.port, handshake=False)
     assert raw.upgrade() == 101
     raw.join("frag", "frag")
     say = b'{"type": "say", "room": "frag", "text": "in pieces \xf0\x9f\xa7\xa9", "ref": "f"}'
@@ -261,7 +252,7 @@ def test_a_ping_flood_that_reads_its_pongs_is_answered(
 ) -> None:
     """10,000 pings sent at once are answered with 10,000 pongs, in order, with the same
     payloads, while another client's round trips stay fast."""
-    raw = RawClient(target.port)
+    raw = RawWs(target.port, handshake=False)
     assert raw.upgrade() == 101
     count = 10_000
     pongs: list[bytes] = []
@@ -291,7 +282,7 @@ def test_a_ping_flood_that_never_reads_is_cut_off(wschat_server: ServerFactory) 
     server = wschat_server("--max-output-bytes", "262144")
     ann = Bystander(server)
     before = rss_mib(server)
-    raw = RawClient(server.port, recv_buffer_bytes=4096)
+    raw = RawWs(server.port, recv_buffer_bytes=4096, handshake=False)
     assert raw.upgrade() == 101
     batch = ping(b"x" * 125) * 2000  # 262 KB of pings, 254 KB of pongs
     sent = 0
@@ -321,7 +312,7 @@ def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> 
     receiving its messages with a bounded round trip."""
     server = wschat_server("--rate", "20", "--burst", "20")
     ann = Bystander(server, room="flood")
-    raw = RawClient(server.port)
+    raw = RawWs(server.port, handshake=False)
     assert raw.upgrade() == 101
     raw.join("flood", "flooder")
     count = 10_000
@@ -373,14 +364,14 @@ def test_connections_per_ip_are_capped_with_429(wschat_server: ServerFactory) ->
     members = [Chat(server.ws_url) for _ in range(3)]
     for i, chat in enumerate(members):
         chat.join("capped", f"m{i}")
-    fourth = RawClient(server.port)
+    fourth = RawWs(server.port, handshake=False)
     assert fourth.upgrade() == 429
     assert health(server)["connections"] == 3
     members[2].send(type="say", room="capped", text="still fine")
     assert drain_to(members[0], "message")["text"] == "still fine"
     members[0].close()
     wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
-    fifth = RawClient(server.port)
+    fifth = RawWs(server.port, handshake=False)
     assert fifth.upgrade() == 101
     assert "too many connections from 127.0.0.1" in server.log()
 
@@ -393,13 +384,13 @@ def test_total_connections_are_capped_with_503(wschat_server: ServerFactory) -> 
     for i, chat in enumerate(members):
         chat.join("capped", f"m{i}")
     for _ in range(5):
-        assert RawClient(server.port).upgrade() == 503
+        assert RawWs(server.port, handshake=False).upgrade() == 503
     assert health(server)["connections"] == 3
     members[2].send(type="say", room="capped", text="still fine")
     assert drain_to(members[1], "message")["text"] == "still fine"
     members[0].close()
     wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
-    assert RawClient(server.port).upgrade() == 101
+    assert RawWs(server.port, handshake=False).upgrade() == 101
 
 
 def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
@@ -407,7 +398,7 @@ def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
     for the rest, so the server holds only those rooms; a room at --max-members refuses
     newcomers with room_full while its members go on chatting."""
     server = wschat_server("--max-rooms", "5", "--max-members", "3")
-    greedy = RawClient(server.port)
+    greedy = RawWs(server.port, handshake=False)
     assert greedy.upgrade() == 101
     greedy.send(
         b"".join(
@@ -424,7 +415,7 @@ def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
     for i, chat in enumerate(members):
         chat.join("full", f"m{i}")
     for i in range(10):
-        late = RawClient(server.port)
+        late = RawWs(server.port, handshake=False)
         assert late.upgrade() == 101
         late.send_json(type="join", room="full", name=f"late{i}")
         assert late.expect("error")["code"] == "room_full"
@@ -446,7 +437,7 @@ def test_a_welcome_larger_than_max_message_bytes_is_sent(wschat_server: ServerFa
     welcome = Chat(server.ws_url).join("big", "reader")
     assert [m["text"] for m in welcome["history"]] == texts
     # ...while a client frame over the limit still closes with 1009.
-    raw = RawClient(server.port)
+    raw = RawWs(server.port, handshake=False)
     assert raw.upgrade() == 101
     raw.send(client_frame(OP_TEXT, b"z" * 1025))
-    assert raw.recv_close() == 1009
+    assert raw.recv_close()[0] == 1009
