@@ -115,7 +115,10 @@ class ChatProtocol(WebSocketServerProtocol):
         self._quiet_rate_limit = False
         self._client = "?"
         self._counted_ip: str | None = None
-        self._pending: list[bytes] | None = None
+        # A bytearray, not a list of frames: the garbage collector does not track it, and one
+        # tracked object per recipient per message made the collector run full collections
+        # (50 ms pauses with 1,000 connections) every few seconds under steady traffic.
+        self._pending: bytearray | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
@@ -256,10 +259,10 @@ class ChatProtocol(WebSocketServerProtocol):
         if self.state != STATE_OPEN:
             return
         if self._pending is None:
-            self._pending = [frame]
+            self._pending = bytearray(frame)
             self.factory.flush_soon(self)
         else:
-            self._pending.append(frame)
+            self._pending += frame
 
     def flush(self) -> None:
         """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon)."""
@@ -267,17 +270,19 @@ class ChatProtocol(WebSocketServerProtocol):
         transport = self.transport
         if not pending or transport is None:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
         if isinstance(transport, tcp.Connection) and _tcp_idle(transport):
             # Twisted's write() would buffer, register the socket for writing, send on the
             # next poll and unregister it: three extra system calls per delivery when the
-            # socket could take the data right now. Only what does not fit is buffered.
-            sent = transport.writeSomeData(data)
-            if isinstance(sent, int):
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
+            # socket could take the data right now. Only what does not fit is buffered; an
+            # error is left for Twisted to find when it writes the rest.
+            try:
+                sent = transport.socket.send(pending)
+            except OSError:
+                sent = 0
+            if sent == len(pending):
+                return
+            del pending[:sent]
+        transport.write(bytes(pending))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes itself (pongs, close frames) goes after what we queued.
@@ -406,10 +411,10 @@ class ChatFactory(WebSocketServerFactory):
             if peer._paused or peer.state != STATE_OPEN:
                 peer.send_frame(frame)
             elif peer._pending is None:
-                peer._pending = [frame]
+                peer._pending = bytearray(frame)
                 dirty.append(peer)
             else:
-                peer._pending.append(frame)
+                peer._pending += frame
         if dirty and self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush_all)
 
