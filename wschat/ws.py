@@ -270,7 +270,14 @@ class ChatProtocol(WebSocketServerProtocol):
         transport = self.transport
         if not pending or transport is None:
             return
-        if isinstance(transport, tcp.Connection) and _tcp_idle(transport):
+        if (
+            # Nothing waits in Twisted's own buffer, so writing directly keeps the byte order.
+            type(transport) is tcp.Server
+            and not transport._tempDataLen
+            and len(transport.dataBuffer) == transport.offset
+            and transport.connected
+            and not transport.disconnecting
+        ):
             # Twisted's write() would buffer, register the socket for writing, send on the
             # next poll and unregister it: three extra system calls per delivery when the
             # socket could take the data right now. Only what does not fit is buffered; an
@@ -421,17 +428,6 @@ class ChatFactory(WebSocketServerFactory):
     def go_away(self) -> None:
         for protocol in list(self.protocols):
             protocol.go_away()
-
-
-def _tcp_idle(transport: tcp.Connection) -> bool:
-    """Nothing is waiting in Twisted's buffer of this TCP connection (so writing directly
-    keeps the order of bytes)."""
-    return bool(
-        transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    )
 
 
 def new_token() -> str:
