@@ -3,9 +3,11 @@
 """wschat benchmark orchestrator.
 
 Runs wschat and the peer servers of bench/peers/ through the same scenarios, with the server
-pinned to CPU 0 and the Node load generator (bench/loadgen.js) pinned to CPU 1, a fresh server
-per run, several runs per scenario. Writes raw JSON lines to bench/results/, prints a markdown
-table, and with --docs writes docs/benchmarks.md.
+pinned to CPU 0 and the load generator pinned to CPU 1 (bench/cgen/loadgen, in C, for fanout and
+steady when it is built or can be built with `cc`; else, and for connect / idle_max, the Node
+generator bench/loadgen.js; see --gen), a fresh server per run, several runs per scenario.
+Writes raw JSON lines to bench/results/, prints a markdown table, and with --docs writes
+docs/benchmarks.md.
 
     python bench/run.py --quick                     # < 2 minutes
     python bench/run.py --docs docs/benchmarks.md   # the full suite
@@ -36,6 +38,11 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 PEERS = os.path.join(BENCH, "peers")
 LOADGEN = os.path.join(BENCH, "loadgen.js")
+CGEN_SRC = os.path.join(BENCH, "cgen", "loadgen.c")
+CGEN = os.path.join(BENCH, "cgen", "loadgen")
+# modes the C generator implements; connect (and idle_max) always use loadgen.js
+CGEN_MODES = ("fanout", "steady")
+GEN_LABELS = {"c": "C (`bench/cgen/loadgen`)", "node": "Node (`bench/loadgen.js`, `ws`)"}
 
 SERVER_CPU = "0"
 LOADGEN_CPU = "1"
@@ -228,13 +235,43 @@ class Server:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def build_cgen():
+    """Builds bench/cgen/loadgen if it is missing or older than its source; True if usable."""
+    fresh = os.path.exists(CGEN) and (
+        not os.path.exists(CGEN_SRC) or os.path.getmtime(CGEN) >= os.path.getmtime(CGEN_SRC)
+    )
+    if fresh:
+        return True
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc or not os.path.exists(CGEN_SRC):
+        return False
+    log(f"bench: building {os.path.relpath(CGEN, ROOT)}")
+    r = subprocess.run([cc, "-O2", "-o", CGEN, CGEN_SRC], capture_output=True, text=True)
+    if r.returncode != 0:
+        log(r.stderr)
+        return False
+    return True
+
+
+def generator_for(opts, mode):
+    """Returns "c" or "node": the load generator used for this mode."""
+    if mode in CGEN_MODES and opts.gen in ("auto", "c") and opts.cgen_ok:
+        return "c"
+    return "node"
+
+
 class LoadGen:
-    def __init__(self, node, cfg, logdir, tag):
+    def __init__(self, opts, cfg, logdir, tag):
         self.cfg = cfg
+        self.generator = generator_for(opts, cfg["mode"])
         self.errpath = os.path.join(logdir, f"{tag}-gen{cfg['gen']}.log")
         self.errf = open(self.errpath, "wb")
+        if self.generator == "c":
+            argv = [CGEN, json.dumps(cfg)]
+        else:
+            argv = [opts.node, LOADGEN, json.dumps(cfg)]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", LOADGEN_CPU, node, LOADGEN, json.dumps(cfg)],
+            ["taskset", "-c", LOADGEN_CPU, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errf,
@@ -346,7 +383,7 @@ def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
         cfg.update(extra)
         if mode == "connect":
             cfg["concurrency"] = max(1, extra.get("concurrency", 50) // gens)
-        out.append(LoadGen(opts.node, cfg, opts.logdir, f"{tag}"))
+        out.append(LoadGen(opts, cfg, opts.logdir, f"{tag}"))
         offset += counts[g]
         sid += sender_counts[g]
     return out
@@ -411,11 +448,20 @@ def run_traffic(opts, server, scen, s, gens, tag):
         gen_cpu_percent_total=round(sum(r["cpuPercent"] for r in results), 1),
         gen_cpu_user_system_s=[[round(r["cpuUser"], 2), round(r["cpuSystem"], 2)] for r in results],
         gen_loop_delay_p99_ms=[round(r["loopDelayP99Ms"], 2) for r in results],
+        # C generator: part of its CPU % spent polling with nothing to do (see loadgen.c)
+        gen_spin_percent=[round(r["spinPercent"], 1) for r in results if "spinPercent" in r],
+        # C generator: how long received data waited in the socket before it read it
+        gen_lag_ms=[
+            dict(p50=r["genLagP50Ms"], p99=r["genLagP99Ms"], max=r["genLagMaxMs"])
+            for r in results
+            if "genLagP99Ms" in r
+        ],
         server_cpu_percent=round(server_cpu, 1) if server_cpu is not None else None,
         cpu_busy_percent=cpu_busy(st0, st1),
         server_rss_kib=rss,
         window_s=window,
     )
+    rec["generator"] = lgs[0].generator
     if mode == "steady":
         rec["target_deliveries_per_s"] = s["senders"] * s["rate"] * s["clients"]
     return rec
@@ -448,6 +494,7 @@ def run_connect(opts, server, scen, s, gens, tag):
     if rss is not None and server.baseline_kib is not None and held:
         per_conn = (rss - server.baseline_kib) / held
     return dict(
+        generator=lgs[0].generator,
         clients=s["clients"],
         connected=connected,
         failed=sum(r["failed"] for r in readies),
@@ -522,9 +569,14 @@ def short(rec):
     if "deliveries_per_s" in rec:
         lat = rec["latency_ms"]
         return (
+            f"[{rec.get('generator', 'node')} gen] "
             f"{rec['deliveries_per_s']:,.0f} deliveries/s p50 {fmt_ms(lat['p50'])} "
             f"p99 {fmt_ms(lat['p99'])} ms lost {rec['lost']} gen CPU {rec['gen_cpu_percent']} % "
             f"server CPU {rec['server_cpu_percent']} % ({rec['elapsed_s']} s)"
+            + "".join(
+                f" gen lag p50/p99 {g['p50']:.2f}/{g['p99']:.2f} ms"
+                for g in rec.get("gen_lag_ms", [])
+            )
         )
     return (
         f"{rec['held']}/{rec['clients']} held, {fmt_num(rec['connect_per_s'])} conn/s, "
@@ -591,6 +643,14 @@ def summarize(records, servers, scenarios, s):
         vals = [r[key] for r in rs if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
+    def gen_note(*scens):
+        gens = sorted(
+            {r.get("generator", "node") for sc in scens for srv in servers for r in ok(sc, srv)}
+        )
+        if not gens:
+            return []
+        return ["Load generator: " + ", ".join(GEN_LABELS.get(g, g) for g in gens) + ".", ""]
+
     lines = []
     k0 = lambda v: fmt_num(v)  # noqa: E731
     pct = lambda v: f"{v:.0f}"  # noqa: E731
@@ -601,6 +661,7 @@ def summarize(records, servers, scenarios, s):
             f"### Fan-out: {f['clients']:,} clients in one room, {f['senders']} senders × "
             f"{f['inflight']} messages in flight, 140-byte text",
             "",
+            *gen_note("fanout"),
             "| server | runs | deliveries/s | × Node ws | latency p50 ms | latency p99 ms | lost | "
             "server CPU % | load-gen CPU % | CPU 0 / CPU 1 busy % |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -630,6 +691,7 @@ def summarize(records, servers, scenarios, s):
             "",
             "If the load generator were the bottleneck, a second process would raise the figure.",
             "",
+            *gen_note("fanout2"),
             "| server | runs | deliveries/s, 1 process | deliveries/s, 2 processes | "
             "load-gen CPU % per process (2 processes) |",
             "| --- | --- | --- | --- | --- |",
@@ -651,6 +713,7 @@ def summarize(records, servers, scenarios, s):
             f"### Latency under steady load: {st['senders']} senders × {st['rate']:g} msg/s to "
             f"{st['clients']:,} members = {target:,.0f} deliveries/s",
             "",
+            *gen_note("steady"),
             "| server | runs | deliveries/s | p50 ms | p99 ms | max ms | lost | server CPU % | "
             "load-gen CPU % | CPU 0 / CPU 1 busy % |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -682,6 +745,7 @@ def summarize(records, servers, scenarios, s):
             f"### {title}: {c['clients']:,} connections (wschat: joined, rooms of "
             f"{c['room_size']}), {c['concurrency']} handshakes in progress at a time",
             "",
+            *gen_note(scen),
             "| server | runs | held | connects (+ join)/s | server RSS KiB per connection | "
             "server RSS MiB | failed |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -790,9 +854,10 @@ after a first line with the settings). Regenerate with `make bench` (full) or `m
 ## How it is measured
 
 - Every server is started fresh for every run, pinned to CPU 0 with `taskset -c 0`; the load
-  generator (`bench/loadgen.js`, Node with the `ws` package, no compression, no UTF-8 validation)
-  is pinned to CPU 1. Runs of the servers are interleaved (run 1 of every server, then run 2, …).
-  Each cell is the median of the runs, with the min–max in parentheses.
+  generator is pinned to CPU 1. {gen_text} Neither generator uses compression or UTF-8
+  validation. Each table names the generator it used. Runs of the servers are interleaved
+  (run 1 of every server, then run 2, …). Each cell is the median of the runs, with the min–max
+  in parentheses.
 - wschat runs with its real protocol: every client sends `join`, senders send `say`; the server
   stores every message in SQLite before broadcasting it as a `message` JSON frame. It is started as
   `twistd -n wschat --listen tcp:PORT:interface=127.0.0.1 --history-db FILE --rate 1000000
@@ -810,8 +875,8 @@ after a first line with the settings). Regenerate with `make bench` (full) or `m
   then the connections stay idle 2 s and the server's RSS (`VmRSS`) minus its RSS right after
   start-up, divided by the connections held, is the RSS per connection. Client source addresses
   are spread over 127.0.0.2–127.0.0.{last_addr}.
-- The load generator reports its own CPU use (`process.cpuUsage()` over the measuring window) and
-  event-loop delay; the fan-out is also run with the clients split over two generator processes.
+- The load generator reports its own CPU use (`getrusage` / `process.cpuUsage()` over the
+  measuring window); the fan-out is also run with the clients split over two generator processes.
 
 ## Results
 
@@ -823,7 +888,17 @@ def write_docs(path, opts, servers, scenarios, s, records, results_name, command
     v = versions(opts, servers)
     mach = "\n".join(f"- {k}: {val}" for k, val in m.items())
     mach += "\n" + "\n".join(f"- {k}: {val}" for k, val in v.items())
+    if generator_for(opts, "steady") == "c":
+        gen_text = (
+            "Fan-out and steady use `bench/cgen/loadgen` (C, one epoll loop, 64 KiB reads, the\n"
+            "  time stamp found with `memmem`; the Node generator's ~10 µs per incoming segment\n"
+            "  would put a ~10 ms floor under the steady p99); connect uses `bench/loadgen.js`\n"
+            "  (Node with the `ws` package)."
+        )
+    else:
+        gen_text = "All scenarios use `bench/loadgen.js` (Node with the `ws` package)."
     head = DOC_HEAD.format(
+        gen_text=gen_text,
         command=command,
         date=datetime.date.today().isoformat(),
         results=results_name,
@@ -925,6 +1000,14 @@ def main():
         help="load-generator processes (all on CPU 1) for every scenario; fanout2 uses at least 2",
     )
     ap.add_argument(
+        "--gen",
+        choices=["auto", "c", "node"],
+        default="auto",
+        help="load generator for fanout/fanout2/steady: c (bench/cgen/loadgen, built with cc "
+        "if missing or stale), node (bench/loadgen.js), auto (default: c if it builds, else node); "
+        "connect and idle_max always use node",
+    )
+    ap.add_argument(
         "--clients", type=int, default=None, help="override the idle_max connection count"
     )
     ap.add_argument(
@@ -958,6 +1041,12 @@ def main():
     if not os.path.exists(os.path.join(BENCH, "node_modules", "ws", "package.json")):
         log("bench: npm ci")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
+
+    opts.cgen_ok = opts.gen != "node" and build_cgen()
+    if opts.gen == "c" and not opts.cgen_ok:
+        ap.error(f"--gen c: {CGEN} is missing and could not be built from {CGEN_SRC}")
+    if opts.gen == "auto" and not opts.cgen_ok:
+        log("bench: the C load generator is not available; using bench/loadgen.js everywhere")
 
     if opts.wait_idle is None:
         opts.wait_idle = 2.0 if opts.quick else 20.0
@@ -1031,6 +1120,9 @@ def main():
                     "versions": versions(opts, servers),
                     "settings": s,
                     "wschat_args": opts.wschat_extra,
+                    "generator": {
+                        m: generator_for(opts, m) for m in ("fanout", "steady", "connect")
+                    },
                     "skipped": opts.skipped,
                 }
             )
