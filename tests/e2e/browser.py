@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from ..missing import missing
 
 # Debian's own Chromium, never a browser downloaded by `playwright install`.
 CHROMIUM_PATH = "/usr/bin/chromium"
@@ -36,10 +36,7 @@ def require_chromium() -> None:
     """Skip the browser tests without Chromium; in CI (CI=true) that is a failure instead."""
     if os.path.isfile(CHROMIUM_PATH) and os.access(CHROMIUM_PATH, os.X_OK):
         return
-    reason = f"browser tests need Debian's Chromium at {CHROMIUM_PATH} (apt-get install chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + "; CI=true, so this is a failure, not a skip", pytrace=False)
-    pytest.skip(reason)
+    missing(f"browser tests need Debian's Chromium at {CHROMIUM_PATH} (apt-get install chromium)")
 
 
 def import_playwright() -> Any:
@@ -47,10 +44,7 @@ def import_playwright() -> Any:
     try:
         import playwright.sync_api
     except ImportError:
-        reason = "browser tests need the playwright package (pip install playwright)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        missing("browser tests need the playwright package (pip install playwright)", module=True)
     return playwright.sync_api
 
 
