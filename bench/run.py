@@ -402,6 +402,7 @@ def run_traffic(opts, server, scen, s, gens, tag):
     else:
         extra["rate"] = s["rate"]
         extra["totalSenders"] = s["senders"]
+        extra["spinUs"] = opts.gen_spin_us
     lgs = start_gens(opts, server, mode, s["clients"], gens, tag, extra, senders=s["senders"])
     try:
         readies = [lg.wait_event("ready", connect_timeout(s["clients"])) for lg in lgs]
@@ -869,7 +870,7 @@ after a first line with the settings). Regenerate with `make bench` (full) or `m
   reaches every member, the sender included. `lost` = sent × members − received after a drain.
 - fan-out: each sender keeps {inflight} messages in flight (it sends the next one when one of its
   own comes back). Deliveries/s are counted over {fo_dur:g} s after {fo_warm:g} s of warm-up.
-- steady: each sender sends at a fixed rate, the senders staggered; latency over {st_dur:g} s.
+- steady: each sender sends at a fixed rate, the senders staggered; latency over {st_dur:g} s.{spin}
 - connect: {conc} handshakes in progress at a time until all are in (wschat: handshake + `join`
   answered by `welcome`, {room_size} members per room, since every join is broadcast to the room);
   then the connections stay idle 2 s and the server's RSS (`VmRSS`) minus its RSS right after
@@ -881,6 +882,13 @@ after a first line with the settings). Regenerate with `make bench` (full) or `m
 ## Results
 
 """
+
+SPIN_TEXT = """
+  The C generator keeps polling its sockets for {us} µs after any activity before it sleeps:
+  it takes in a segment faster than a server writes the next, so otherwise it would sleep after
+  almost every one, and waking it (an IPI, a VM exit here) would be charged to the server's CPU
+  on every delivery, a cost that clients on other machines never put on a server. Its polling
+  counts in its CPU use."""
 
 
 def write_docs(path, opts, servers, scenarios, s, records, results_name, command):
@@ -911,6 +919,9 @@ def write_docs(path, opts, servers, scenarios, s, records, results_name, command
         conc=s["connect"]["concurrency"],
         room_size=s["connect"]["room_size"],
         last_addr=1 + opts.addrs,
+        spin=SPIN_TEXT.format(us=opts.gen_spin_us)
+        if opts.gen_spin_us and generator_for(opts, "steady") == "c"
+        else "",
     )
     notes = []
     for r in records:
@@ -1006,6 +1017,14 @@ def main():
         help="load generator for fanout/fanout2/steady: c (bench/cgen/loadgen, built with cc "
         "if missing or stale), node (bench/loadgen.js), auto (default: c if it builds, else node); "
         "connect and idle_max always use node",
+    )
+    ap.add_argument(
+        "--gen-spin-us",
+        type=int,
+        default=200,
+        help="steady, C generator: keep polling this long after any activity before blocking, "
+        "so that waking the generator (an IPI) is not charged to the server's CPU "
+        "(default 200; 0: off)",
     )
     ap.add_argument(
         "--clients", type=int, default=None, help="override the idle_max connection count"
