@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,12 @@ import pytest
 
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.history import HistoryStore, MemoryHistory
-from wschat.sqlite_history import SCHEMA_VERSION, TRIM_EVERY_MESSAGES, SqliteHistory
+from wschat.sqlite_history import (
+    CHECKPOINT_EVERY_MESSAGES,
+    SCHEMA_VERSION,
+    TRIM_EVERY_MESSAGES,
+    SqliteHistory,
+)
 
 from .chatkit import run
 
@@ -127,3 +133,45 @@ def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
     locker.close()
     assert run(store.append("lobby", "alice", "kept", "t", "rx")).id == 2
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]
+
+
+def rows_in_main_file(path: str, copy: Path) -> int:
+    """Messages in the database file alone, without its WAL: what checkpoints have copied."""
+    shutil.copyfile(path, copy)
+    db = sqlite3.connect(copy)
+    try:
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone()
+        (count,) = db.execute("SELECT count(*) FROM messages").fetchone() if tables else (0,)
+    finally:
+        db.close()
+    assert isinstance(count, int)
+    return count
+
+
+def test_sqlite_checkpoints_in_the_thread_it_is_given(tmp_path: Path) -> None:
+    """Given a thread, the store never checkpoints inside a commit (the reactor thread): it
+    hands one checkpoint at a time to that thread, every CHECKPOINT_EVERY_MESSAGES messages."""
+    path = str(tmp_path / "h.sqlite3")
+    handed: list[Callable[[], None]] = []
+    store = SqliteHistory(path, 100_000, in_thread=handed.append)
+    fill(store, "lobby", CHECKPOINT_EVERY_MESSAGES - 1)
+    assert handed == []
+    # SQLite's own checkpoint (at 1,000 WAL pages) would have run by now; nothing is copied.
+    fill(store, "other", 1_000)
+    assert rows_in_main_file(path, tmp_path / "copy1") == 0
+    # One was handed over at the threshold, and no second one while it has not run.
+    assert len(handed) == 1
+
+    handed.pop()()
+    assert rows_in_main_file(path, tmp_path / "copy2") == CHECKPOINT_EVERY_MESSAGES + 999
+    fill(store, "third", CHECKPOINT_EVERY_MESSAGES)
+    assert len(handed) == 1
+    store.close()
+
+
+def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    store = SqliteHistory(path, 100_000)
+    fill(store, "lobby", 2_000)
+    assert rows_in_main_file(path, tmp_path / "copy") > 0
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,16 @@ def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:
         parse(*args)
 
 
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """The history store hands its checkpoints to the reactor's threads; these run them now."""
+
+    def callInThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
+        f(*args, **kwargs)
+
+
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     """makeService wires the chat service first, then one port service per endpoint."""
-    reactor = MemoryReactorClock()
+    reactor = ThreadedMemoryReactor()
     options = parse(
         "--listen",
         "tcp:8081:interface=127.0.0.1",

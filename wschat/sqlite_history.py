@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 from importlib import resources
 
 from .chat.errors import StorageUnavailable
@@ -18,6 +20,11 @@ MEMORY = ":memory:"
 # would stall every connection while another process holds a lock on the database. Wait only
 # long enough for someone else's short transaction, then refuse with storage_unavailable.
 BUSY_TIMEOUT_S = 0.1
+# With synchronous=NORMAL the only fsync is a checkpoint's, and SQLite's automatic one runs
+# inside whichever commit crosses 1,000 WAL pages: on the reactor thread, for as long as the disk
+# takes. Given a thread to run it in, the store checkpoints there instead, about as often
+# (a message is ~2 pages of WAL).
+CHECKPOINT_EVERY_MESSAGES = 400
 
 
 def _schema(version: int) -> str:
@@ -29,12 +36,23 @@ class SqliteHistory:
     with synchronous=NORMAL survives a crash of the process (not of the OS), which is what an
     ack promises (docs/protocol.md)."""
 
-    def __init__(self, path: str, keep: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        keep: int,
+        in_thread: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
+        self._path = path
         self._keep = keep
         self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         if path != MEMORY:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._in_thread = in_thread if path != MEMORY else None
+        if self._in_thread is not None:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointing = threading.Lock()
+        self._since_checkpoint = 0
         self._migrate()
         self._last_id: dict[str, int] = {}
         self._since_trim: dict[str, int] = {}
@@ -78,7 +96,30 @@ class SqliteHistory:
             count = 0
             self._trim(room, msg_id)
         self._since_trim[room] = count
+        self._since_checkpoint += 1
+        if (
+            self._in_thread is not None
+            and self._since_checkpoint >= CHECKPOINT_EVERY_MESSAGES
+            and self._checkpointing.acquire(blocking=False)
+        ):
+            self._since_checkpoint = 0
+            self._in_thread(self._checkpoint)
         return Message(room, msg_id, name, text, ts, ref)
+
+    def _checkpoint(self) -> None:
+        """Runs in another thread, on a connection of its own; a PASSIVE checkpoint never
+        blocks the writer."""
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            # Housekeeping, like trimming: the WAL grows until the next one succeeds.
+            pass
+        finally:
+            self._checkpointing.release()
 
     def _trim(self, room: str, last_id: int) -> None:
         try:

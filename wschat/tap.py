@@ -187,11 +187,11 @@ def check_tls_files(cert: str, key: str) -> None:
         ) from None
 
 
-def make_store(options: Options) -> HistoryStore:
+def make_store(options: Options, reactor: Any) -> HistoryStore:
     path = options["history-db"]
     if path == MEMORY:
         return MemoryHistory(options["history-size"])
-    return SqliteHistory(path, options["history-size"])
+    return SqliteHistory(path, options["history-size"], in_thread=reactor.callInThread)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -215,7 +215,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_rooms=options["max-rooms"],
         max_members=options["max-members"],
     )
-    store = make_store(options)
+    store = make_store(options, reactor)
     factory = ChatFactory(settings, reactor)
     hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_token, limits)
     factory.attach(hub)
