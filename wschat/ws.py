@@ -115,6 +115,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._quiet_rate_limit = False
         self._client = "?"
         self._counted_ip: str | None = None
+        self._opened_at = 0.0
         # One frame is kept as bytes, which the garbage collector does not track: a tracked
         # list per recipient per message made it run full collections (50 ms pauses with
         # 1,000 connections) every few seconds under steady traffic. Only a connection with
@@ -161,7 +162,9 @@ class ChatProtocol(WebSocketServerProtocol):
             except RuntimeError:
                 pass  # no producer was registered (a bare transport, as in tests)
             consumer.registerProducer(self, True)
-            self._log.info("opened {client}", client=self._client)
+            # Logged once, at close (with how long it lasted): a line at open as well cost
+            # about a tenth of the connect rate (twisted.logger formats every line in full).
+            self._opened_at = self.factory.clock.seconds()
         except Exception:
             self._log.failure("could not open {client}", client=self._client)
             self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
@@ -186,8 +189,9 @@ class ChatProtocol(WebSocketServerProtocol):
         session, self._session = self._session, None
         self.factory.hub.disconnect(session)
         self._log.info(
-            "closed {client}: code={code} reason={reason} clean={clean}",
+            "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}",
             client=self._client,
+            duration=self.factory.clock.seconds() - self._opened_at,
             code=code,
             reason=reason,
             clean=wasClean,
