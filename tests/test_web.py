@@ -6,11 +6,17 @@ pull producer that StubTreq's in-memory transport never pumps.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
+from collections.abc import Iterator
 
+import pytest
 import treq
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
@@ -20,6 +26,7 @@ from wschat.web import make_site
 from wschat.ws import ChatFactory, WsSettings
 
 from .chatkit import Peer, run
+from .wsframes import handshake
 
 
 def make() -> tuple[StubTreq, Hub]:
@@ -59,3 +66,32 @@ def test_healthz_reports_connections_rooms_uptime() -> None:
     headers = response.headers  # type: ignore[attr-defined]
     assert headers.getRawHeaders("content-type") == ["application/json"]
     assert headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+@pytest.fixture
+def no_cycle_collector() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
+
+
+def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None:
+    """After the upgrade the HTTP channel is freed at once, by reference counting, instead of
+    waiting in a cycle with its request for the cycle collector."""
+    clock = Clock()
+    factory = ChatFactory(WsSettings(), clock)
+    hub = Hub(MemoryHistory(10), LocalBroker(), factory.fanout, clock.seconds, lambda: "t")
+    factory.attach(hub)
+    site = make_site(factory, hub, lambda: 0.0, reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    transport.protocol = channel  # as a TCP transport has; Autobahn swaps it
+    channel.makeConnection(transport)
+    channel.dataReceived(handshake())
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    assert hub.connection_count == 1
+    gone = weakref.ref(channel)
+    del channel
+    assert gone() is None

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 from .chat.hub import Hub
@@ -101,6 +101,19 @@ class HeadDeadlineChannel(HTTPChannel):
             transport.abortConnection()
 
 
+class UpgradeResource(WebSocketResource):
+    """Autobahn's resource, letting go of the HTTP request once the WebSocket protocol owns
+    the transport. The channel and the request are never used again but refer to each other:
+    as a cycle they waited for the cycle collector, and its runs over them during a burst of
+    connects cost about a tenth of the connect rate (bench: connect to 10,000)."""
+
+    def render(self, request: Request) -> bytes | int:
+        result: bytes | int = super().render(request)
+        if result is NOT_DONE_YET:
+            request.channel.requests.remove(request)
+        return result
+
+
 class ChatSite(Site):
     """A Site speaking only HTTP/1.1: WebSockets are upgraded from HTTP/1.1, so ALPN must
     offer exactly that (browsers fail the TLS handshake when nothing is offered)."""
@@ -116,7 +129,7 @@ def make_site(
     factory: ChatFactory, hub: Hub, uptime_s: Callable[[], float], reactor: object = None
 ) -> ChatSite:
     root = File(str(static_dir()))
-    root.putChild(b"ws", WebSocketResource(factory))
+    root.putChild(b"ws", UpgradeResource(factory))
     root.putChild(b"healthz", Health(hub, uptime_s))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.head_timeout_s = factory.settings.open_handshake_timeout_s
