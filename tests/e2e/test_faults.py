@@ -494,7 +494,7 @@ def test_connection_churn_leaks_nothing(wschat_server: ServerFactory) -> None:
     # One leaked connection per cycle (a protocol object and its timers, ~5 KB) would be
     # ~25 MiB here; what remains is allocator noise and timer buckets not yet fired.
     assert after - before < 8
-    assert server.log().count("] opened tcp4:") == CHURN_WARMUP + CHURN_CYCLES
+    assert server.log().count("] closed tcp4:") == CHURN_WARMUP + CHURN_CYCLES
     # Every slot of both caps is free again: `cap` connections at once are all accepted.
     held = [RawWs(server.port, handshake=False) for _ in range(2 * CHURN_CONCURRENCY)]
     assert [raw.upgrade() for raw in held] == [101] * len(held)
