@@ -767,6 +767,68 @@ def summarize(records, servers, scenarios, s):
     return "\n".join(lines)
 
 
+def targets(records):
+    """The requirements of the benchmark issue, checked against this run's wschat medians."""
+
+    def med(scen, srv, get):
+        vals = [
+            get(r) for r in records if r.get("ok") and (r["scenario"], r["server"]) == (scen, srv)
+        ]
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+
+    fan = med("fanout", "wschat", lambda r: r["deliveries_per_s"])
+    fan_node = med("fanout", "node", lambda r: r["deliveries_per_s"])
+    p99 = med("steady", "wschat", lambda r: r["latency_ms"]["p99"])
+    p99_node = med("steady", "node", lambda r: r["latency_ms"]["p99"])
+    rss = med("connect", "wschat", lambda r: r["rss_per_conn_kib"])
+    held = med("idle_max", "wschat", lambda r: r["held"])
+    idle_runs = [r for r in records if (r["scenario"], r["server"]) == ("idle_max", "wschat")]
+    failed = sum(r.get("failed", 0) if r.get("ok") else 1 for r in idle_runs)
+    rows = []
+    if fan is not None:
+        rows.append(("fan-out: at least 250,000 deliveries/s", f"{fan:,.0f}", fan >= 250_000))
+        if fan_node:
+            rows.append(
+                ("fan-out: at least 2 × Node ws", f"{fan / fan_node:.2f} ×", fan >= 2 * fan_node)
+            )
+    if p99 is not None:
+        rows.append(("steady: p99 under 10 ms", f"{p99:.2f} ms", p99 < 10))
+        if p99_node is not None:
+            rows.append(
+                (
+                    f"steady: p99 below Node ws's ({p99_node:.2f} ms)",
+                    f"{p99:.2f} ms",
+                    p99 < p99_node,
+                )
+            )
+    if rss is not None:
+        rows.append(
+            ("at most 8 KiB RSS per joined connection at 10,000", f"{rss:.2f} KiB", rss <= 8)
+        )
+    if held is not None:
+        rows.append(
+            (
+                "19,000 connections held without errors",
+                f"{held:,.0f}, {failed} failed",
+                held >= 19_000 and not failed,
+            )
+        )
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "### Targets",
+        "",
+        "wschat's medians from this run against the requirements of the benchmark issue.",
+        "",
+        "| target | wschat | met |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in rows]
+    return "\n".join(lines) + "\n"
+
+
 def versions(opts, servers):
     v = {
         "python (orchestrator)": platform.python_version(),
@@ -930,6 +992,8 @@ def write_docs(path, opts, servers, scenarios, s, records, results_name, command
                 f"- {r['scenario']} / {r['server']} run {r['run']} failed: {r.get('error')}"
             )
     body = summarize(records, servers, scenarios, s)
+    if not opts.quick:
+        body += targets(records)
     before = [
         max(r["cpu_busy_before_percent"].values())
         for r in records
