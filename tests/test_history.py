@@ -12,6 +12,7 @@ import pytest
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.sqlite_history import (
+    BACKSTOP_WAL_PAGES,
     CHECKPOINT_EVERY_MESSAGES,
     SCHEMA_VERSION,
     TRIM_EVERY_MESSAGES,
@@ -164,12 +165,62 @@ def test_sqlite_checkpoints_in_the_thread_it_is_given(tmp_path: Path) -> None:
 
     handed.pop()()
     assert rows_in_main_file(path, tmp_path / "copy2") == CHECKPOINT_EVERY_MESSAGES + 999
-    fill(store, "third", CHECKPOINT_EVERY_MESSAGES)
+    # 999 messages came in while it waited: the next one hands over another at once.
+    fill(store, "third", 1)
+    assert len(handed) == 1
+    handed.pop()()
+    fill(store, "fourth", CHECKPOINT_EVERY_MESSAGES - 1)
+    assert handed == []
+    fill(store, "fifth", 1)
     assert len(handed) == 1
     store.close()
 
 
+def test_sqlite_wal_stays_bounded_when_the_thread_never_checkpoints(tmp_path: Path) -> None:
+    """If the thread's checkpoints never complete (traffic keeps adding to the WAL while they
+    copy, or they never run), SQLite's own checkpoint at BACKSTOP_WAL_PAGES still bounds it."""
+    path = str(tmp_path / "h.sqlite3")
+    store = SqliteHistory(path, 100_000, in_thread=lambda work: None)
+    fill(store, "lobby", 12_000)  # about 26,000 pages of WAL without a checkpoint
+    page_size = store._db.execute("PRAGMA page_size").fetchone()[0]
+    wal_pages = Path(path + "-wal").stat().st_size / page_size
+    assert BACKSTOP_WAL_PAGES <= wal_pages < BACKSTOP_WAL_PAGES + 100
+    store.close()
+
+
+def test_sqlite_checkpoint_finds_the_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """twistd may change directory after the store opened a relative path."""
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    handed: list[Callable[[], None]] = []
+    store = SqliteHistory("h.sqlite3", 100_000, in_thread=handed.append)
+    monkeypatch.chdir(tmp_path / "run")
+    fill(store, "lobby", CHECKPOINT_EVERY_MESSAGES)
+    handed.pop()()
+    assert rows_in_main_file(str(tmp_path / "h.sqlite3"), tmp_path / "copy") > 0
+    assert not (tmp_path / "run" / "h.sqlite3").exists()
+    store.close()
+
+
+def test_sqlite_message_is_kept_when_no_thread_can_be_had(tmp_path: Path) -> None:
+    """A failed hand-off neither fails the message nor stops later checkpoints."""
+    tries: list[Callable[[], None]] = []
+
+    def refuse(work: Callable[[], None]) -> None:
+        tries.append(work)
+        raise RuntimeError("thread pool stopped")
+
+    store = SqliteHistory(str(tmp_path / "h.sqlite3"), 100_000, in_thread=refuse)
+    fill(store, "lobby", 2 * CHECKPOINT_EVERY_MESSAGES)
+    assert len(tries) == 2
+    assert run(store.latest("lobby", 1))[0].id == 2 * CHECKPOINT_EVERY_MESSAGES
+    store.close()
+
+
 def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> None:
+    """Without a thread (tools, tests) SQLite checkpoints as it always does."""
     path = str(tmp_path / "h.sqlite3")
     store = SqliteHistory(path, 100_000)
     fill(store, "lobby", 2_000)

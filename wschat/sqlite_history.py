@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from importlib import resources
+
+from twisted.logger import Logger
 
 from .chat.errors import StorageUnavailable
 from .chat.history import recovery
 from .chat.model import Message, Recovery
 
 SCHEMA_VERSION = 1
+_log = Logger()
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
@@ -25,6 +29,11 @@ BUSY_TIMEOUT_S = 0.1
 # takes. Given a thread to run it in, the store checkpoints there instead, about as often
 # (a message is ~2 pages of WAL).
 CHECKPOINT_EVERY_MESSAGES = 400
+# The WAL starts over only after a checkpoint that copied all of it; commits landing while the
+# thread copies leave a tail, so it tries a few passes. If traffic never lets one finish, SQLite's
+# own checkpoint, at this many pages, still bounds the WAL (and its tail is small by then).
+CHECKPOINT_PASSES = 4
+BACKSTOP_WAL_PAGES = 4000
 
 
 def _schema(version: int) -> str:
@@ -42,7 +51,8 @@ class SqliteHistory:
         keep: int,
         in_thread: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        self._path = path
+        # The checkpoint thread opens the file again later: twistd may have changed directory.
+        self._path = path if path == MEMORY else os.path.abspath(path)
         self._keep = keep
         self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         if path != MEMORY:
@@ -50,7 +60,7 @@ class SqliteHistory:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._in_thread = in_thread if path != MEMORY else None
         if self._in_thread is not None:
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_WAL_PAGES}")
         self._checkpointing = threading.Lock()
         self._since_checkpoint = 0
         self._migrate()
@@ -103,7 +113,12 @@ class SqliteHistory:
             and self._checkpointing.acquire(blocking=False)
         ):
             self._since_checkpoint = 0
-            self._in_thread(self._checkpoint)
+            try:
+                self._in_thread(self._checkpoint)
+            except Exception:
+                # The message is stored; the backstop checkpoint keeps the WAL bounded.
+                self._checkpointing.release()
+                _log.failure("could not start a checkpoint thread")
         return Message(room, msg_id, name, text, ts, ref)
 
     def _checkpoint(self) -> None:
@@ -112,7 +127,12 @@ class SqliteHistory:
         try:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                for _ in range(CHECKPOINT_PASSES):
+                    busy, wal_pages, copied = db.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    if busy or copied >= wal_pages:
+                        break
             finally:
                 db.close()
         except sqlite3.Error:
