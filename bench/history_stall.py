@@ -1,7 +1,7 @@
 """How long `SqliteHistory.append` holds the calling thread (the reactor thread, in wschat),
 with SQLite's own checkpoints inside the commits versus checkpoints handed to another thread.
 
-    .venv/bin/python bench/history_stall.py [--messages 20000] [--dir DIR]
+    .venv/bin/python bench/history_stall.py [--messages 20000] [--blocks 4] [--dir DIR]
 
 Both modes run on the same disk in the same run, alternating in blocks, so that the disk's
 mood hits both alike. A checkpoint's fsync is the stall this measures.

@@ -150,6 +150,9 @@ class ChatProtocol(WebSocketServerProtocol):
         return peer
 
     def onOpen(self) -> None:
+        # Logged once, at close (with how long it lasted): a line at open as well cost
+        # about a tenth of the connect rate (twisted.logger formats every line in full).
+        self._opened_at = self.factory.clock.seconds()
         try:
             self._forget_handshake()
             self._session = self.factory.hub.connect(self, self.send_event, self._replaced)
@@ -162,9 +165,6 @@ class ChatProtocol(WebSocketServerProtocol):
             except RuntimeError:
                 pass  # no producer was registered (a bare transport, as in tests)
             consumer.registerProducer(self, True)
-            # Logged once, at close (with how long it lasted): a line at open as well cost
-            # about a tenth of the connect rate (twisted.logger formats every line in full).
-            self._opened_at = self.factory.clock.seconds()
         except Exception:
             self._log.failure("could not open {client}", client=self._client)
             self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
