@@ -136,7 +136,7 @@ class SqliteHistory:
             finally:
                 db.close()
         except sqlite3.Error:
-            # Housekeeping, like trimming: the WAL grows until the next one succeeds.
+            # Housekeeping, like trimming: the next one, or SQLite's backstop, catches up.
             pass
         finally:
             self._checkpointing.release()
