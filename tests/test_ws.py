@@ -320,3 +320,33 @@ def test_frames_autobahn_writes_itself_go_after_queued_output(factory: ChatFacto
     frames = reader.frames()
     assert [op for op, _ in frames] == [OP_TEXT, OP_CLOSE]
     assert json.loads(frames[0][1])["text"] == "before the close"
+
+
+def test_flush_skips_what_was_already_sent(factory: ChatFactory) -> None:
+    """flush_many reports how much of a connection's output went out before its socket
+    filled; the protocol writes the rest, and only the rest."""
+    client = Client(factory)
+    client.join("lobby", "reader")
+    client.protocol._pending = [b"abc", b"defg"]
+    client.protocol.flush(2)
+    assert client.transport.value() == b"cdefg"
+    assert client.protocol._pending is None
+
+
+def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
+    factory: ChatFactory,
+) -> None:
+    """flush_many may write to the socket itself only while Twisted's buffer is known to be
+    empty and the connection open: anything Autobahn writes, a drop and a loss end that."""
+    client = Client(factory)
+    client.join("lobby", "reader")
+    protocol = client.protocol
+    protocol._direct_fd = 99
+    protocol.sendPing()
+    assert protocol._direct_fd == -1
+    protocol._direct_fd = 99
+    protocol.dropConnection(abort=True)
+    assert protocol._direct_fd == -1
+    protocol._direct_fd = 99
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert protocol._direct_fd == -1

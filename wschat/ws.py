@@ -18,6 +18,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,6 +29,14 @@ from .chat.hub import Hub, Session
 from .chat.model import Error, Event, Join, Leave, Say
 from .codec import SUBPROTOCOL, decode, encode
 from .timers import BucketTimer
+
+try:
+    from ._sendmany import flush_many
+except ImportError:  # installed without a C compiler: ChatProtocol.flush writes each one
+
+    def flush_many(protocols: list[Any]) -> list[tuple[Any, int]]:
+        return [(protocol, 0) for protocol in protocols]
+
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -122,6 +131,9 @@ class ChatProtocol(WebSocketServerProtocol):
         # several frames in one turn gets a list. (A bytearray grown by += copied too much
         # under fan-out: it grows by 1/8 at a time.)
         self._pending: bytes | list[bytes] | None = None
+        # The socket's descriptor while nothing but our own direct sends has been written
+        # since the last check that Twisted's buffer is empty (see flush); else -1.
+        self._direct_fd = -1
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
@@ -273,13 +285,17 @@ class ChatProtocol(WebSocketServerProtocol):
         else:
             pending.append(frame)
 
-    def flush(self) -> None:
-        """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon)."""
+    def flush(self, skip: int = 0) -> None:
+        """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon),
+        but its first `skip` bytes, which flush_many has already sent."""
         pending, self._pending = self._pending, None
+        self._direct_fd = -1
         transport = self.transport
         if not pending or transport is None:
             return
         data = pending if isinstance(pending, bytes) else b"".join(pending)
+        if skip:
+            data = data[skip:]
         if (
             # Nothing waits in Twisted's own buffer, so writing directly keeps the byte order.
             type(transport) is tcp.Server
@@ -297,15 +313,29 @@ class ChatProtocol(WebSocketServerProtocol):
             except OSError:
                 sent = 0
             if sent == len(data):
+                if self.state == STATE_OPEN:
+                    # Until something else writes, flush_many may send to the socket itself.
+                    self._direct_fd = transport.fileno()
                 return
             data = data[sent:]
         transport.write(data)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Everything Autobahn writes itself (pongs, close frames) goes after what we queued.
+        # Everything Autobahn writes itself (pongs, close frames) goes after what we queued,
+        # and through Twisted's buffer, which flush_many must not write past.
         if self._pending is not None:
             self.flush()
+        self._direct_fd = -1
         super().sendData(data, sync, chopsize)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self._direct_fd = -1
+        super().dropConnection(abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Twisted has just closed the socket: its descriptor number may be reused at once.
+        self._direct_fd = -1
+        super().connectionLost(reason)
 
     def _count_output(self, size: int) -> None:
         if not self._paused:
@@ -415,8 +445,9 @@ class ChatFactory(WebSocketServerFactory):
     def _flush_all(self) -> None:
         self._flush_call = None
         dirty, self._dirty = self._dirty, []
-        for protocol in dirty:
-            protocol.flush()
+        # The common case, a connection whose socket keeps up, in C: one call for all.
+        for protocol, sent in flush_many(dirty):
+            protocol.flush(sent)
 
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         frame = self.prepareMessage(encode(event)).payloadHybi

@@ -321,6 +321,50 @@ def test_locked_database_refuses_say_without_stalling_the_server(
     assert writer.say("locked", "locked 0", ref="l0")["id"] == 1
 
 
+# -- a reader that lags
+
+# ~6 KB each, 6 MB in all: more than the kernel buffers a loopback socket with a stalled
+# reader (its send buffer grows to 4 MB), so writes come back short.
+MESSAGES_LAGGING = 1000
+
+
+def test_a_lagging_reader_gets_every_byte_in_order(wschat_server: ServerFactory) -> None:
+    """A reader with a 4 KiB receive buffer that stops reading while 6 MB are said: its
+    socket fills mid-write, so the server sends part of a turn's output directly and leaves
+    the rest to Twisted's buffer. Once it reads again, every message is there, whole and in
+    order."""
+    server = wschat_server("--max-output-bytes", str(64 * 1024 * 1024), *NO_RATE_LIMIT)
+    lagging = RawWs(server.port, recv_buffer_bytes=4096, handshake=False)
+    assert lagging.upgrade() == 101
+    lagging.join("lag", "lagging")
+    writer = Chat(server.ws_url)
+    writer.join("lag", "writer")
+    lagging.expect("presence")
+    # 2,000 characters (the most a message may have) of 3-byte UTF-8: ~6 KB a message.
+    texts = [f"{i:04d} " + "€" * (1990 + i % 5) for i in range(MESSAGES_LAGGING)]
+    for i, text in enumerate(texts):
+        writer.send(type="say", room="lag", text=text, ref=f"r{i}")
+    acks = [until_ack(writer) for _ in texts]
+    assert [a["ref"] for a in acks] == [f"r{i}" for i in range(MESSAGES_LAGGING)]
+    writer.close()
+    received = []
+    while len(received) < len(texts):
+        event = lagging.recv_json()
+        if event["type"] == "message":
+            received.append(event)
+    assert [m["text"] for m in received] == texts
+    assert [m["id"] for m in received] == [a["id"] for a in acks]
+    lagging.close()
+
+
+def until_ack(chat: Chat) -> dict[str, Any]:
+    while True:
+        event = chat.recv()
+        assert event["type"] != "error", event
+        if event["type"] == "ack":
+            return event
+
+
 # -- slow consumers at scale
 
 

@@ -1,0 +1,176 @@
+"""The C write loop of a reactor turn (wschat/_sendmany.c), on real loopback TCP sockets."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from .missing import missing
+
+
+@pytest.fixture
+def sendmany() -> ModuleType:
+    try:
+        from wschat import _sendmany
+    except ImportError:
+        missing("wschat._sendmany is not built (pip install -e . with a C compiler)")
+    return _sendmany
+
+
+class Conn:
+    """What flush_many reads and writes on a ChatProtocol."""
+
+    def __init__(self, fd: int, pending: Any = None) -> None:
+        self._direct_fd = fd
+        self._pending = pending
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(server side, non-blocking as Twisted has it; client side)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    with server, client:
+        yield server, client
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"connection closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
+def nothing_to_read(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    return False
+
+
+def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> None:
+    server, client = pair
+    conn = Conn(server.fileno(), b"hello")
+    assert sendmany.flush_many([conn]) == []
+    assert conn._pending is None
+    assert read_exactly(client, 5) == b"hello"
+
+
+def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None:
+    server, client = pair
+    frames = [b"one,", b"two,", b"", b"three"]
+    conn = Conn(server.fileno(), list(frames))
+    assert sendmany.flush_many([conn]) == []
+    assert conn._pending is None
+    assert read_exactly(client, 13) == b"one,two,three"
+
+
+def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(50)]
+        servers = [listener.accept()[0] for _ in clients]
+    try:
+        for s in servers:
+            s.setblocking(False)
+        conns = [Conn(s.fileno(), [b"to ", str(i).encode()]) for i, s in enumerate(servers)]
+        assert sendmany.flush_many(conns) == []
+        # accept() order is connect order on loopback; match by the peer's port to be sure.
+        by_port = {s.getpeername()[1]: i for i, s in enumerate(servers)}
+        for c in clients:
+            i = by_port[c.getsockname()[1]]
+            assert read_exactly(c, 3 + len(str(i))) == b"to " + str(i).encode()
+    finally:
+        for s in servers + clients:
+            s.close()
+
+
+def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Any) -> None:
+    server, client = pair
+    assert sendmany.flush_many([Conn(server.fileno(), None)]) == []
+    assert nothing_to_read(client)
+
+
+def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Any) -> None:
+    _, client = pair
+    conn = Conn(-1, [b"a", b"b"])
+    assert sendmany.flush_many([conn]) == [(conn, 0)]
+    assert conn._pending == [b"a", b"b"]
+    assert nothing_to_read(client)
+
+
+def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Any) -> None:
+    server, client = pair
+    conn = Conn(server.fileno(), b"once")
+    assert sendmany.flush_many([conn, conn]) == []
+    assert read_exactly(client, 4) == b"once"
+    assert nothing_to_read(client)
+
+
+def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
+    sendmany: ModuleType, pair: Any
+) -> None:
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 8192  # 2 MiB: more than any loopback buffer takes at once
+    conn = Conn(server.fileno(), [data[:1000], data[1000:]])
+    [(returned, sent)] = sendmany.flush_many([conn])
+    assert returned is conn
+    assert 0 < sent < len(data)
+    assert conn._pending == [data[:1000], data[1000:]]
+    assert read_exactly(client, sent) == data[:sent]
+    assert nothing_to_read(client)
+
+
+def test_a_reset_connection_is_left_to_python_without_sigpipe(
+    sendmany: ModuleType, pair: Any
+) -> None:
+    server, client = pair
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    conn = Conn(server.fileno(), b"x" * 100)
+    results = [sendmany.flush_many([conn]) for _ in range(3)]
+    assert all(r == [(conn, 0)] for r in results)
+    assert conn._pending == b"x" * 100
+
+
+@pytest.mark.parametrize(
+    "pending",
+    [[b"x"] * 1025, [b"x", "not bytes"], bytearray(b"x"), ("a", "tuple")],
+    ids=["over IOV_MAX frames", "a str in the list", "bytearray", "tuple"],
+)
+def test_what_it_does_not_know_is_left_to_python(
+    sendmany: ModuleType, pair: Any, pending: Any
+) -> None:
+    server, client = pair
+    conn = Conn(server.fileno(), pending)
+    assert sendmany.flush_many([conn]) == [(conn, 0)]
+    assert conn._pending is pending
+    assert nothing_to_read(client)
+
+
+def test_it_takes_only_a_list(sendmany: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        sendmany.flush_many((Conn(-1, b"x"),))
+
+
+def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Any) -> None:
+    server, client = pair
+    taken = Conn(server.fileno(), b"kept")
+    broken = Conn(server.fileno(), b"y")
+    del broken._direct_fd
+    with pytest.raises(AttributeError):
+        sendmany.flush_many([taken, broken])
+    assert taken._pending == b"kept"
+    assert nothing_to_read(client)

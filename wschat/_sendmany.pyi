@@ -1,0 +1,3 @@
+from typing import Any
+
+def flush_many(protocols: list[Any]) -> list[tuple[Any, int]]: ...
