@@ -870,6 +870,14 @@ def versions(opts, servers):
     except (OSError, subprocess.TimeoutExpired):
         pass
     try:
+        # Without its C write loop (no compiler at install), wschat runs the Python one.
+        r = subprocess.run(
+            [opts.python, "-c", "import wschat._sendmany"], capture_output=True, timeout=30
+        )
+        v["wschat C write loop (wschat._sendmany)"] = "built" if r.returncode == 0 else "missing"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
         rev = subprocess.run(
             ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
