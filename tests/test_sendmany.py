@@ -174,3 +174,36 @@ def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair:
         sendmany.flush_many([taken, broken])
     assert taken._pending == b"kept"
     assert nothing_to_read(client)
+
+
+class PutBackFails(Conn):
+    """A connection whose _pending cannot be given back after the sends, as when memory
+    runs out there."""
+
+    armed = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.armed and name == "_pending" and value is not None:
+            raise MemoryError
+        super().__setattr__(name, value)
+
+
+def test_a_half_sent_connection_that_cannot_be_put_back_is_shut_down(
+    sendmany: ModuleType, pair: Any
+) -> None:
+    """Its first bytes are out: putting all of it back would send them twice. The stream
+    ends instead, after exactly the bytes that went out, and the client reconnects."""
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 8192
+    conn = PutBackFails(server.fileno(), [data[:1000], data[1000:]])
+    conn.armed = True
+    with pytest.raises(MemoryError):
+        sendmany.flush_many([conn])
+    assert conn._pending is None
+    client.settimeout(5)
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    assert 0 < len(received) < len(data)
+    assert received == data[: len(received)]

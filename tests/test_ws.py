@@ -333,6 +333,25 @@ def test_flush_skips_what_was_already_sent(factory: ChatFactory) -> None:
     assert client.protocol._pending is None
 
 
+def test_a_failing_c_write_loop_falls_back_to_python(
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    """If flush_many raises (it can only run out of memory), every connection of the turn is
+    written from Python: the message still arrives, and the failure is logged."""
+    reader, sender = Client(factory), Client(factory)
+    reader.join("lobby", "reader")
+    sender.join("lobby", "sender")
+    reader.frames()
+
+    def out_of_memory(protocols: list[Any]) -> list[tuple[Any, int]]:
+        raise MemoryError
+
+    monkeypatch.setattr("wschat.ws.flush_many", out_of_memory)
+    sender.send(text({"type": "say", "room": "lobby", "text": "still here"}))
+    assert [e["text"] for e in reader.events()] == ["still here"]
+    assert any(e.get("log_failure") and "C write loop" in e["log_format"] for e in log_events)
+
+
 def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     factory: ChatFactory,
 ) -> None:

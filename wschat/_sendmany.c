@@ -1,5 +1,6 @@
 /* The write at the end of a reactor turn, for many connections in one call (see
- * wschat/sendmany.py, which holds the same thing in Python and documents the contract).
+ * ChatFactory._flush_all and ChatProtocol.flush in wschat/ws.py, which write whatever this
+ * hands back, and write everything when the module is not built).
  *
  * Why in C: a fan-out writes to every member, and in Python each write cost about a
  * microsecond of interpreter work around the system call (attribute lookups, the method
@@ -150,7 +151,8 @@ static PyObject *flush_many(PyObject *module, PyObject *protocols)
         return PyErr_NoMemory();
     }
     Py_ssize_t count = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    /* The attribute access in take() could run Python code that shortens the list. */
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(protocols); i++) {
         PyObject *protocol = PyList_GET_ITEM(protocols, i);
         Py_INCREF(protocol);
         int took = take(protocol, &items[count], &v);
@@ -195,16 +197,26 @@ static PyObject *flush_many(PyObject *module, PyObject *protocols)
     return result;
 
 error:
-    /* Whatever did not go out is put back, so that an exception here loses no message. */
+    /* Whatever did not go out at all is put back, so that an exception here loses no
+     * message. A connection that took only part of its output cannot be put back (its
+     * first bytes are on the wire, and the count that says so is lost): its socket is shut
+     * down, Twisted sees the connection go, and the client reconnects and asks for what it
+     * missed with `since`. After the sends only a failed allocation (or a protocol whose
+     * attributes raise) gets here. */
     {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
         for (Py_ssize_t i = 0; i < count; i++) {
-            if (items[i].sent != items[i].total &&
-                PyObject_SetAttr(items[i].protocol, str_pending, items[i].pending) < 0)
+            Item *it = &items[i];
+            if (it->sent > 0 && it->sent != it->total) {
+                shutdown(it->fd, SHUT_RDWR);
+                if (PyObject_SetAttr(it->protocol, str_pending, Py_None) < 0) PyErr_Clear();
+            } else if (it->sent == 0 &&
+                       PyObject_SetAttr(it->protocol, str_pending, it->pending) < 0) {
                 PyErr_Clear();
-            Py_DECREF(items[i].protocol);
-            Py_DECREF(items[i].pending);
+            }
+            Py_DECREF(it->protocol);
+            Py_DECREF(it->pending);
         }
         PyErr_Restore(type, value, traceback);
     }

@@ -389,6 +389,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol  # type: ignore[assignment]
+    _log = Logger()
 
     def __init__(self, settings: WsSettings, clock: IReactorTime) -> None:
         super().__init__()
@@ -446,7 +447,14 @@ class ChatFactory(WebSocketServerFactory):
         self._flush_call = None
         dirty, self._dirty = self._dirty, []
         # The common case, a connection whose socket keeps up, in C: one call for all.
-        for protocol, sent in flush_many(dirty):
+        try:
+            leftovers = flush_many(dirty)
+        except Exception:
+            # Out of memory inside the C loop: what it did not send is back in _pending
+            # (see _sendmany.c), so writing every connection from Python loses nothing.
+            self._log.failure("the C write loop failed; writing this turn from Python")
+            leftovers = [(protocol, 0) for protocol in dirty]
+        for protocol, sent in leftovers:
             protocol.flush(sent)
 
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
