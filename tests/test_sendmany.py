@@ -23,11 +23,11 @@ def sendmany() -> ModuleType:
 
 
 class Conn:
-    """What flush_many reads and writes on a ChatProtocol."""
+    """What flush_many reads and writes on an Outbox."""
 
     def __init__(self, fd: int, pending: Any = None) -> None:
-        self._direct_fd = fd
-        self._pending = pending
+        self.fd = fd
+        self.pending = pending
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> Non
     server, client = pair
     conn = Conn(server.fileno(), b"hello")
     assert sendmany.flush_many([conn]) == []
-    assert conn._pending is None
+    assert conn.pending is None
     assert read_exactly(client, 5) == b"hello"
 
 
@@ -73,7 +73,7 @@ def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None
     frames = [b"one,", b"two,", b"", b"three"]
     conn = Conn(server.fileno(), list(frames))
     assert sendmany.flush_many([conn]) == []
-    assert conn._pending is None
+    assert conn.pending is None
     assert read_exactly(client, 13) == b"one,two,three"
 
 
@@ -106,7 +106,7 @@ def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: An
     _, client = pair
     conn = Conn(-1, [b"a", b"b"])
     assert sendmany.flush_many([conn]) == [(conn, 0)]
-    assert conn._pending == [b"a", b"b"]
+    assert conn.pending == [b"a", b"b"]
     assert nothing_to_read(client)
 
 
@@ -128,7 +128,7 @@ def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
     [(returned, sent)] = sendmany.flush_many([conn])
     assert returned is conn
     assert 0 < sent < len(data)
-    assert conn._pending == [data[:1000], data[1000:]]
+    assert conn.pending == [data[:1000], data[1000:]]
     assert read_exactly(client, sent) == data[:sent]
     assert nothing_to_read(client)
 
@@ -142,7 +142,7 @@ def test_a_reset_connection_is_left_to_python_without_sigpipe(
     conn = Conn(server.fileno(), b"x" * 100)
     results = [sendmany.flush_many([conn]) for _ in range(3)]
     assert all(r == [(conn, 0)] for r in results)
-    assert conn._pending == b"x" * 100
+    assert conn.pending == b"x" * 100
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_what_it_does_not_know_is_left_to_python(
     server, client = pair
     conn = Conn(server.fileno(), pending)
     assert sendmany.flush_many([conn]) == [(conn, 0)]
-    assert conn._pending is pending
+    assert conn.pending is pending
     assert nothing_to_read(client)
 
 
@@ -169,21 +169,21 @@ def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair:
     server, client = pair
     taken = Conn(server.fileno(), b"kept")
     broken = Conn(server.fileno(), b"y")
-    del broken._direct_fd
+    del broken.fd
     with pytest.raises(AttributeError):
         sendmany.flush_many([taken, broken])
-    assert taken._pending == b"kept"
+    assert taken.pending == b"kept"
     assert nothing_to_read(client)
 
 
 class PutBackFails(Conn):
-    """A connection whose _pending cannot be given back after the sends, as when memory
+    """A connection whose pending output cannot be given back after the sends, as when memory
     runs out there."""
 
     armed = False
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if self.armed and name == "_pending" and value is not None:
+        if self.armed and name == "pending" and value is not None:
             raise MemoryError
         super().__setattr__(name, value)
 
@@ -200,7 +200,7 @@ def test_a_half_sent_connection_that_cannot_be_put_back_is_shut_down(
     conn.armed = True
     with pytest.raises(MemoryError):
         sendmany.flush_many([conn])
-    assert conn._pending is None
+    assert conn.pending is None
     client.settimeout(5)
     received = b""
     while chunk := client.recv(65536):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from wschat.ws import (
     origin_allowed,
 )
 
+from .missing import missing
 from .wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -327,10 +329,10 @@ def test_flush_skips_what_was_already_sent(factory: ChatFactory) -> None:
     filled; the protocol writes the rest, and only the rest."""
     client = Client(factory)
     client.join("lobby", "reader")
-    client.protocol._pending = [b"abc", b"defg"]
+    client.protocol._out.pending = [b"abc", b"defg"]
     client.protocol.flush(2)
     assert client.transport.value() == b"cdefg"
-    assert client.protocol._pending is None
+    assert client.protocol._out.pending is None
 
 
 def test_a_failing_c_write_loop_falls_back_to_python(
@@ -352,6 +354,48 @@ def test_a_failing_c_write_loop_falls_back_to_python(
     assert any(e.get("log_failure") and "C write loop" in e["log_format"] for e in log_events)
 
 
+def test_a_member_known_writable_is_queued_inline_and_written_to_its_socket(
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broadcast's short way: a member whose outbox has a descriptor gets the frame
+    queued without a call into its protocol, and flush_many writes it to that socket; a
+    member without one (here the sender, on a plain transport) goes through send_frame."""
+    try:
+        import wschat._sendmany  # noqa: F401
+    except ImportError:
+        missing("wschat._sendmany is not built (pip install -e . with a C compiler)")
+    reader, sender = Client(factory), Client(factory)
+    reader.join("lobby", "reader")
+    sender.join("lobby", "sender")
+    reader.frames()
+    sender.frames()
+    called: list[ChatProtocol] = []
+    for client in (reader, sender):
+
+        def recorded(
+            frame: bytes,
+            protocol: ChatProtocol = client.protocol,
+            original: Any = client.protocol.send_frame,
+        ) -> None:
+            called.append(protocol)
+            original(frame)
+
+        monkeypatch.setattr(client.protocol, "send_frame", recorded)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        reader.protocol._out.fd = ours.fileno()
+        sender.send(text({"type": "say", "room": "lobby", "text": "direct"}))
+        assert called == [sender.protocol]
+        factory.clock.advance(0)
+        theirs.settimeout(5)
+        [(op, payload)] = parse_frames(theirs.recv(65536))
+    assert op == OP_TEXT
+    assert json.loads(payload)["text"] == "direct"
+    assert reader.transport.value() == b""
+    assert [e["type"] for e in sender.events()] == ["ack", "message"]
+
+
 def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     factory: ChatFactory,
 ) -> None:
@@ -360,12 +404,15 @@ def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     client = Client(factory)
     client.join("lobby", "reader")
     protocol = client.protocol
-    protocol._direct_fd = 99
+    out = protocol._out
+    out.fd = 99
     protocol.sendPing()
-    assert protocol._direct_fd == -1
-    protocol._direct_fd = 99
+    assert out.fd == -1
+    out.fd = 99
     protocol.dropConnection(abort=True)
-    assert protocol._direct_fd == -1
-    protocol._direct_fd = 99
+    assert out.fd == -1
+    out.fd = 99
     protocol.connectionLost(Failure(ConnectionDone()))
-    assert protocol._direct_fd == -1
+    assert out.fd == -1
+    # and the outbox no longer holds the protocol: the two form no reference cycle
+    assert out.protocol is None

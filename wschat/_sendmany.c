@@ -1,6 +1,7 @@
-/* The write at the end of a reactor turn, for many connections in one call (see
- * ChatFactory._flush_all and ChatProtocol.flush in wschat/ws.py, which write whatever this
- * hands back, and write everything when the module is not built).
+/* The write at the end of a reactor turn, for many connections in one call: each
+ * connection's Outbox (wschat/ws.py) holds its queued frames and, while writing to the socket
+ * directly is safe, its descriptor. ChatFactory._flush_all and ChatProtocol.flush write
+ * whatever this hands back, and everything when the module is not built.
  *
  * Why in C: a fan-out writes to every member, and in Python each write cost about a
  * microsecond of interpreter work around the system call (attribute lookups, the method
@@ -20,17 +21,17 @@
 #define IOV_MAX 1024
 #endif
 
-static PyObject *str_pending;    /* "_pending" */
-static PyObject *str_direct_fd;  /* "_direct_fd" */
+static PyObject *str_pending;    /* "pending" */
+static PyObject *str_fd;  /* "fd" */
 
 typedef struct {
-    PyObject *protocol; /* strong reference */
+    PyObject *outbox; /* strong reference */
     PyObject *pending;  /* strong reference: keeps the buffers alive without the GIL */
     int fd;
     Py_ssize_t first_iov, iov_count, total, sent;
 } Item;
 
-/* Prepare one protocol: 1 if it is to be sent here, 0 if it is left to Python, -1 on error. */
+/* Prepare one outbox: 1 if it is to be sent here, 0 if it is left to Python, -1 on error. */
 typedef struct {
     struct iovec *iov;
     Py_ssize_t used, room;
@@ -51,15 +52,15 @@ static int reserve(Iovecs *v, Py_ssize_t n)
     return 0;
 }
 
-static int take(PyObject *protocol, Item *item, Iovecs *v)
+static int take(PyObject *outbox, Item *item, Iovecs *v)
 {
-    PyObject *pending = PyObject_GetAttr(protocol, str_pending);
+    PyObject *pending = PyObject_GetAttr(outbox, str_pending);
     if (pending == NULL) return -1;
     if (pending == Py_None) {
         Py_DECREF(pending);
         return 2; /* nothing queued: already flushed this turn */
     }
-    PyObject *fd_obj = PyObject_GetAttr(protocol, str_direct_fd);
+    PyObject *fd_obj = PyObject_GetAttr(outbox, str_fd);
     if (fd_obj == NULL) {
         Py_DECREF(pending);
         return -1;
@@ -94,10 +95,10 @@ static int take(PyObject *protocol, Item *item, Iovecs *v)
     } else {
         goto python;
     }
-    /* Taken now, so that a protocol listed twice goes out once; put back if not all sent. */
-    if (PyObject_SetAttr(protocol, str_pending, Py_None) < 0) goto error;
-    Py_INCREF(protocol);
-    item->protocol = protocol;
+    /* Taken now, so that an outbox listed twice goes out once; put back if not all sent. */
+    if (PyObject_SetAttr(outbox, str_pending, Py_None) < 0) goto error;
+    Py_INCREF(outbox);
+    item->outbox = outbox;
     item->pending = pending;
     item->fd = (int)fd;
     item->first_iov = start;
@@ -113,9 +114,9 @@ error:
     return -1;
 }
 
-static PyObject *leftover(PyObject *result, PyObject *protocol, Py_ssize_t sent)
+static PyObject *leftover(PyObject *result, PyObject *outbox, Py_ssize_t sent)
 {
-    PyObject *pair = Py_BuildValue("(On)", protocol, sent);
+    PyObject *pair = Py_BuildValue("(On)", outbox, sent);
     if (pair == NULL || PyList_Append(result, pair) < 0) {
         Py_XDECREF(pair);
         return NULL;
@@ -125,23 +126,23 @@ static PyObject *leftover(PyObject *result, PyObject *protocol, Py_ssize_t sent)
 }
 
 PyDoc_STRVAR(flush_many_doc,
-"flush_many(protocols) -> list of (protocol, bytes sent)\n\n"
-"Write each protocol's _pending (bytes or a list of bytes) to its _direct_fd and set\n"
-"_pending to None. A protocol with nothing pending is skipped. One with _direct_fd < 0,\n"
+"flush_many(outboxes) -> list of (outbox, bytes sent)\n\n"
+"Write each outbox's pending (bytes or a list of bytes) to its fd and set pending to\n"
+"None. An outbox with nothing pending is skipped. One with fd < 0,\n"
 "or whose socket did not take all of it (full, closed: errno is not looked at), comes back\n"
-"with the number of bytes that did go out and _pending untouched.");
+"with the number of bytes that did go out and pending untouched.");
 
-static PyObject *flush_many(PyObject *module, PyObject *protocols)
+static PyObject *flush_many(PyObject *module, PyObject *outboxes)
 {
-    if (!PyList_CheckExact(protocols)) {
+    if (!PyList_CheckExact(outboxes)) {
         PyErr_SetString(PyExc_TypeError, "flush_many() takes a list");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(protocols);
+    Py_ssize_t n = PyList_GET_SIZE(outboxes);
     PyObject *result = PyList_New(0);
     if (result == NULL || n == 0) return result;
 
-    /* `protocols` is the factory's list of one turn, which only the reactor thread touches. */
+    /* `outboxes` is the factory's list of one turn, which only the reactor thread touches. */
     Item *items = PyMem_Calloc((size_t)n, sizeof(Item));
     Iovecs v = {NULL, 0, 0};
     if (items == NULL || reserve(&v, n) < 0) {
@@ -152,15 +153,15 @@ static PyObject *flush_many(PyObject *module, PyObject *protocols)
     }
     Py_ssize_t count = 0;
     /* The attribute access in take() could run Python code that shortens the list. */
-    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(protocols); i++) {
-        PyObject *protocol = PyList_GET_ITEM(protocols, i);
-        Py_INCREF(protocol);
-        int took = take(protocol, &items[count], &v);
-        if (took < 0 || (took == 0 && leftover(result, protocol, 0) == NULL)) {
-            Py_DECREF(protocol);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(outboxes); i++) {
+        PyObject *outbox = PyList_GET_ITEM(outboxes, i);
+        Py_INCREF(outbox);
+        int took = take(outbox, &items[count], &v);
+        if (took < 0 || (took == 0 && leftover(result, outbox, 0) == NULL)) {
+            Py_DECREF(outbox);
             goto error;
         }
-        Py_DECREF(protocol);
+        Py_DECREF(outbox);
         if (took == 1) count++;
     }
 
@@ -184,12 +185,12 @@ static PyObject *flush_many(PyObject *module, PyObject *protocols)
     for (Py_ssize_t i = 0; i < count; i++) {
         Item *it = &items[i];
         if (it->sent != it->total &&
-            (PyObject_SetAttr(it->protocol, str_pending, it->pending) < 0 ||
-             leftover(result, it->protocol, it->sent) == NULL))
+            (PyObject_SetAttr(it->outbox, str_pending, it->pending) < 0 ||
+             leftover(result, it->outbox, it->sent) == NULL))
             goto error;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_DECREF(items[i].protocol);
+        Py_DECREF(items[i].outbox);
         Py_DECREF(items[i].pending);
     }
     PyMem_Free(items);
@@ -201,7 +202,7 @@ error:
      * message. A connection that took only part of its output cannot be put back (its
      * first bytes are on the wire, and the count that says so is lost): its socket is shut
      * down, Twisted sees the connection go, and the client reconnects and asks for what it
-     * missed with `since`. After the sends only a failed allocation (or a protocol whose
+     * missed with `since`. After the sends only a failed allocation (or an outbox whose
      * attributes raise) gets here. */
     {
         PyObject *type, *value, *traceback;
@@ -210,12 +211,12 @@ error:
             Item *it = &items[i];
             if (it->sent > 0 && it->sent != it->total) {
                 shutdown(it->fd, SHUT_RDWR);
-                if (PyObject_SetAttr(it->protocol, str_pending, Py_None) < 0) PyErr_Clear();
+                if (PyObject_SetAttr(it->outbox, str_pending, Py_None) < 0) PyErr_Clear();
             } else if (it->sent == 0 &&
-                       PyObject_SetAttr(it->protocol, str_pending, it->pending) < 0) {
+                       PyObject_SetAttr(it->outbox, str_pending, it->pending) < 0) {
                 PyErr_Clear();
             }
-            Py_DECREF(it->protocol);
+            Py_DECREF(it->outbox);
             Py_DECREF(it->pending);
         }
         PyErr_Restore(type, value, traceback);
@@ -237,8 +238,8 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__sendmany(void)
 {
-    str_pending = PyUnicode_InternFromString("_pending");
-    str_direct_fd = PyUnicode_InternFromString("_direct_fd");
-    if (str_pending == NULL || str_direct_fd == NULL) return NULL;
+    str_pending = PyUnicode_InternFromString("pending");
+    str_fd = PyUnicode_InternFromString("fd");
+    if (str_pending == NULL || str_fd == NULL) return NULL;
     return PyModule_Create(&module_def);
 }

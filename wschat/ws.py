@@ -34,8 +34,8 @@ try:
     from ._sendmany import flush_many
 except ImportError:  # installed without a C compiler: ChatProtocol.flush writes each one
 
-    def flush_many(protocols: list[Any]) -> list[tuple[Any, int]]:
-        return [(protocol, 0) for protocol in protocols]
+    def flush_many(outboxes: list[Any]) -> list[tuple[Any, int]]:
+        return [(out, 0) for out in outboxes]
 
 
 CLOSE_GOING_AWAY = 1001
@@ -109,6 +109,33 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str])
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
+class Outbox:
+    """A connection's output of one reactor turn, and all that a broadcast reads and writes
+    per member: a small object of its own, because a protocol's ~75 attributes live in a
+    full dict (two cache misses per attribute looked up), which made a broadcast to 1,000
+    members spend about half a millisecond on memory before its first send.
+
+    `fd` is the socket's descriptor while nothing but our own direct sends has been written
+    since the last check that Twisted's buffer is empty (see ChatProtocol.flush), else -1. It
+    is also what lets a broadcast take the short way: a connection that is paused, closing
+    or closed has fd -1, since each of those wrote through Twisted or dropped the socket.
+
+    One frame is kept as bytes, which the garbage collector does not track: a tracked list
+    per recipient per message made it run full collections (50 ms pauses with 1,000
+    connections) every few seconds under steady traffic. Only a connection with several
+    frames in one turn gets a list. (A bytearray grown by += copied too much under fan-out:
+    it grows by 1/8 at a time.)
+    """
+
+    __slots__ = ("fd", "pending", "protocol")
+
+    def __init__(self, protocol: ChatProtocol) -> None:
+        # Cleared when the connection is lost, so that the two form no reference cycle.
+        self.protocol: ChatProtocol | None = protocol
+        self.pending: bytes | list[bytes] | None = None
+        self.fd = -1
+
+
 @implementer(IPushProducer)
 class ChatProtocol(WebSocketServerProtocol):
     """One client connection. Autobahn owns `self.log` and `factory.server`: we use `_log`."""
@@ -125,15 +152,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._client = "?"
         self._counted_ip: str | None = None
         self._opened_at = 0.0
-        # One frame is kept as bytes, which the garbage collector does not track: a tracked
-        # list per recipient per message made it run full collections (50 ms pauses with
-        # 1,000 connections) every few seconds under steady traffic. Only a connection with
-        # several frames in one turn gets a list. (A bytearray grown by += copied too much
-        # under fan-out: it grows by 1/8 at a time.)
-        self._pending: bytes | list[bytes] | None = None
-        # The socket's descriptor while nothing but our own direct sends has been written
-        # since the last check that Twisted's buffer is empty (see flush); else -1.
-        self._direct_fd = -1
+        self._out = Outbox(self)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
@@ -167,7 +186,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._opened_at = self.factory.clock.seconds()
         try:
             self._forget_handshake()
-            self._session = self.factory.hub.connect(self, self.send_event, self._replaced)
+            self._session = self.factory.hub.connect(self._out, self.send_event, self._replaced)
             self.factory.protocols.add(self)
             # twisted.web's HTTPChannel registered itself as the transport's producer; after
             # the upgrade we are the one that must hear about a full send buffer.
@@ -192,7 +211,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
-        self._pending = None
+        self._out.pending = None
         if self._counted_ip is not None:
             self.factory.release_ip(self._counted_ip)
             self._counted_ip = None
@@ -276,20 +295,22 @@ class ChatProtocol(WebSocketServerProtocol):
         self._count_output(len(frame))
         if self.state != STATE_OPEN:
             return
-        pending = self._pending
+        out = self._out
+        pending = out.pending
         if pending is None:
-            self._pending = frame
-            self.factory.flush_soon(self)
+            out.pending = frame
+            self.factory.flush_soon(out)
         elif isinstance(pending, bytes):
-            self._pending = [pending, frame]
+            out.pending = [pending, frame]
         else:
             pending.append(frame)
 
     def flush(self, skip: int = 0) -> None:
         """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon),
         but its first `skip` bytes, which flush_many has already sent."""
-        pending, self._pending = self._pending, None
-        self._direct_fd = -1
+        out = self._out
+        pending, out.pending = out.pending, None
+        out.fd = -1
         transport = self.transport
         if not pending or transport is None:
             return
@@ -315,7 +336,7 @@ class ChatProtocol(WebSocketServerProtocol):
             if sent == len(data):
                 if self.state == STATE_OPEN:
                     # Until something else writes, flush_many may send to the socket itself.
-                    self._direct_fd = transport.fileno()
+                    out.fd = transport.fileno()
                 return
             data = data[sent:]
         transport.write(data)
@@ -323,19 +344,20 @@ class ChatProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes itself (pongs, close frames) goes after what we queued,
         # and through Twisted's buffer, which flush_many must not write past.
-        if self._pending is not None:
+        if self._out.pending is not None:
             self.flush()
-        self._direct_fd = -1
+        self._out.fd = -1
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:
-        self._direct_fd = -1
+        self._out.fd = -1
         super().dropConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Twisted has just closed the socket: its descriptor number may be reused at once.
-        self._direct_fd = -1
+        self._out.fd = -1
         super().connectionLost(reason)
+        self._out.protocol = None
 
     def _count_output(self, size: int) -> None:
         if not self._paused:
@@ -407,7 +429,7 @@ class ChatFactory(WebSocketServerFactory):
         self.protocol = type("ChatProtocol", (ChatProtocol,), options)  # type: ignore[assignment]
         self.clock = clock
         self._batched_timer = BucketTimer(clock)
-        self._dirty: list[ChatProtocol] = []
+        self._dirty: list[Outbox] = []
         self._flush_call: IDelayedCall | None = None
         self.protocols: set[ChatProtocol] = set()
         self._hub: Hub | None = None
@@ -435,11 +457,11 @@ class ChatFactory(WebSocketServerFactory):
         if count > 0:
             self._per_ip[ip] = count
 
-    def flush_soon(self, protocol: ChatProtocol) -> None:
+    def flush_soon(self, out: Outbox) -> None:
         """Output queued during one reactor turn is written once per connection at its end
         (callLater(0) runs before the next poll): under load several messages share one
         system call, and a lone message still goes out in the same turn."""
-        self._dirty.append(protocol)
+        self._dirty.append(out)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush_all)
 
@@ -450,29 +472,33 @@ class ChatFactory(WebSocketServerFactory):
         try:
             leftovers = flush_many(dirty)
         except Exception:
-            # Out of memory inside the C loop: what it did not send is back in _pending
+            # Out of memory inside the C loop: what it did not send is back in `pending`
             # (see _sendmany.c), so writing every connection from Python loses nothing.
             self._log.failure("the C write loop failed; writing this turn from Python")
-            leftovers = [(protocol, 0) for protocol in dirty]
-        for protocol, sent in leftovers:
-            protocol.flush(sent)
+            leftovers = [(out, 0) for out in dirty]
+        for out, sent in leftovers:
+            protocol = out.protocol
+            if protocol is not None:
+                protocol.flush(sent)
 
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         frame = self.prepareMessage(encode(event)).payloadHybi
         dirty = self._dirty
-        # The common case inlined (an open connection whose socket keeps up): this loop runs
-        # once per recipient of every message, and its calls were most of its cost.
+        # The common case inlined (a connection whose socket keeps up): this loop runs once
+        # per recipient of every message, and its calls were most of its cost.
         for session in sessions:
-            peer = session.peer
-            if peer._paused or peer.state != STATE_OPEN:
-                peer.send_frame(frame)
+            out = session.peer
+            if out.fd < 0:
+                protocol = out.protocol
+                if protocol is not None:
+                    protocol.send_frame(frame)
             else:
-                pending = peer._pending
+                pending = out.pending
                 if pending is None:
-                    peer._pending = frame
-                    dirty.append(peer)
+                    out.pending = frame
+                    dirty.append(out)
                 elif isinstance(pending, bytes):
-                    peer._pending = [pending, frame]
+                    out.pending = [pending, frame]
                 else:
                     pending.append(frame)
         if dirty and self._flush_call is None:
