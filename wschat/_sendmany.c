@@ -21,12 +21,12 @@
 #define IOV_MAX 1024
 #endif
 
-static PyObject *str_pending;    /* "pending" */
-static PyObject *str_fd;  /* "fd" */
+static PyObject *str_pending; /* "pending" */
+static PyObject *str_fd;      /* "fd" */
 
 typedef struct {
-    PyObject *outbox; /* strong reference */
-    PyObject *pending;  /* strong reference: keeps the buffers alive without the GIL */
+    PyObject *outbox;  /* strong reference */
+    PyObject *pending; /* strong reference: keeps the buffers alive without the GIL */
     int fd;
     Py_ssize_t first_iov, iov_count, total, sent;
 } Item;
