@@ -345,7 +345,7 @@ def test_a_failing_c_write_loop_falls_back_to_python(
     sender.join("lobby", "sender")
     reader.frames()
 
-    def out_of_memory(protocols: list[Any]) -> list[tuple[Any, int]]:
+    def out_of_memory(outboxes: list[Any]) -> list[tuple[Any, int]]:
         raise MemoryError
 
     monkeypatch.setattr("wschat.ws.flush_many", out_of_memory)
