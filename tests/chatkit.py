@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 
 from wschat.chat.broker import LocalBroker, RoomEvent
 from wschat.chat.history import HistoryStore, MemoryHistory
-from wschat.chat.hub import Hub, Limits, Session
+from wschat.chat.hub import Hub, Session
+from wschat.chat.limits import Limits
 from wschat.chat.model import Event
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ class World:
     def _fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
         self.fanouts += 1
         for session in sessions:
-            session.peer.events.append(event)
+            session.outbox.events.append(event)
 
     def connect(self, label: str = "peer") -> tuple[Session, Peer]:
         peer = Peer(label)

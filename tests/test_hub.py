@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wschat.chat import errors
-from wschat.chat.hub import Limits, format_ts
-from wschat.chat.model import Ack, Join, Leave, Left, Message, Presence, Say, Welcome
+from wschat.chat.limits import Limits
+from wschat.chat.model import Ack, Join, Leave, Left, Message, Presence, Say, Welcome, format_ts
 
 from .chatkit import World, run
 
@@ -131,12 +131,12 @@ def test_takeover_with_token_is_silent() -> None:
     pb.take()
     new, p_new = world.connect("new")
     with pytest.raises(errors.NameTaken):
-        run(world.hub.join(new, Join("lobby", "alice", token="wrong")))
-    run(world.hub.join(new, Join("lobby", "alice", token=first_welcome.token)))
+        run(world.hub.join(new, Join("lobby", "alice", resume_token="wrong")))
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=first_welcome.resume_token)))
     assert p_old.replaced
     assert new.rooms == {"lobby", "dev"} and old.rooms == set()
     [welcome] = p_new.take()
-    assert isinstance(welcome, Welcome) and welcome.token == first_welcome.token
+    assert isinstance(welcome, Welcome) and welcome.resume_token == first_welcome.resume_token
     world.hub.disconnect(old)
     assert pb.take() == []
     run(world.hub.say(bob, Say("lobby", "still there?")))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wschat.chat.errors import ChatError
-from wschat.chat.hub import Limits
+from wschat.chat.limits import Limits
 from wschat.chat.model import (
     MAX_NAME_CHARS,
     MAX_ROOM_CHARS,

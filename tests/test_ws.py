@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
-from wschat.chat.hub import Hub, Limits
+from wschat.chat.hub import Hub
+from wschat.chat.limits import Limits
 from wschat.ws import (
     CLOSE_REPLACED,
     CLOSE_SLOW_CONSUMER,
@@ -329,10 +330,10 @@ def test_flush_skips_what_was_already_sent(factory: ChatFactory) -> None:
     filled; the protocol writes the rest, and only the rest."""
     client = Client(factory)
     client.join("lobby", "reader")
-    client.protocol._out.pending = [b"abc", b"defg"]
-    client.protocol.flush(2)
+    client.protocol.outbox.pending = [b"abc", b"defg"]
+    factory.output.flush(client.protocol.outbox, 2)
     assert client.transport.value() == b"cdefg"
-    assert client.protocol._out.pending is None
+    assert client.protocol.outbox.pending is None
 
 
 def test_a_failing_c_write_loop_falls_back_to_python(
@@ -348,7 +349,7 @@ def test_a_failing_c_write_loop_falls_back_to_python(
     def out_of_memory(outboxes: list[Any]) -> list[tuple[Any, int]]:
         raise MemoryError
 
-    monkeypatch.setattr("wschat.ws.flush_many", out_of_memory)
+    monkeypatch.setattr("wschat.output.flush_many", out_of_memory)
     sender.send(text({"type": "say", "room": "lobby", "text": "still here"}))
     assert [e["text"] for e in reader.events()] == ["still here"]
     assert any(e.get("log_failure") and "C write loop" in e["log_format"] for e in log_events)
@@ -359,7 +360,7 @@ def test_a_member_known_writable_is_queued_inline_and_written_to_its_socket(
 ) -> None:
     """The broadcast's short way: a member whose outbox has a descriptor gets the frame
     queued without a call into its protocol, and flush_many writes it to that socket; a
-    member without one (here the sender, on a plain transport) goes through send_frame."""
+    member without one (here the sender, on a plain transport) is asked admit_output."""
     try:
         import wschat._sendmany  # noqa: F401
     except ImportError:
@@ -373,20 +374,20 @@ def test_a_member_known_writable_is_queued_inline_and_written_to_its_socket(
     for client in (reader, sender):
 
         def recorded(
-            frame: bytes,
+            size: int,
             protocol: ChatProtocol = client.protocol,
-            original: Any = client.protocol.send_frame,
-        ) -> None:
+            original: Any = client.protocol.admit_output,
+        ) -> bool:
             called.append(protocol)
-            original(frame)
+            return bool(original(size))
 
-        monkeypatch.setattr(client.protocol, "send_frame", recorded)
+        monkeypatch.setattr(client.protocol, "admit_output", recorded)
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.setblocking(False)
-        reader.protocol._out.fd = ours.fileno()
+        reader.protocol.outbox.fd = ours.fileno()
         sender.send(text({"type": "say", "room": "lobby", "text": "direct"}))
-        assert called == [sender.protocol]
+        assert set(called) == {sender.protocol}
         factory.clock.advance(0)
         theirs.settimeout(5)
         [(op, payload)] = parse_frames(theirs.recv(65536))
@@ -404,7 +405,7 @@ def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     client = Client(factory)
     client.join("lobby", "reader")
     protocol = client.protocol
-    out = protocol._out
+    out = protocol.outbox
     out.fd = 99
     protocol.sendPing()
     assert out.fd == -1
@@ -415,4 +416,4 @@ def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     protocol.connectionLost(Failure(ConnectionDone()))
     assert out.fd == -1
     # and the outbox no longer holds the protocol: the two form no reference cycle
-    assert out.protocol is None
+    assert out.sink is None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .chat.errors import BadJson, InvalidField, UnknownType
 from .chat.model import (
     MAX_REF_CHARS,
-    MAX_TOKEN_CHARS,
+    MAX_RESUME_TOKEN_CHARS,
     Ack,
     Command,
     Error,
@@ -40,18 +41,37 @@ def decode(payload: bytes) -> Command:
         raise BadJson("a frame must hold a JSON object")
     ref = _optional_str(obj, "ref", MAX_REF_CHARS, None)
     kind = obj.get("type")
-    if kind == "say":
-        return Say(_room(obj, ref), _str(obj, "text", ref), ref)
-    if kind == "join":
-        return Join(
-            _room(obj, ref),
-            _optional_str(obj, "name", None, ref),
-            _optional_id(obj, "since", ref),
-            _optional_str(obj, "token", MAX_TOKEN_CHARS, ref),
-        )
-    if kind == "leave":
-        return Leave(_room(obj, ref))
-    raise UnknownType(f"unknown type {kind!r}; expected join, say or leave", ref)
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise UnknownType(f"unknown type {kind!r}; expected {_EXPECTED}", ref)
+    return decoder(obj, ref)
+
+
+def _join(obj: dict[str, Any], ref: str | None) -> Join:
+    return Join(
+        _room(obj, ref),
+        _optional_str(obj, "name", None, ref),
+        _optional_id(obj, "since", ref),
+        _optional_str(obj, "token", MAX_RESUME_TOKEN_CHARS, ref),
+    )
+
+
+def _say(obj: dict[str, Any], ref: str | None) -> Say:
+    return Say(_room(obj, ref), _str(obj, "text", ref), ref)
+
+
+def _leave(obj: dict[str, Any], ref: str | None) -> Leave:
+    return Leave(_room(obj, ref))
+
+
+# One entry per request type; ws.ChatProtocol has a handle_<type> for each.
+_DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
+    Join.kind: _join,
+    Say.kind: _say,
+    Leave.kind: _leave,
+}
+REQUEST_TYPES = tuple(_DECODERS)
+_EXPECTED = ", ".join(REQUEST_TYPES[:-1]) + " or " + REQUEST_TYPES[-1]
 
 
 def _room(obj: dict[str, Any], ref: str | None) -> str:
@@ -116,7 +136,7 @@ def event_fields(event: Event) -> dict[str, Any]:
             "name": event.name,
             "users": event.users,
             "history": [message_fields(m) for m in event.history],
-            "token": event.token,
+            "token": event.resume_token,
         }
         if event.recovered is not None:
             fields["recovered"] = event.recovered

@@ -13,12 +13,14 @@ from twisted.python import usage
 
 from .chat.broker import LocalBroker
 from .chat.history import HistoryStore, MemoryHistory
-from .chat.hub import Hub, Limits
+from .chat.hub import Hub
+from .chat.limits import Limits
+from .chat.model import new_resume_token
 from .echo import add_echo
 from .service import ChatService
 from .sqlite_history import MEMORY, SqliteHistory
 from .web import make_site
-from .ws import ChatFactory, WsSettings, new_token
+from .ws import ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
 DEFAULT_DB = "wschat.sqlite3"
@@ -217,7 +219,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     store = make_store(options, reactor)
     factory = ChatFactory(settings, reactor)
-    hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_token, limits)
+    hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_resume_token, limits)
     factory.attach(hub)
     started_s = reactor.seconds()
     site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor)

@@ -18,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 from .chat.hub import Hub
-from .ws import ChatFactory
+from .ws import SERVER_NAME, ChatFactory
 
 # An idle HTTP connection is closed after this long.
 HTTP_IDLE_TIMEOUT_S = 30
@@ -114,11 +114,20 @@ class UpgradeResource(WebSocketResource):
         return result
 
 
+class ChatRequest(Request):
+    """A request whose response names the server without its version (as the handshake's)."""
+
+    def render(self, resrc: Resource) -> None:
+        self.setHeader(b"server", SERVER_NAME.encode())
+        super().render(resrc)
+
+
 class ChatSite(Site):
     """A Site speaking only HTTP/1.1: WebSockets are upgraded from HTTP/1.1, so ALPN must
     offer exactly that (browsers fail the TLS handshake when nothing is offered)."""
 
     protocol = HeadDeadlineChannel  # type: ignore[assignment]
+    requestFactory = ChatRequest
     head_timeout_s = REQUEST_HEAD_TIMEOUT_S
 
     def acceptableProtocols(self) -> list[bytes]:

@@ -1,13 +1,13 @@
-"""The Autobahn adapter: decode a frame, call the hub, encode the answer; nothing else.
+"""The Autobahn adapter: the handshake, then decode a frame, call the hub, encode the answer.
 
-Every refused request leaves through `_refuse`; every broadcast is framed once in
-`ChatFactory.fanout` and written to each member as the same bytes.
+Each request type has one `handle_<type>` method; every refused request leaves through
+`_refuse`; every broadcast is framed once in `ChatFactory.fanout` and queued for each member
+as the same bytes by the write path (wschat/output.py).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,23 +25,20 @@ from zope.interface import implementer
 from .chat.broker import RoomEvent
 from .chat.errors import ChatError
 from .chat.hub import Hub, Session
-from .chat.model import Error, Event, Join, Leave, Say
+from .chat.limits import AddressCap, RefusalLog
+from .chat.model import Command, Error, Event, Join, Leave, Say
 from .codec import SUBPROTOCOL, decode, encode
+from .output import Outbox, Output
 from .timers import BucketTimer
-
-try:
-    from ._sendmany import flush_many
-except ImportError:  # installed without a C compiler: ChatProtocol.flush writes each one
-
-    def flush_many(outboxes: list[Any]) -> list[tuple[Any, int]]:
-        return [(out, 0) for out in outboxes]
-
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_REPLACED = 4001
 CLOSE_SLOW_CONSUMER = 4008
+
+# The Server header of the handshake: no version for scanners to match against.
+SERVER_NAME = "wschat"
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _HANDSHAKE_LEFTOVERS = (
@@ -73,6 +69,12 @@ class WsSettings:
     trusted_proxies: int = 0
 
 
+def _no_compression(offers: list[Any]) -> None:
+    """Decline every permessage-deflate offer: a broadcast's frame is prepared once and its
+    bytes are written to every member as they are, which a compressed connection cannot take."""
+    return None
+
+
 def protocol_options(settings: WsSettings) -> dict[str, Any]:
     """The one place where our settings become Autobahn's protocol options."""
     return {
@@ -92,6 +94,7 @@ def protocol_options(settings: WsSettings) -> dict[str, Any]:
         # Our own Origin check in onConnect is stricter than Autobahn's patterns.
         "allowedOrigins": ["*"],
         "allowNullOrigin": True,
+        "perMessageCompressionAccept": _no_compression,
     }
 
 
@@ -109,37 +112,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str])
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
-class Outbox:
-    """A connection's output of one reactor turn, and all that a broadcast reads and writes
-    per member: a small object of its own. A protocol's ~75 attributes are too many for
-    CPython's compact instance layout and live in a full dict, probed for each one looked up;
-    with the caches cold after the previous broadcast's sends, that made queueing a frame for
-    1,000 members take about half a millisecond (now about 0.15 ms).
-
-    `fd` is the socket's descriptor while nothing but our own direct sends has been written
-    since the last check that Twisted's buffer is empty (see ChatProtocol.flush), else -1. It
-    is also what lets a broadcast take the short way: a connection that is paused, closing
-    or closed has fd -1, since each of those wrote through Twisted or dropped the socket.
-
-    One frame is kept as bytes, which the garbage collector does not track: a tracked list
-    per recipient per message made it run full collections (50 ms pauses with 1,000
-    connections) every few seconds under steady traffic. Only a connection with several
-    frames in one turn gets a list. (A bytearray grown by += copied too much under fan-out:
-    it grows by 1/8 at a time.)
-    """
-
-    __slots__ = ("fd", "pending", "protocol")
-
-    def __init__(self, protocol: ChatProtocol) -> None:
-        # Cleared when the connection is lost, so that the two form no reference cycle.
-        self.protocol: ChatProtocol | None = protocol
-        self.pending: bytes | list[bytes] | None = None
-        self.fd = -1
-
-
 @implementer(IPushProducer)
 class ChatProtocol(WebSocketServerProtocol):
-    """One client connection. Autobahn owns `self.log` and `factory.server`: we use `_log`."""
+    """One client connection. Autobahn owns `self.log`, `self.peer` (the client's address)
+    and `factory.server`: ours are `_log`, `_client` and SERVER_NAME."""
 
     factory: ChatFactory
     _log = Logger()
@@ -149,27 +125,54 @@ class ChatProtocol(WebSocketServerProtocol):
         self._session: Session | None = None
         self._paused = False
         self._bytes_while_paused = 0
-        self._quiet_rate_limit = False
+        self._refusals = RefusalLog()
         self._client = "?"
         self._counted_ip: str | None = None
         self._opened_at = 0.0
-        self._out = Outbox(self)
+        self.outbox = Outbox(self)
+
+    # The handshake.
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
+        # Autobahn would answer an unexpected exception with HTTP 500 and the exception's
+        # text in the body: log it here instead, and say nothing about it to the client.
+        try:
+            return self._admit(request)
+        except ConnectionDeny:
+            raise
+        except Exception:
+            self._log.failure("handshake of {client} failed", client=self._client)
+            raise ConnectionDeny(
+                ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error"
+            ) from None
+
+    def _admit(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
         origin = request.headers.get("origin")
-        if not origin_allowed(
-            origin, request.headers.get("host"), self.factory.settings.allowed_origins
-        ):
+        host = request.headers.get("host")
+        allowed = self.factory.settings.allowed_origins
+        if not origin_allowed(origin, host, allowed):
             self._log.info(
-                "refused {client}: origin {origin} not allowed", client=self._client, origin=origin
+                "refused {client}: origin {origin} not allowed (compared with {against})",
+                client=self._client,
+                origin=origin,
+                against=f"--allowed-origin {' '.join(allowed)}" if allowed else f"host {host}",
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         ip = self._client_ip()
-        if not self.factory.admit_ip(ip):
+        addresses = self.factory.addresses
+        if not addresses.admit(ip):
             self._log.info(
                 "refused {client}: too many connections from {ip}", client=self._client, ip=ip
             )
+            if self.factory.settings.trusted_proxies == 0 and addresses.proxy_hint(ip):
+                self._log.warn(
+                    "{ip} holds --max-connections-per-ip {limit} connections; if wschat is "
+                    "behind a reverse proxy, start it with --trust-proxies N so that each "
+                    "client counts under its own forwarded address",
+                    ip=ip,
+                    limit=addresses.limit,
+                )
             raise ConnectionDeny(429, "too many connections from your address")
         self._counted_ip = ip
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
@@ -187,7 +190,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._opened_at = self.factory.clock.seconds()
         try:
             self._forget_handshake()
-            self._session = self.factory.hub.connect(self._out, self.send_event, self._replaced)
+            self._session = self.factory.hub.connect(self.outbox, self.send_event, self._replaced)
             self.factory.protocols.add(self)
             # twisted.web's HTTPChannel registered itself as the transport's producer; after
             # the upgrade we are the one that must hear about a full send buffer.
@@ -212,9 +215,9 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
-        self._out.pending = None
+        self.outbox.pending = None
         if self._counted_ip is not None:
-            self.factory.release_ip(self._counted_ip)
+            self.factory.addresses.release(self._counted_ip)
             self._counted_ip = None
         if self._session is None:
             return
@@ -229,6 +232,8 @@ class ChatProtocol(WebSocketServerProtocol):
             clean=wasClean,
         )
 
+    # Requests: one handle_<type> per request type of the codec.
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self._close_with(CLOSE_UNSUPPORTED_DATA, "wschat speaks JSON in text frames")
@@ -236,28 +241,20 @@ class ChatProtocol(WebSocketServerProtocol):
         session = self._session
         if session is None:
             return
-        try:
-            command = decode(payload)
-        except ChatError as exc:
-            self._refuse(exc)
-            return
-        if isinstance(command, Say):
-            handled = ensureDeferred(self.factory.hub.say(session, command))
-        elif isinstance(command, Join):
-            handled = ensureDeferred(self.factory.hub.join(session, command))
-        else:
-            handled = self._handle_leave(session, command)
-        handled.addErrback(self._failed)
+        maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
 
-    def _handle_leave(self, session: Session, command: Leave) -> Deferred[None]:
-        done: Deferred[None] = Deferred()
-        try:
-            self.factory.hub.leave(session, command)
-        except ChatError as exc:
-            done.errback(Failure(exc))
-        else:
-            done.callback(None)
-        return done
+    def _dispatch(self, session: Session, payload: bytes) -> object:
+        command: Command = decode(payload)
+        return getattr(self, "handle_" + command.kind)(session, command)
+
+    def handle_join(self, session: Session, cmd: Join) -> Coroutine[Any, Any, None]:
+        return self.factory.hub.join(session, cmd)
+
+    def handle_say(self, session: Session, cmd: Say) -> Coroutine[Any, Any, None]:
+        return self.factory.hub.say(session, cmd)
+
+    def handle_leave(self, session: Session, cmd: Leave) -> None:
+        self.factory.hub.leave(session, cmd)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(ChatError):
@@ -267,98 +264,52 @@ class ChatProtocol(WebSocketServerProtocol):
         self.send_event(Error("internal", "the server failed on this request"))
 
     def _refuse(self, exc: ChatError) -> None:
-        if exc.code == "rate_limited":
-            if self._quiet_rate_limit:
-                self.send_event(Error(exc.code, exc.message, exc.ref))
-                return
-            self._quiet_rate_limit = True
-        else:
-            self._quiet_rate_limit = False
-        self._log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
+        if self._refusals.refused(exc.code):
+            self._log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
         self.send_event(Error(exc.code, exc.message, exc.ref))
+
+    # Output.
 
     def send_event(self, event: Event) -> None:
         if self.state != STATE_OPEN:
             return
         if not isinstance(event, Error):
-            self._quiet_rate_limit = False
+            self._refusals.served()
         # Framed here rather than by sendMessage: Autobahn applies maxMessagePayloadSize (our
         # limit on what a client may send) to outgoing messages too, and a welcome carrying
         # the history is often larger than that.
-        self._queue(self.factory.prepareMessage(encode(event)).payloadHybi)
+        self.factory.output.broadcast(
+            (self,), self.factory.prepareMessage(encode(event)).payloadHybi
+        )
 
-    def send_frame(self, frame: bytes) -> None:
-        """Queue an already framed message (the same bytes go to every member)."""
-        if self.state == STATE_OPEN:
-            self._queue(frame)
+    def admit_output(self, size: int) -> bool:
+        self._count_output(size)
+        return self.state == STATE_OPEN
 
-    def _queue(self, frame: bytes) -> None:
-        self._count_output(len(frame))
-        if self.state != STATE_OPEN:
-            return
-        out = self._out
-        pending = out.pending
-        if pending is None:
-            out.pending = frame
-            self.factory.flush_soon(out)
-        elif isinstance(pending, bytes):
-            out.pending = [pending, frame]
-        else:
-            pending.append(frame)
+    def is_open(self) -> bool:
+        return self.state == STATE_OPEN
 
-    def flush(self, skip: int = 0) -> None:
-        """Write what was queued this reactor turn in one go (see ChatFactory.flush_soon),
-        but its first `skip` bytes, which flush_many has already sent."""
-        out = self._out
-        pending, out.pending = out.pending, None
-        out.fd = -1
-        transport = self.transport
-        if not pending or transport is None:
-            return
-        data = pending if isinstance(pending, bytes) else b"".join(pending)
-        if skip:
-            data = data[skip:]
-        if (
-            # Nothing waits in Twisted's own buffer, so writing directly keeps the byte order.
-            type(transport) is tcp.Server
-            and not transport._tempDataLen
-            and len(transport.dataBuffer) == transport.offset
-            and transport.connected
-            and not transport.disconnecting
-        ):
-            # Twisted's write() would buffer, register the socket for writing, send on the
-            # next poll and unregister it: three extra system calls per delivery when the
-            # socket could take the data right now. Only what does not fit is buffered; an
-            # error is left for Twisted to find when it writes the rest.
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                if self.state == STATE_OPEN:
-                    # Until something else writes, flush_many may send to the socket itself.
-                    out.fd = transport.fileno()
-                return
-            data = data[sent:]
-        transport.write(data)
+    def output_failed(self) -> None:
+        try:
+            self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
+        except Exception:
+            self._log.failure("could not close {client} after a failed write", client=self._client)
+            self.dropConnection(abort=True)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Everything Autobahn writes itself (pongs, close frames) goes after what we queued,
-        # and through Twisted's buffer, which flush_many must not write past.
-        if self._out.pending is not None:
-            self.flush()
-        self._out.fd = -1
+        # Everything Autobahn writes itself (pongs, close frames) goes after what we queued.
+        self.factory.output.before_transport_write(self.outbox)
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:
-        self._out.fd = -1
+        self.outbox.fd = -1
         super().dropConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Twisted has just closed the socket: its descriptor number may be reused at once.
-        self._out.fd = -1
+        self.outbox.fd = -1
         super().connectionLost(reason)
-        self._out.protocol = None
+        self.outbox.sink = None
 
     def _count_output(self, size: int) -> None:
         if not self._paused:
@@ -379,6 +330,8 @@ class ChatProtocol(WebSocketServerProtocol):
         # must meet the slow-consumer limit, not grow the server's send buffer without bound.
         self._count_output(len(payload) + 2)
         super().onPing(payload)
+
+    # Closing.
 
     def _replaced(self) -> None:
         self._session = None
@@ -412,15 +365,31 @@ class ChatProtocol(WebSocketServerProtocol):
 
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol  # type: ignore[assignment]
-    _log = Logger()
 
     def __init__(self, settings: WsSettings, clock: IReactorTime) -> None:
-        super().__init__()
         self.settings = settings
+        super().__init__(server=SERVER_NAME)
         self.setProtocolOptions(**protocol_options(settings))
-        # Autobahn copies ~40 options into each protocol's __dict__ when it connects; as class
-        # attributes of a subclass per factory they cost nothing per connection.
-        # (A callable option such as perMessageCompressionAccept must not become a method.)
+        self.clock = clock
+        self._batched_timer = BucketTimer(clock)
+        self.output = Output(clock)
+        self.addresses = AddressCap(settings.max_connections_per_ip)
+        self.protocols: set[ChatProtocol] = set()
+        self._hub: Hub | None = None
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        super().setProtocolOptions(*args, **options)
+        self._bake_options()
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._bake_options()
+
+    def _bake_options(self) -> None:
+        """Autobahn copies ~40 options into each protocol's __dict__ when it connects; as
+        class attributes of a subclass per factory they cost nothing per connection. Baked
+        again whenever an option changes, so that no change can miss new connections.
+        (A callable option such as perMessageCompressionAccept must not become a method.)"""
         options = {
             attr: staticmethod(value) if callable(value) else value
             for attr in ChatProtocol.CONFIG_ATTRS
@@ -428,13 +397,6 @@ class ChatFactory(WebSocketServerFactory):
         }
         options["CONFIG_ATTRS"] = ()
         self.protocol = type("ChatProtocol", (ChatProtocol,), options)  # type: ignore[assignment]
-        self.clock = clock
-        self._batched_timer = BucketTimer(clock)
-        self._dirty: list[Outbox] = []
-        self._flush_call: IDelayedCall | None = None
-        self.protocols: set[ChatProtocol] = set()
-        self._hub: Hub | None = None
-        self._per_ip: dict[str, int] = {}
 
     @property
     def hub(self) -> Hub:
@@ -445,70 +407,9 @@ class ChatFactory(WebSocketServerFactory):
     def attach(self, hub: Hub) -> None:
         self._hub = hub
 
-    def admit_ip(self, ip: str) -> bool:
-        count = self._per_ip.get(ip, 0)
-        limit = self.settings.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_ip[ip] = count + 1
-        return True
-
-    def release_ip(self, ip: str) -> None:
-        count = self._per_ip.pop(ip, 0) - 1
-        if count > 0:
-            self._per_ip[ip] = count
-
-    def flush_soon(self, out: Outbox) -> None:
-        """Output queued during one reactor turn is written once per connection at its end
-        (callLater(0) runs before the next poll): under load several messages share one
-        system call, and a lone message still goes out in the same turn."""
-        self._dirty.append(out)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._flush_call = None
-        dirty, self._dirty = self._dirty, []
-        # The common case, a connection whose socket keeps up, in C: one call for all.
-        try:
-            leftovers = flush_many(dirty)
-        except Exception:
-            # Out of memory inside the C loop: what it did not send is back in `pending`
-            # (see _sendmany.c), so writing every connection from Python loses nothing.
-            self._log.failure("the C write loop failed; writing this turn from Python")
-            leftovers = [(out, 0) for out in dirty]
-        for out, sent in leftovers:
-            protocol = out.protocol
-            if protocol is not None:
-                protocol.flush(sent)
-
     def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
-        frame = self.prepareMessage(encode(event)).payloadHybi
-        dirty = self._dirty
-        # The common case inlined (a connection whose socket keeps up): this loop runs once
-        # per recipient of every message, and its calls were most of its cost.
-        for session in sessions:
-            out = session.peer
-            if out.fd < 0:
-                protocol = out.protocol
-                if protocol is not None:
-                    protocol.send_frame(frame)
-            else:
-                pending = out.pending
-                if pending is None:
-                    out.pending = frame
-                    dirty.append(out)
-                elif isinstance(pending, bytes):
-                    out.pending = [pending, frame]
-                else:
-                    pending.append(frame)
-        if dirty and self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush_all)
+        self.output.broadcast(sessions, self.prepareMessage(encode(event)).payloadHybi)
 
     def go_away(self) -> None:
         for protocol in list(self.protocols):
             protocol.go_away()
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(24)

@@ -1,15 +1,13 @@
 """Rooms, their members and each connection's session: who may join, say and leave.
 
 The hub knows connections only as Sessions carrying callables (send, close_replaced) and an
-opaque `peer` that the fan-out function understands; it never touches a protocol object.
+opaque `outbox` that the fan-out function understands; it never touches a protocol object.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .broker import Broker, RoomEvent
@@ -23,60 +21,45 @@ from .errors import (
     TooManyRooms,
 )
 from .history import HistoryStore
+from .limits import Limits
 from .model import (
     Ack,
     Event,
     Join,
     Leave,
     Left,
-    Message,
     Presence,
     Say,
     Welcome,
     check_name,
     check_room,
     check_text,
+    format_ts,
 )
 from .ratelimit import TokenBucket
 
 Fanout = Callable[[Iterable["Session"], RoomEvent], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    history_size: int = 100
-    rate_per_s: float = 5.0
-    burst: int = 20
-    max_rooms: int = 32
-    # 0: no limit.
-    max_members: int = 0
-
-
 class Session:
     """One connection as the hub sees it."""
 
-    __slots__ = ("bucket", "close_replaced", "name", "peer", "rooms", "send", "token")
+    __slots__ = ("bucket", "close_replaced", "name", "outbox", "resume_token", "rooms", "send")
 
     def __init__(
         self,
-        peer: Any,
+        outbox: Any,
         send: Callable[[Event], None],
         close_replaced: Callable[[], None],
         bucket: TokenBucket,
     ) -> None:
-        self.peer = peer
+        self.outbox = outbox
         self.send = send
         self.close_replaced = close_replaced
         self.name: str | None = None
-        self.token: str | None = None
+        self.resume_token: str | None = None
         self.rooms: set[str] = set()
         self.bucket = bucket
-
-
-def format_ts(epoch_s: float) -> str:
-    """UTC, millisecond precision, 'Z' suffix: what JavaScript's Date parses and prints."""
-    stamp = datetime.fromtimestamp(epoch_s, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
 class Hub:
@@ -86,14 +69,14 @@ class Hub:
         broker: Broker,
         fanout: Fanout,
         now_s: Callable[[], float],
-        new_token: Callable[[], str],
+        new_resume_token: Callable[[], str],
         limits: Limits = Limits(),
     ) -> None:
         self._store = store
         self._broker = broker
         self._fanout = fanout
         self._now_s = now_s
-        self._new_token = new_token
+        self._new_resume_token = new_resume_token
         self.limits = limits
         self._rooms: dict[str, dict[str, Session]] = {}
         self._sessions: set[Session] = set()
@@ -111,10 +94,10 @@ class Hub:
         return sorted(self._rooms.get(room, ()))
 
     def connect(
-        self, peer: Any, send: Callable[[Event], None], close_replaced: Callable[[], None]
+        self, outbox: Any, send: Callable[[Event], None], close_replaced: Callable[[], None]
     ) -> Session:
         bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, self._now_s())
-        session = Session(peer, send, close_replaced, bucket)
+        session = Session(outbox, send, close_replaced, bucket)
         self._sessions.add(session)
         return session
 
@@ -123,9 +106,9 @@ class Hub:
         name = self._name_for(session, cmd)
         entered = room not in session.rooms
         if entered:
-            self._enter(session, room, name, cmd.token)
-        if session.token is None:
-            session.token = self._new_token()
+            self._enter(session, room, name, cmd.resume_token)
+        if session.resume_token is None:
+            session.resume_token = self._new_resume_token()
         try:
             welcome = await self._welcome(session, room, name, cmd.since)
         except Exception:
@@ -178,14 +161,14 @@ class Hub:
             raise NameInvalid(f"this connection is named {session.name!r}; reconnect to rename")
         return session.name
 
-    def _enter(self, session: Session, room: str, name: str, token: str | None) -> None:
+    def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> None:
         members = self._rooms.get(room)
         holder = members.get(name) if members else None
         if holder is not None:
             if (
-                token is not None
-                and holder.token is not None
-                and hmac.compare_digest(token.encode(), holder.token.encode())
+                resume_token is not None
+                and holder.resume_token is not None
+                and hmac.compare_digest(resume_token.encode(), holder.resume_token.encode())
             ):
                 self._take_over(holder, session)
                 return
@@ -208,8 +191,8 @@ class Hub:
             self._rooms[room][name] = new
             new.rooms.add(room)
         old.rooms.clear()
-        if new.token is None:
-            new.token = old.token
+        if new.resume_token is None:
+            new.resume_token = old.resume_token
         self._sessions.discard(old)
         old.close_replaced()
 
@@ -233,8 +216,8 @@ class Hub:
                 history = found.messages
         if not recovered:
             history = await self._store.latest(room, size)
-        assert session.token is not None
-        return Welcome(room, name, self.members(room), history, session.token, recovered)
+        assert session.resume_token is not None
+        return Welcome(room, name, self.members(room), history, session.resume_token, recovered)
 
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)
@@ -245,6 +228,3 @@ class Hub:
             self._fanout([s for n, s in members.items() if n != event.name], event)
         else:
             self._fanout(members.values(), event)
-
-
-__all__ = ["Hub", "Limits", "Message", "Session", "format_ts"]

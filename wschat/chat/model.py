@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from .errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid, TextTooLong
 
@@ -12,7 +15,8 @@ MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64
 MAX_TEXT_CHARS = 2000
 MAX_REF_CHARS = 64
-MAX_TOKEN_CHARS = 128
+MAX_RESUME_TOKEN_CHARS = 128
+RESUME_TOKEN_BYTES = 24
 
 _ROOM_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
 # Newline and tab are how people format text; every other control character is refused.
@@ -51,19 +55,33 @@ def check_text(text: str, ref: str | None = None) -> str:
     return text
 
 
-# Commands: what a client asks for.
+def format_ts(epoch_s: float) -> str:
+    """UTC, millisecond precision, 'Z' suffix: what JavaScript's Date parses and prints."""
+    stamp = datetime.fromtimestamp(epoch_s, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def new_resume_token() -> str:
+    """The secret with which a reconnecting client takes its name back (see Join)."""
+    return secrets.token_urlsafe(RESUME_TOKEN_BYTES)
+
+
+# Commands: what a client asks for. `kind` is the wire `type`; the protocol answers each
+# with its `handle_<kind>`.
 
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    kind: ClassVar[str] = "join"
     room: str
     name: str | None = None
     since: int | None = None
-    token: str | None = None
+    resume_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Say:
+    kind: ClassVar[str] = "say"
     room: str
     text: str
     ref: str | None = None
@@ -71,6 +89,7 @@ class Say:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
+    kind: ClassVar[str] = "leave"
     room: str
 
 
@@ -96,7 +115,7 @@ class Welcome:
     name: str
     users: list[str]
     history: list[Message]
-    token: str
+    resume_token: str
     recovered: bool | None = None
 
 

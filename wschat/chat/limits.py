@@ -1,0 +1,84 @@
+"""The chat's limits, and the policies that apply them across requests and connections."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    history_size: int = 100
+    rate_per_s: float = 5.0
+    burst: int = 20
+    max_rooms: int = 32
+    # 0: no limit.
+    max_members: int = 0
+
+
+class AddressCap:
+    """How many connections each client address holds, refused beyond `limit` (0: none).
+
+    Many people can share one address (NAT), so the default is generous; behind a reverse
+    proxy that is not trusted every connection comes from the proxy's address, which is what
+    `proxy_hint` is for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._hinted = False
+
+    def admit(self, address: str) -> bool:
+        """Count one more connection from `address`, or refuse it (and count nothing)."""
+        count = self._counts.get(address, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self._counts[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._counts.pop(address, 0) - 1
+        if count > 0:
+            self._counts[address] = count
+
+    def held(self, address: str) -> int:
+        return self._counts.get(address, 0)
+
+    def proxy_hint(self, address: str) -> bool:
+        """True once, for the first refusal of a loopback or private address: the likely cause
+        is a reverse proxy in front whose forwarded addresses are not trusted."""
+        if self._hinted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.is_loopback or ip.is_private:
+            self._hinted = True
+            return True
+        return False
+
+
+class RefusalLog:
+    """Which refusals of one connection are worth a log line: all of them, but only the first
+    of a run of rate-limit refusals (a flood would otherwise write a line per message). A run
+    ends when the connection is served anything else."""
+
+    __slots__ = ("_in_run",)
+
+    def __init__(self) -> None:
+        self._in_run = False
+
+    def refused(self, code: str) -> bool:
+        """A refusal with this wire code is being sent; True if it should be logged."""
+        if code != "rate_limited":
+            self._in_run = False
+            return True
+        if self._in_run:
+            return False
+        self._in_run = True
+        return True
+
+    def served(self) -> None:
+        self._in_run = False
