@@ -39,7 +39,7 @@ class Sink(Protocol):
     def admit_output(self, size: int) -> bool:
         """Whether a frame of `size` bytes may still be queued (False once closing)."""
 
-    def is_open(self) -> bool:
+    def output_open(self) -> bool:
         """Whether frames may be written straight to its socket."""
 
     def output_failed(self) -> None:
@@ -160,7 +160,7 @@ class Output:
             except OSError:
                 sent = 0
             if sent == len(data):
-                if sink.is_open():
+                if sink.output_open():
                     # Until something else writes, flush_many may send to the socket itself.
                     out.fd = transport.fileno()
                 return

@@ -114,8 +114,9 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str])
 
 @implementer(IPushProducer)
 class ChatProtocol(WebSocketServerProtocol):
-    """One client connection. Autobahn owns `self.log`, `self.peer` (the client's address)
-    and `factory.server`: ours are `_log`, `_client` and SERVER_NAME."""
+    """One client connection. Autobahn owns `self.log`, `self.peer` (the client's address),
+    `self.is_open` (a Deferred) and `factory.server`: ours are `_log`, `_client`,
+    `output_open` and SERVER_NAME."""
 
     factory: ChatFactory
     _log = Logger()
@@ -286,7 +287,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._count_output(size)
         return self.state == STATE_OPEN
 
-    def is_open(self) -> bool:
+    def output_open(self) -> bool:
         return self.state == STATE_OPEN
 
     def output_failed(self) -> None:
