@@ -20,7 +20,10 @@ from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
+from wschat.codec import REQUEST_TYPES
+from wschat.output import Sink
 from wschat.ws import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_REPLACED,
     CLOSE_SLOW_CONSUMER,
     ChatFactory,
@@ -47,13 +50,17 @@ class Client:
     """One connection: a ChatProtocol on a StringTransport, driven by hand."""
 
     def __init__(
-        self, factory: ChatFactory, origin: str | None = None, protocols: str | None = None
+        self,
+        factory: ChatFactory,
+        origin: str | None = None,
+        protocols: str | None = None,
+        extensions: str | None = None,
     ) -> None:
         self.protocol: ChatProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         self.transport = StringTransport()
         self.clock = factory.clock
         self.protocol.makeConnection(self.transport)
-        self.protocol.dataReceived(handshake(origin, protocols))
+        self.protocol.dataReceived(handshake(origin, protocols, extensions))
         self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
         self.transport.clear()
         self._pending = rest
@@ -236,7 +243,8 @@ def test_unanswered_pings_drop_the_peer_and_announce_leave(clock: Clock) -> None
 def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
     clock: Clock, log_events: list[LogEvent]
 ) -> None:
-    """Once the transport is full, output beyond --max-output-bytes closes that client only."""
+    """Once the transport is full, output beyond --max-output-bytes closes that client only,
+    logged once, with nothing queued behind its close frame."""
     factory = make_factory(
         clock, WsSettings(max_output_bytes=2000), Limits(rate_per_s=1000, burst=1000)
     )
@@ -250,9 +258,11 @@ def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
         fast.send(text({"type": "say", "room": "lobby", "text": f"message {i:03d} " + "x" * 80}))
     got = [e["text"][:11] for e in fast.events() if e["type"] == "message"]
     assert got == [f"message {i:03d}" for i in range(30)]
-    closes = [p for op, p in slow.frames() if op == OP_CLOSE]
+    frames = slow.frames()
+    closes = [p for op, p in frames if op == OP_CLOSE]
     assert [close_code(p) for p in closes] == [CLOSE_SLOW_CONSUMER]
-    assert any("slow consumer" in e.get("log_format", "") for e in log_events)
+    assert frames[-1][0] == OP_CLOSE
+    assert len([e for e in log_events if "slow consumer" in e.get("log_format", "")]) == 1
 
 
 def test_resumed_transport_resets_the_count(clock: Clock) -> None:
@@ -417,3 +427,116 @@ def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
     assert out.fd == -1
     # and the outbox no longer holds the protocol: the two form no reference cycle
     assert out.sink is None
+
+
+def test_one_connections_failing_write_drops_only_that_connection(
+    factory: ChatFactory, log_events: list[LogEvent]
+) -> None:
+    """If writing one member's output raises, the members after it still get the broadcast in
+    the same turn; that one is logged and closed with 1011."""
+    broken, *readers = [Client(factory) for _ in range(3)]
+    broken.join("lobby", "broken")
+    for i, reader in enumerate(readers):
+        reader.join("lobby", f"reader{i}")
+    sender = Client(factory)
+    sender.join("lobby", "sender")
+    for client in (broken, *readers):
+        client.frames()
+    original = broken.transport.write
+    failures = iter([RuntimeError("disk on fire")])
+
+    def write_once_failing(data: bytes) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        original(data)
+
+    broken.transport.write = write_once_failing  # type: ignore[method-assign]
+    sender.send(text({"type": "say", "room": "lobby", "text": "hello"}))
+    factory.clock.advance(0)
+    for reader in readers:
+        assert [e["text"] for e in reader.events() if e["type"] == "message"] == ["hello"]
+    closes = [close_code(p) for op, p in broken.frames() if op == OP_CLOSE]
+    assert closes == [CLOSE_INTERNAL_ERROR]
+    assert any(e.get("log_failure") and "output failed" in e["log_format"] for e in log_events)
+
+
+def test_an_unexpected_handshake_failure_is_a_plain_500(
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+) -> None:
+    """A bug in onConnect answers HTTP 500 without the exception's text, and is logged."""
+
+    def broken(address: str) -> bool:
+        raise ValueError("internal detail 0xdeadbeef")
+
+    monkeypatch.setattr(factory.addresses, "admit", broken)
+    response = Client(factory).response
+    assert response.startswith(b"HTTP/1.1 500")
+    assert b"deadbeef" not in response and b"ValueError" not in response
+    assert any(e.get("log_failure") and "handshake" in e["log_format"] for e in log_events)
+
+
+def test_the_handshake_names_wschat_without_a_version(factory: ChatFactory) -> None:
+    """The upgrade's Server header is 'wschat': no Autobahn version for scanners."""
+    headers = Client(factory).response.split(b"\r\n")
+    assert b"Server: wschat" in headers
+    assert not any(b"autobahn" in h.lower() for h in headers)
+
+
+def test_permessage_deflate_is_declined(factory: ChatFactory) -> None:
+    """A client offering compression is served uncompressed: broadcasts are framed once."""
+    client = Client(factory, extensions="permessage-deflate; client_max_window_bits")
+    assert client.response.startswith(b"HTTP/1.1 101")
+    assert b"sec-websocket-extensions" not in client.response.lower()
+    assert client.join("lobby", "alice")["name"] == "alice"
+
+
+def test_options_set_after_construction_reach_new_connections(factory: ChatFactory) -> None:
+    """setProtocolOptions after the factory is built applies to connections opened later."""
+    factory.setProtocolOptions(autoPingInterval=3.5, openHandshakeTimeout=7)
+    protocol = Client(factory).protocol
+    assert protocol.autoPingInterval == 3.5
+    assert protocol.openHandshakeTimeout == 7
+    factory.resetProtocolOptions()
+    assert Client(factory).protocol.autoPingInterval == 0
+
+
+def test_the_write_paths_hooks_are_not_shadowed_by_autobahn(factory: ChatFactory) -> None:
+    """An open connection's Sink methods are ChatProtocol's own, not an attribute Autobahn
+    set on the instance under the same name (it has an `is_open` Deferred, for one)."""
+    protocol = Client(factory).protocol
+    for name in ("admit_output", "output_open", "output_failed"):
+        assert name in vars(Sink)
+        assert name not in vars(protocol)
+        assert getattr(protocol, name).__func__ is getattr(ChatProtocol, name)
+    assert protocol.output_open() is True
+
+
+def test_every_request_type_has_one_handler() -> None:
+    """Each request type the codec decodes is served by a handle_<type> method."""
+    for kind in REQUEST_TYPES:
+        assert callable(getattr(ChatProtocol, f"handle_{kind}", None)), kind
+
+
+def test_an_origin_refusal_says_what_it_compared(
+    factory: ChatFactory, log_events: list[LogEvent]
+) -> None:
+    """The log line of a refused Origin names the Host it was compared with, so that a proxy
+    dropping the port (nginx's $host) is visible at once."""
+    Client(factory, origin="https://chat.example:8443")
+    [line] = [e for e in log_events if "not allowed" in e.get("log_format", "")]
+    assert line["origin"] == "https://chat.example:8443"
+    assert line["against"] == "host chat.example:8080"
+
+
+def test_the_cap_hints_at_trust_proxies_once_for_a_private_address(
+    clock: Clock, log_events: list[LogEvent]
+) -> None:
+    """When the per-address cap refuses a loopback address (likely a proxy's), one warning
+    names --trust-proxies; further refusals do not repeat it."""
+    factory = make_factory(clock, WsSettings(max_connections_per_ip=1))
+    assert Client(factory).response.startswith(b"HTTP/1.1 101")
+    for _ in range(3):
+        assert Client(factory).response.startswith(b"HTTP/1.1 429")
+    hints = [e for e in log_events if "--trust-proxies" in e.get("log_format", "")]
+    assert len(hints) == 1

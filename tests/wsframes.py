@@ -10,7 +10,9 @@ OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
 MASK = b"\x12\x34\x56\x78"
 
 
-def handshake(origin: str | None = None, protocols: str | None = None) -> bytes:
+def handshake(
+    origin: str | None = None, protocols: str | None = None, extensions: str | None = None
+) -> bytes:
     lines = [
         "GET /ws HTTP/1.1",
         "Host: chat.example:8080",
@@ -23,6 +25,8 @@ def handshake(origin: str | None = None, protocols: str | None = None) -> bytes:
         lines.append(f"Origin: {origin}")
     if protocols is not None:
         lines.append(f"Sec-WebSocket-Protocol: {protocols}")
+    if extensions is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 

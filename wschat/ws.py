@@ -284,6 +284,9 @@ class ChatProtocol(WebSocketServerProtocol):
         )
 
     def admit_output(self, size: int) -> bool:
+        if self.state != STATE_OPEN:
+            return False
+        # Counting may close a slow consumer: nothing may be queued behind its close frame.
         self._count_output(size)
         return self.state == STATE_OPEN
 

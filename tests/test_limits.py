@@ -1,0 +1,56 @@
+"""The policies beside the limits: per-address admission and refusal logging."""
+
+from __future__ import annotations
+
+from wschat.chat.limits import AddressCap, RefusalLog
+
+
+def test_the_cap_counts_per_address_and_frees_on_release() -> None:
+    """Up to `limit` connections per address; a release makes room; others are independent."""
+    cap = AddressCap(2)
+    assert cap.admit("10.0.0.1") and cap.admit("10.0.0.1")
+    assert not cap.admit("10.0.0.1")
+    assert cap.held("10.0.0.1") == 2
+    assert cap.admit("10.0.0.2")
+    cap.release("10.0.0.1")
+    assert cap.admit("10.0.0.1")
+    for _ in range(2):
+        cap.release("10.0.0.1")
+    assert cap.held("10.0.0.1") == 0
+
+
+def test_a_refusal_counts_nothing() -> None:
+    """A refused connection is not counted, so its close releases nothing it never held."""
+    cap = AddressCap(1)
+    assert cap.admit("a")
+    assert not cap.admit("a")
+    cap.release("a")
+    assert cap.held("a") == 0
+
+
+def test_zero_means_no_cap() -> None:
+    """A limit of 0 admits any number from one address."""
+    cap = AddressCap(0)
+    assert all(cap.admit("a") for _ in range(1000))
+
+
+def test_the_proxy_hint_is_given_once_and_only_for_private_addresses() -> None:
+    """A public address never gets the --trust-proxies hint; the first private one does,
+    and only once."""
+    cap = AddressCap(1)
+    assert not cap.proxy_hint("8.8.8.8")
+    assert not cap.proxy_hint("tcp4:what")
+    assert cap.proxy_hint("127.0.0.1")
+    assert not cap.proxy_hint("10.1.2.3")
+    assert not cap.proxy_hint("::1")
+
+
+def test_only_the_first_of_a_run_of_rate_limit_refusals_is_logged() -> None:
+    """A flood logs one line per run; other refusals always log; being served ends a run."""
+    log = RefusalLog()
+    assert [log.refused("rate_limited") for _ in range(3)] == [True, False, False]
+    assert log.refused("bad_json")
+    assert log.refused("rate_limited")
+    log.served()
+    assert log.refused("rate_limited")
+    assert not log.refused("rate_limited")
