@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
+from twisted.internet.task import Clock
+
 from wschat.chat.broker import LocalBroker, RoomEvent
 from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.chat.hub import Hub, Session
@@ -41,7 +43,18 @@ class World:
         self.tokens = 0
         self.store = store if store is not None else MemoryHistory(limits.history_size)
         self.fanouts = 0
-        self.hub = Hub(self.store, LocalBroker(), self._fanout, self._now, self._token, limits)
+        # Presence batches are timed on this clock; chat time (now_s) is set by hand.
+        self.clock = Clock()
+        self.limits = limits
+        self.hub = Hub(
+            self.store,
+            LocalBroker(),
+            self._fanout,
+            self._now,
+            self._token,
+            self.clock.callLater,
+            limits,
+        )
 
     def _now(self) -> float:
         return self.now_s
@@ -54,6 +67,10 @@ class World:
         self.fanouts += 1
         for session in sessions:
             session.outbox.events.append(event)
+
+    def batch(self) -> None:
+        """Let one presence interval pass: every room with changes sends its batch."""
+        self.clock.advance(self.limits.presence_interval_s)
 
     def connect(self, label: str = "peer") -> tuple[Session, Peer]:
         peer = Peer(label)

@@ -7,7 +7,19 @@ import json
 import pytest
 
 from wschat.chat import errors
-from wschat.chat.model import Ack, Error, Join, Leave, Left, Message, Presence, Say, Welcome
+from wschat.chat.model import (
+    Ack,
+    Error,
+    Join,
+    Leave,
+    Left,
+    Members,
+    Message,
+    Presence,
+    Say,
+    Welcome,
+    Who,
+)
 from wschat.codec import MAX_ID, decode, encode
 
 
@@ -75,7 +87,25 @@ def test_encode_events() -> None:
         "ref": "c1",
         "id": 42,
     }
-    assert json.loads(encode(Presence("lobby", "join", "carol")))["event"] == "join"
+    assert json.loads(encode(Presence("lobby", ["carol"], ["dave"], 7))) == {
+        "type": "presence",
+        "room": "lobby",
+        "joined": ["carol"],
+        "left": ["dave"],
+        "count": 7,
+    }
+    assert json.loads(encode(Presence("lobby", None, None, 1001))) == {
+        "type": "presence",
+        "room": "lobby",
+        "count": 1001,
+    }
+    assert json.loads(encode(Members("lobby", ["a", "b"], "b", 9))) == {
+        "type": "members",
+        "room": "lobby",
+        "names": ["a", "b"],
+        "next": "b",
+        "count": 9,
+    }
     assert json.loads(encode(Left("lobby"))) == {"type": "left", "room": "lobby"}
     assert json.loads(encode(Error("name_taken", "taken", None))) == {
         "type": "error",
@@ -83,9 +113,25 @@ def test_encode_events() -> None:
         "message": "taken",
         "ref": None,
     }
-    welcome = json.loads(encode(Welcome("lobby", "bob", ["bob"], [msg], "tok", True)))
+    welcome = json.loads(encode(Welcome("lobby", "bob", ["bob"], 1, [msg], "tok", True)))
     assert welcome["recovered"] is True and welcome["history"][0]["id"] == 42
-    assert "recovered" not in json.loads(encode(Welcome("l", "b", ["b"], [], "t", None)))
+    assert welcome["users"] == ["bob"] and welcome["count"] == 1
+    assert "recovered" not in json.loads(encode(Welcome("l", "b", ["b"], 1, [], "t", None)))
+    big = json.loads(encode(Welcome("l", "b", None, 5000, [], "t", None)))
+    assert "users" not in big and big["count"] == 5000
+
+
+def test_who_is_decoded_with_its_defaults_and_bounds() -> None:
+    """who: `after` and `limit` are optional (limit 200), limit is 1-1000."""
+    assert decode(b'{"type":"who","room":"lobby"}') == Who("lobby", None, 200)
+    assert decode(b'{"type":"who","room":"lobby","after":"m","limit":1000}') == Who(
+        "lobby", "m", 1000
+    )
+    for bad in (0, 1001, "5", True, 2.5):
+        with pytest.raises(errors.InvalidField):
+            decode(json.dumps({"type": "who", "room": "lobby", "limit": bad}).encode())
+    with pytest.raises(errors.InvalidField):
+        decode(b'{"type":"who","room":"lobby","after":7}')
 
 
 def test_every_error_code_is_documented() -> None:

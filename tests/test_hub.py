@@ -19,7 +19,7 @@ def test_first_join_needs_a_name() -> None:
         run(world.hub.join(alice, Join("lobby")))
     run(world.hub.join(alice, Join("lobby", "alice")))
     [welcome] = peer.take()
-    assert welcome == Welcome("lobby", "alice", ["alice"], [], "token-1", None)
+    assert welcome == Welcome("lobby", "alice", ["alice"], 1, [], "token-1", None)
 
 
 def test_later_joins_reuse_the_name() -> None:
@@ -42,13 +42,17 @@ def test_presence_goes_to_the_others() -> None:
     alice, pa = world.connect()
     bob, pb = world.connect()
     run(world.hub.join(alice, Join("lobby", "alice")))
+    world.batch()
     run(world.hub.join(bob, Join("lobby", "bob")))
-    assert pa.take()[1:] == [Presence("lobby", "join", "bob")]
+    world.batch()
+    assert pa.take()[1:] == [Presence("lobby", ["bob"], [], 2)]
     [welcome] = pb.take()
     assert isinstance(welcome, Welcome) and welcome.users == ["alice", "bob"]
+    assert welcome.count == 2
     world.hub.leave(bob, Leave("lobby"))
+    world.batch()
     assert pb.take() == [Left("lobby")]
-    assert pa.take() == [Presence("lobby", "leave", "bob")]
+    assert pa.take() == [Presence("lobby", [], ["bob"], 1)]
 
 
 def test_say_stores_acks_then_broadcasts() -> None:
@@ -151,10 +155,13 @@ def test_rejoin_is_a_fresh_welcome() -> None:
     bob, pb = world.connect()
     run(world.hub.join(alice, Join("lobby", "alice")))
     run(world.hub.join(bob, Join("lobby", "bob")))
+    world.batch()
+    pa.take()
     pb.take()
     run(world.hub.join(bob, Join("lobby")))
+    world.batch()
     assert [type(e) for e in pb.take()] == [Welcome]
-    assert pa.take()[-1] == Presence("lobby", "join", "bob")
+    assert pa.take() == []
 
 
 def test_disconnect_leaves_every_room_and_forgets_empty_rooms() -> None:
@@ -165,9 +172,11 @@ def test_disconnect_leaves_every_room_and_forgets_empty_rooms() -> None:
     run(world.hub.join(alice, Join("lobby", "alice")))
     run(world.hub.join(bob, Join("lobby", "bob")))
     run(world.hub.join(bob, Join("dev")))
+    world.batch()
     pa.take()
     world.hub.disconnect(bob)
-    assert pa.take() == [Presence("lobby", "leave", "bob")]
+    world.batch()
+    assert pa.take() == [Presence("lobby", [], ["bob"], 1)]
     assert world.hub.room_count == 1 and world.hub.connection_count == 1
     world.hub.disconnect(alice)
     assert world.hub.room_count == 0 and world.hub.connection_count == 0

@@ -33,7 +33,14 @@ def make() -> tuple[StubTreq, Hub]:
     clock = Clock()
     factory = ChatFactory(WsSettings(), clock)
     clock.advance(100)
-    hub = Hub(MemoryHistory(10), LocalBroker(), factory.fanout, clock.seconds, lambda: "t")
+    hub = Hub(
+        MemoryHistory(10),
+        LocalBroker(),
+        factory.fanout,
+        clock.seconds,
+        lambda: "t",
+        clock.callLater,
+    )
     factory.attach(hub)
     site = make_site(factory, hub, lambda: 12.5)
     return StubTreq(site.resource), hub
@@ -82,7 +89,14 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     waiting in a cycle with its request for the cycle collector."""
     clock = Clock()
     factory = ChatFactory(WsSettings(), clock)
-    hub = Hub(MemoryHistory(10), LocalBroker(), factory.fanout, clock.seconds, lambda: "t")
+    hub = Hub(
+        MemoryHistory(10),
+        LocalBroker(),
+        factory.fanout,
+        clock.seconds,
+        lambda: "t",
+        clock.callLater,
+    )
     factory.attach(hub)
     site = make_site(factory, hub, lambda: 0.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))

@@ -102,6 +102,7 @@ def make_factory(
         factory.fanout,
         clock.seconds,
         lambda: "tok",
+        clock.callLater,
         limits,
     )
     factory.attach(hub)
@@ -157,9 +158,13 @@ def test_chat_round_trip_frames_the_broadcast_once(
     """join/say/ack/message flow over frames; a broadcast is framed once for all members."""
     alice, bob = Client(factory), Client(factory)
     alice.join("lobby", "alice")
+    factory.clock.advance(0.25)
     welcome = bob.join("lobby", "bob")
     assert welcome["users"] == ["alice", "bob"]
-    assert alice.events() == [{"type": "presence", "room": "lobby", "event": "join", "name": "bob"}]
+    factory.clock.advance(0.25)
+    assert alice.events() == [
+        {"type": "presence", "room": "lobby", "joined": ["bob"], "left": [], "count": 2}
+    ]
     prepared: list[bytes] = []
     original = factory.prepareMessage
     monkeypatch.setattr(
@@ -231,11 +236,13 @@ def test_unanswered_pings_drop_the_peer_and_announce_leave(clock: Clock) -> None
         clock.advance(1)
     assert ghost.transport.disconnecting or ghost.protocol.state == ChatProtocol.STATE_CLOSED
     ghost.protocol.connectionLost(Failure(ConnectionDone()))
+    clock.advance(0.25)
     assert {
         "type": "presence",
         "room": "lobby",
-        "event": "leave",
-        "name": "ghost",
+        "joined": [],
+        "left": ["ghost"],
+        "count": 1,
     } in alice.events()
     assert factory.hub.members("lobby") == ["alice"]
 

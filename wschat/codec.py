@@ -8,8 +8,11 @@ from typing import Any
 
 from .chat.errors import BadJson, InvalidField, UnknownType
 from .chat.model import (
+    MAX_NAME_CHARS,
     MAX_REF_CHARS,
     MAX_RESUME_TOKEN_CHARS,
+    WHO_DEFAULT_LIMIT,
+    WHO_MAX_LIMIT,
     Ack,
     Command,
     Error,
@@ -17,10 +20,12 @@ from .chat.model import (
     Join,
     Leave,
     Left,
+    Members,
     Message,
     Presence,
     Say,
     Welcome,
+    Who,
 )
 
 SUBPROTOCOL = "wschat.v1"
@@ -64,11 +69,19 @@ def _leave(obj: dict[str, Any], ref: str | None) -> Leave:
     return Leave(_room(obj, ref))
 
 
+def _who(obj: dict[str, Any], ref: str | None) -> Who:
+    limit = obj.get("limit", WHO_DEFAULT_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= WHO_MAX_LIMIT:
+        raise InvalidField(f"'limit' must be an integer from 1 to {WHO_MAX_LIMIT}", ref)
+    return Who(_room(obj, ref), _optional_str(obj, "after", MAX_NAME_CHARS, ref), limit)
+
+
 # One entry per request type; ws.ChatProtocol has a handle_<type> for each.
 _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Join.kind: _join,
     Say.kind: _say,
     Leave.kind: _leave,
+    Who.kind: _who,
 }
 REQUEST_TYPES = tuple(_DECODERS)
 _EXPECTED = ", ".join(REQUEST_TYPES[:-1]) + " or " + REQUEST_TYPES[-1]
@@ -128,16 +141,28 @@ def event_fields(event: Event) -> dict[str, Any]:
     if isinstance(event, Ack):
         return {"type": "ack", "room": event.room, "ref": event.ref, "id": event.id}
     if isinstance(event, Presence):
-        return {"type": "presence", "room": event.room, "event": event.event, "name": event.name}
-    if isinstance(event, Welcome):
-        fields: dict[str, Any] = {
-            "type": "welcome",
+        fields: dict[str, Any] = {"type": "presence", "room": event.room}
+        if event.joined is not None:
+            fields["joined"] = event.joined
+        if event.left is not None:
+            fields["left"] = event.left
+        fields["count"] = event.count
+        return fields
+    if isinstance(event, Members):
+        return {
+            "type": "members",
             "room": event.room,
-            "name": event.name,
-            "users": event.users,
-            "history": [message_fields(m) for m in event.history],
-            "token": event.resume_token,
+            "names": event.names,
+            "next": event.next,
+            "count": event.count,
         }
+    if isinstance(event, Welcome):
+        fields = {"type": "welcome", "room": event.room, "name": event.name}
+        if event.users is not None:
+            fields["users"] = event.users
+        fields["count"] = event.count
+        fields["history"] = [message_fields(m) for m in event.history]
+        fields["token"] = event.resume_token
         if event.recovered is not None:
             fields["recovered"] = event.recovered
         return fields

@@ -114,6 +114,21 @@ class Options(usage.Options):
         ["max-rooms", None, 32, "Rooms one connection may be in.", _positive_int],
         ["max-members", None, 0, "Members per room (0: no limit).", _non_negative_int],
         [
+            "member-list-limit",
+            None,
+            1000,
+            "Above this many members a room's welcome has no member list (clients page with "
+            "'who') and its presence carries only the count.",
+            _non_negative_int,
+        ],
+        [
+            "presence-interval",
+            None,
+            0.25,
+            "Seconds between a room's presence frames: joins and leaves are sent in batches.",
+            _positive_float,
+        ],
+        [
             "max-connections",
             None,
             0,
@@ -216,10 +231,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         burst=options["burst"],
         max_rooms=options["max-rooms"],
         max_members=options["max-members"],
+        member_list_limit=options["member-list-limit"],
+        presence_interval_s=options["presence-interval"],
     )
     store = make_store(options, reactor)
     factory = ChatFactory(settings, reactor)
-    hub = Hub(store, LocalBroker(), factory.fanout, reactor.seconds, new_resume_token, limits)
+    hub = Hub(
+        store,
+        LocalBroker(),
+        factory.fanout,
+        reactor.seconds,
+        new_resume_token,
+        reactor.callLater,
+        limits,
+    )
     factory.attach(hub)
     started_s = reactor.seconds()
     site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor)

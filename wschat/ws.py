@@ -26,7 +26,7 @@ from .chat.broker import RoomEvent
 from .chat.errors import ChatError
 from .chat.hub import Hub, Session
 from .chat.limits import AddressCap, RefusalLog
-from .chat.model import Command, Error, Event, Join, Leave, Say
+from .chat.model import Command, Error, Event, Join, Leave, Say, Who
 from .codec import SUBPROTOCOL, decode, encode
 from .output import Outbox, Output
 from .timers import BucketTimer
@@ -256,6 +256,9 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def handle_leave(self, session: Session, cmd: Leave) -> None:
         self.factory.hub.leave(session, cmd)
+
+    def handle_who(self, session: Session, cmd: Who) -> None:
+        self.factory.hub.who(session, cmd)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(ChatError):

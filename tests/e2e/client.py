@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -35,6 +36,23 @@ class Chat:
         event = self.recv(timeout)
         assert event["type"] == type_, f"expected {type_}, got {event}"
         return event
+
+    def expect_presence(
+        self,
+        joined: Iterable[str] = (),
+        left: Iterable[str] = (),
+        timeout: float = RECV_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Presence batches until every name of `joined` was seen joining and every one of
+        `left` leaving (a change may share a batch with others or come in a later one); the
+        events in between must all be presence. Returns the last batch."""
+        want_joined, want_left = set(joined), set(left)
+        while True:
+            event = self.expect("presence", timeout)
+            want_joined -= set(event.get("joined", ()))
+            want_left -= set(event.get("left", ()))
+            if not want_joined and not want_left:
+                return event
 
     def join(self, room: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {"type": "join", "room": room, **extra}

@@ -200,6 +200,44 @@ def test_two_users_see_each_others_messages_and_presence(
     expect(delivered(alice, "by button")).to_have_count(1)
 
 
+def test_a_big_room_shows_the_count_and_pages_its_member_panel(
+    wschat_server: ServerFactory, open_chat: OpenChat
+) -> None:
+    """Over --member-list-limit the page shows the count, pages the member panel with `who`
+    ("Show more"), and gets the full list back when the room comes under the limit again."""
+    srv = wschat_server("--member-list-limit", "3", "--presence-interval", "0.05")
+    url = f"{srv.http_url}/#/big"
+    others = []
+    for i in range(229):
+        chat = Chat(srv.ws_url)
+        chat.join("big", f"m{i:03d}")
+        others.append(chat)
+    alice = open_chat(url, "alice")
+    expect(alice.locator("#user-count")).to_have_text("230")
+    # One page of 200 names in order, then the rest on demand.
+    expect(alice.locator("#users li")).to_have_count(200)
+    expect(alice.locator("#users-note")).to_have_text("230 people; showing 200")
+    alice.click("#users-more")
+    expect(alice.locator("#users li")).to_have_count(230)
+    expect(alice.locator("#users-more")).to_be_hidden()
+    names = alice.locator("#users li").evaluate_all("els => els.map(e => e.dataset.name)")
+    assert names == sorted([f"m{i:03d}" for i in range(229)] + ["alice"])
+    # Joins keep the count live while the list is not sent.
+    late = Chat(srv.ws_url)
+    late.join("big", "late")
+    expect(alice.locator("#user-count")).to_have_text("231")
+    # Back under the limit: the page reads the list again and keeps it up to date.
+    for chat in others[1:]:
+        chat.close()
+    expect(alice.locator("#user-count")).to_have_text("3")
+    expect(alice.locator("#users li")).to_have_text([re.compile("^alice"), "late", "m000"])
+    expect(alice.locator("#users-note")).to_be_hidden()
+    late.close()
+    expect(alice.locator("#users li")).to_have_text([re.compile("^alice"), "m000"])
+    expect(alice.locator("#user-count")).to_have_text("2")
+    others[0].close()
+
+
 def test_markup_in_a_message_is_shown_as_text_and_never_run(
     wschat_server: ServerFactory, open_chat: OpenChat
 ) -> None:

@@ -57,10 +57,10 @@ def test_broadcast_to_three(server: ServerProcess) -> None:
     clients = {n: Chat(server.ws_url) for n in names}
     for n in names:
         clients[n].join("lobby", n)
-    # Drain the presence joins of those who came later.
+    # Drain the presence batches of those who came later.
     for i, n in enumerate(names):
-        for later in names[i + 1 :]:
-            assert clients[n].expect("presence")["name"] == later
+        if names[i + 1 :]:
+            assert clients[n].expect_presence(joined=names[i + 1 :])["count"] == 3
     received: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for n in names:
         clients[n].send(type="say", room="lobby", text=f"hello from {n}", ref=f"r-{n}")
@@ -82,43 +82,40 @@ def test_broadcast_to_three(server: ServerProcess) -> None:
 
 
 def test_presence_join_leave_and_drop(server: ServerProcess) -> None:
-    """Others see presence join and leave: on leave, on a clean close and on a dropped TCP."""
+    """Others see presence batches of joins and leaves: on leave, on a clean close and on a
+    dropped TCP; the subject never hears of its own join."""
     alice = Chat(server.ws_url)
     alice.join("lobby", "alice")
     bob = Chat(server.ws_url)
-    bob.join("lobby", "bob")
+    assert bob.join("lobby", "bob")["count"] == 2
     assert alice.expect("presence") == {
         "type": "presence",
         "room": "lobby",
-        "event": "join",
-        "name": "bob",
+        "joined": ["bob"],
+        "left": [],
+        "count": 2,
     }
     bob.send(type="leave", room="lobby")
     assert bob.expect("left") == {"type": "left", "room": "lobby"}
-    assert alice.expect("presence")["event"] == "leave"
+    assert alice.expect("presence")["left"] == ["bob"]
 
     carol = RawWs(server.port)
     carol.join("lobby", "carol")
+    assert alice.expect("presence")["joined"] == ["carol"]
+    carol.close()  # TCP gone, no close frame
     assert alice.expect("presence") == {
         "type": "presence",
         "room": "lobby",
-        "event": "join",
-        "name": "carol",
+        "joined": [],
+        "left": ["carol"],
+        "count": 1,
     }
-    carol.close()  # TCP gone, no close frame
-    event = alice.expect("presence")
-    assert (event["event"], event["name"]) == ("leave", "carol")
 
     dave = Chat(server.ws_url)
     dave.join("lobby", "dave")
-    assert alice.expect("presence")["name"] == "dave"
+    assert alice.expect("presence")["joined"] == ["dave"]
     dave.close()  # a clean close
-    assert alice.expect("presence") == {
-        "type": "presence",
-        "room": "lobby",
-        "event": "leave",
-        "name": "dave",
-    }
+    assert alice.expect("presence")["left"] == ["dave"]
     # One log line per connection, when it closes, with the peer, how long and why.
     log = server.log()
     closed = [line for line in log.splitlines() if "closed tcp4:127.0.0.1:" in line]
@@ -180,12 +177,11 @@ def test_since_recovery(wschat_server: ServerFactory) -> None:
     assert welcome["recovered"] is True
     assert [m["text"] for m in welcome["history"]] == ["m1", "m2"]
     bob.close()
-    alice.expect("presence")  # bob's join
-    alice.expect("presence")  # and leave
+    alice.expect_presence(left=["bob"])  # bob's join and leave, in one batch or two
 
     up_to_date = Chat(server.ws_url).join("lobby", "carol", since=ids[-1])
     assert (up_to_date["recovered"], up_to_date["history"]) == (True, [])
-    alice.expect("presence")
+    alice.expect_presence(joined=["carol"])
 
     for i in range(3, 9):
         alice.say("lobby", f"m{i}")
@@ -210,7 +206,7 @@ def test_ref_idempotency(server: ServerProcess) -> None:
     alice.join("lobby", "alice")
     bob = Chat(server.ws_url)
     bob.join("lobby", "bob")
-    alice.expect("presence")
+    alice.expect_presence(joined=["bob"])
 
     first = alice.say("lobby", "only once", ref="uuid-1")
     assert bob.expect("message")["id"] == first["id"]
@@ -220,10 +216,10 @@ def test_ref_idempotency(server: ServerProcess) -> None:
     marker(alice, "lobby", bob)
 
     alice.close()
-    bob.expect("presence")
+    bob.expect_presence(left=["alice"])
     alice = Chat(server.ws_url)
     alice.join("lobby", "alice")
-    bob.expect("presence")
+    bob.expect_presence(joined=["alice"])
     assert alice.say("lobby", "only once", ref="uuid-1") == first
     marker(alice, "lobby", bob)
 
@@ -242,8 +238,8 @@ def test_token_takeover(server: ServerProcess) -> None:
     bob = Chat(server.ws_url)
     bob.join("lobby", "bob")
     bob.join("side", "bob")
-    alice.expect("presence")
-    alice.expect("presence")
+    rooms = {alice.expect_presence(joined=["bob"])["room"] for _ in range(2)}
+    assert rooms == {"lobby", "side"}
 
     intruder = Chat(server.ws_url)
     intruder.send(type="join", room="lobby", name="alice")

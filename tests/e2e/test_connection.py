@@ -100,7 +100,7 @@ def test_slow_reader_cut_off(wschat_server: ServerFactory) -> None:
     fast.join("flood", "fast")
     sender = Chat(server.ws_url, max_queue=None)
     sender.join("flood", "sender")
-    fast.expect("presence")
+    fast.expect_presence(joined=["sender"])
     assert health(server)["connections"] == 4
 
     # ~7 MB in all: the kernel's send buffer for a slow socket alone grows to 4 MiB
@@ -118,11 +118,8 @@ def test_slow_reader_cut_off(wschat_server: ServerFactory) -> None:
     code, reason = late.recv_close()
     assert (code, reason) == (4008, "slow consumer: too much output waiting")
     late.send_frame(OP_CLOSE, code.to_bytes(2, "big"))
-    event = fast.expect("presence")
-    assert (event["event"], event["name"]) == ("leave", "late")
-
-    event = fast.expect("presence", timeout=10)
-    assert (event["event"], event["name"]) == ("leave", "stuck")
+    fast.expect_presence(left=["late"])
+    fast.expect_presence(left=["stuck"], timeout=10)
     assert time.monotonic() - started < 8
     assert health(server)["connections"] == 2
     log = server.log()
@@ -145,9 +142,8 @@ def test_dead_peer_found_by_ping(wschat_server: ServerFactory) -> None:
     dead = RawWs(server.port)
     dead.join("lobby", "dead")
     started = time.monotonic()
-    assert alive.expect("presence")["event"] == "join"
-    event = alive.expect("presence", timeout=5)
-    assert (event["event"], event["name"]) == ("leave", "dead")
+    alive.expect_presence(joined=["dead"])
+    assert alive.expect_presence(left=["dead"], timeout=5)["count"] == 1
     assert time.monotonic() - started < 4
     time.sleep(1.5)  # more pings: the one that answers them is kept
     assert alive.join("other")["users"] == ["alive"]
@@ -212,9 +208,8 @@ def test_binary_frame_opcode_raw(small: ServerProcess) -> None:
     watcher.join("raw-bin", "watcher")
     raw = RawWs(small.port)
     raw.join("raw-bin", "raw")
-    assert watcher.expect("presence")["event"] == "join"
+    watcher.expect_presence(joined=["raw"])
     raw.send_frame(OP_BINARY, b"\x00\x01")
     assert raw.recv_close()[0] == 1003
     raw.send_frame(OP_CLOSE, (1003).to_bytes(2, "big"))
-    event = watcher.expect("presence")
-    assert (event["event"], event["name"]) == ("leave", "raw")
+    watcher.expect_presence(left=["raw"])

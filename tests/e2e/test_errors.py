@@ -201,7 +201,7 @@ def test_storage_unavailable(wschat_server: ServerFactory) -> None:
     kim.join("lobby", "kim")
     lou = Chat(server.ws_url)
     lou.join("lobby", "lou")
-    kim.expect("presence")
+    kim.expect_presence(joined=["lou"])
     first = kim.say("lobby", "before the lock", ref="a")
     kim.expect("message")
     lou.expect("message")

@@ -222,7 +222,7 @@ def test_full_disk_refuses_say_without_acking(tmp_path: Path, tiny_fs: Path) -> 
         writer.join("disk", "writer")
         watcher = Chat(server.ws_url, max_queue=None)
         watcher.join("disk", "watcher")
-        writer.expect("presence")
+        writer.expect_presence(joined=["watcher"])
         acked: dict[str, int] = {}
         for i in range(10):
             acked[f"ok{i}"] = say(writer, "disk", f"ok{i} " + "d" * 1000, f"ok{i}")["id"]
@@ -261,7 +261,13 @@ def test_full_disk_refuses_say_without_acking(tmp_path: Path, tiny_fs: Path) -> 
         seen = []
         while (event := watcher.recv())["type"] == "message":
             seen.append(event["id"])
-        assert event == {"type": "presence", "room": "disk", "event": "join", "name": "reader"}
+        assert event == {
+            "type": "presence",
+            "room": "disk",
+            "joined": ["reader"],
+            "left": [],
+            "count": 3,
+        }
         assert seen == sorted(acked.values())
 
         filler.unlink()

@@ -49,7 +49,7 @@ def test_wss_round_trip(tls_server: ServerProcess) -> None:
     assert alice.join("lobby", "alice")["users"] == ["alice"]
     bob = Chat(tls_server.ws_url)
     bob.join("lobby", "bob")
-    alice.expect("presence")
+    alice.expect_presence(joined=["bob"])
     ack = alice.say("lobby", "over TLS", ref="t1")
     assert alice.expect("message")["id"] == ack["id"]
     assert bob.expect("message")["text"] == "over TLS"

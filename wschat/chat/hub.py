@@ -2,6 +2,11 @@
 
 The hub knows connections only as Sessions carrying callables (send, close_replaced) and an
 opaque `outbox` that the fan-out function understands; it never touches a protocol object.
+
+Presence goes out in batches: a join or leave marks its room, and every
+`presence_interval_s` each marked room sends one frame with all its changes (chat/room.py
+says how they add up). A join storm into one room therefore costs a bounded number of frames
+a second, not one frame per member per join.
 """
 
 from __future__ import annotations
@@ -28,17 +33,22 @@ from .model import (
     Join,
     Leave,
     Left,
+    Members,
     Presence,
     Say,
     Welcome,
+    Who,
     check_name,
     check_room,
     check_text,
     format_ts,
 )
 from .ratelimit import TokenBucket
+from .room import Room
 
 Fanout = Callable[[Iterable["Session"], RoomEvent], None]
+# reactor.callLater, or task.Clock's in tests.
+Schedule = Callable[[float, Callable[[], None]], object]
 
 
 class Session:
@@ -70,6 +80,7 @@ class Hub:
         fanout: Fanout,
         now_s: Callable[[], float],
         new_resume_token: Callable[[], str],
+        schedule: Schedule,
         limits: Limits = Limits(),
     ) -> None:
         self._store = store
@@ -77,9 +88,13 @@ class Hub:
         self._fanout = fanout
         self._now_s = now_s
         self._new_resume_token = new_resume_token
+        self._schedule = schedule
         self.limits = limits
-        self._rooms: dict[str, dict[str, Session]] = {}
+        self._rooms: dict[str, Room[Session]] = {}
         self._sessions: set[Session] = set()
+        # Rooms with presence changes not yet sent; a room that empties is dropped from
+        # _rooms at once but stays here until its batch has been taken.
+        self._marked: dict[str, Room[Session]] = {}
         broker.attach(self._deliver)
 
     @property
@@ -91,7 +106,8 @@ class Hub:
         return len(self._rooms)
 
     def members(self, room: str) -> list[str]:
-        return sorted(self._rooms.get(room, ()))
+        found = self._rooms.get(room)
+        return list(found.names) if found is not None else []
 
     def connect(
         self, outbox: Any, send: Callable[[Event], None], close_replaced: Callable[[], None]
@@ -146,6 +162,13 @@ class Hub:
         self._exit(session, cmd.room)
         session.send(Left(cmd.room))
 
+    def who(self, session: Session, cmd: Who) -> None:
+        room = self._rooms.get(cmd.room)
+        if room is None or cmd.room not in session.rooms:
+            raise NotInRoom(f"join {cmd.room!r} to see who is there")
+        names, after = room.page(cmd.after, cmd.limit)
+        session.send(Members(cmd.room, names, after, len(room)))
+
     def disconnect(self, session: Session) -> None:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""
         for room in list(session.rooms):
@@ -163,7 +186,7 @@ class Hub:
 
     def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> None:
         members = self._rooms.get(room)
-        holder = members.get(name) if members else None
+        holder = members.get(name) if members is not None else None
         if holder is not None:
             if (
                 resume_token is not None
@@ -176,19 +199,21 @@ class Hub:
         if len(session.rooms) >= self.limits.max_rooms:
             raise TooManyRooms(f"a connection may be in at most {self.limits.max_rooms} rooms")
         if members is None:
-            members = self._rooms[room] = {}
+            # An emptied room whose last batch is still to be sent comes back as it was.
+            revived = self._marked.get(room)
+            members = self._rooms[room] = revived if revived is not None else Room()
         elif self.limits.max_members and len(members) >= self.limits.max_members:
             raise RoomFull(f"{room!r} has its maximum of {self.limits.max_members} members")
-        members[name] = session
+        members.add(name, session)
         session.rooms.add(room)
-        self._broker.publish(room, Presence(room, "join", name))
+        self._mark(room, members)
 
     def _take_over(self, old: Session, new: Session) -> None:
         """A reconnected client reclaims its name: it inherits every room, silently."""
         name = old.name
         assert name is not None
         for room in old.rooms:
-            self._rooms[room][name] = new
+            self._rooms[room].replace(name, new)
             new.rooms.add(room)
         old.rooms.clear()
         if new.resume_token is None:
@@ -201,10 +226,32 @@ class Hub:
         members = self._rooms.get(room)
         if members is None or session.name is None or members.get(session.name) is not session:
             return
-        del members[session.name]
+        members.remove(session.name)
         if not members:
             del self._rooms[room]
-        self._broker.publish(room, Presence(room, "leave", session.name))
+        self._mark(room, members)
+
+    def _mark(self, name: str, room: Room[Session]) -> None:
+        if not self._marked:
+            self._schedule(self.limits.presence_interval_s, self._send_presence)
+        self._marked[name] = room
+
+    def _send_presence(self) -> None:
+        marked, self._marked = self._marked, {}
+        limit = self.limits.member_list_limit
+        for name, room in marked.items():
+            joined, left = room.take_changes()
+            count = len(room)
+            if count > limit:
+                if count == room.sent_count:
+                    continue
+                batch = Presence(name, None, None, count)
+            elif joined or left:
+                batch = Presence(name, joined, left, count)
+            else:
+                continue
+            room.sent_count = count
+            self._broker.publish(name, batch)
 
     async def _welcome(self, session: Session, room: str, name: str, since: int | None) -> Welcome:
         size = self.limits.history_size
@@ -217,14 +264,27 @@ class Hub:
         if not recovered:
             history = await self._store.latest(room, size)
         assert session.resume_token is not None
-        return Welcome(room, name, self.members(room), history, session.resume_token, recovered)
+        members = self._rooms.get(room)  # gone if the connection closed while we waited
+        names = members.names if members is not None else []
+        count = len(names)
+        users = list(names) if count <= self.limits.member_list_limit else None
+        return Welcome(room, name, users, count, history, session.resume_token, recovered)
 
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)
         if not members:
             return
-        if isinstance(event, Presence):
-            # Presence is news for the others; the subject learns from welcome/left.
-            self._fanout([s for n, s in members.items() if n != event.name], event)
-        else:
-            self._fanout(members.values(), event)
+        if isinstance(event, Presence) and event.joined:
+            # A member who joined during the interval knows from its welcome of itself and of
+            # the changes before it: its copy of the batch has only the later ones.
+            subjects = [s for n in event.joined if (s := members.get(n)) is not None]
+            for subject in subjects:
+                assert subject.name is not None
+                joined, left = members.since_join(subject.name, event.joined, event.left or [])
+                if joined or left:
+                    self._fanout((subject,), Presence(room, joined, left, event.count))
+            if subjects:
+                skip = set(map(id, subjects))
+                self._fanout([s for s in members.sessions() if id(s) not in skip], event)
+                return
+        self._fanout(members.sessions(), event)

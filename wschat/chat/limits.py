@@ -14,6 +14,10 @@ class Limits:
     max_rooms: int = 32
     # 0: no limit.
     max_members: int = 0
+    # Above this many members a room's welcome carries no member list and its presence
+    # batches only the count: the cost of a join must not grow with the room.
+    member_list_limit: int = 1000
+    presence_interval_s: float = 0.25
 
 
 class AddressCap:

@@ -17,6 +17,8 @@ MAX_TEXT_CHARS = 2000
 MAX_REF_CHARS = 64
 MAX_RESUME_TOKEN_CHARS = 128
 RESUME_TOKEN_BYTES = 24
+WHO_DEFAULT_LIMIT = 200
+WHO_MAX_LIMIT = 1000
 
 _ROOM_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
 # Newline and tab are how people format text; every other control character is refused.
@@ -93,7 +95,15 @@ class Leave:
     room: str
 
 
-Command = Join | Say | Leave
+@dataclass(frozen=True, slots=True)
+class Who:
+    kind: ClassVar[str] = "who"
+    room: str
+    after: str | None = None
+    limit: int = WHO_DEFAULT_LIMIT
+
+
+Command = Join | Say | Leave | Who
 
 
 # Events: what the server tells a client.
@@ -113,7 +123,9 @@ class Message:
 class Welcome:
     room: str
     name: str
-    users: list[str]
+    # None above the member-list limit: the client pages with `who`.
+    users: list[str] | None
+    count: int
     history: list[Message]
     resume_token: str
     recovered: bool | None = None
@@ -128,9 +140,23 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Presence:
+    """A batch of a room's changes (see chat/room.py); joined/left are None above the
+    member-list limit, where only the count is kept up to date."""
+
     room: str
-    event: str
-    name: str
+    joined: list[str] | None
+    left: list[str] | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A page of `who`: `next` is the `after` of the following page, None on the last."""
+
+    room: str
+    names: list[str]
+    next: str | None
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +171,7 @@ class Error:
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Left | Error
+Event = Message | Welcome | Ack | Presence | Members | Left | Error
 
 
 @dataclass(slots=True)

@@ -27,6 +27,8 @@
   // Closer than this to the bottom counts as "reading the newest messages": keep following.
   const STICKY_BOTTOM_PX = 48;
   const CLOSE_REPLACED = 4001;
+  const WHO_PAGE = 200; // names per page of the member panel in a big room
+  const WHO_MAX_LIMIT = 1000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -43,6 +45,8 @@
     people: $('people'),
     users: $('users'),
     userCount: $('user-count'),
+    usersNote: $('users-note'),
+    usersMore: $('users-more'),
     composer: $('composer'),
     input: $('input'),
     error: $('error'),
@@ -148,7 +152,15 @@
       lastId: null, // the highest id seen: `since` when rejoining
       welcomed: false,
       joinState: 'idle', // idle | joining | joined | error
+      // The member list while the server sends it (rooms up to its member-list limit); null
+      // in a bigger room, where `count` is kept and the panel pages through `who` (paged).
       users: new Set(),
+      count: 0,
+      paged: [],
+      next: null, // the `after` of the next page; null when every page is loaded
+      pagedAll: false,
+      paging: false, // a page was asked for and has not come yet
+      listing: false, // re-reading the whole list with `who` (the room came under the limit)
       outbox: [], // {ref, text, state: queued|sending|failed, error, retries, node}
       unread: 0,
       scrollTop: null, // remembered while another tab is shown; null = follow the bottom
@@ -204,6 +216,7 @@
     const room = activeRoom();
     room.unread = 0;
     if (room.joinState === 'error' && isOpen()) sendJoin(room); // try again, e.g. after room_full
+    if (room.users === null && ui.people.open && !room.paged.length) requestPage(room);
     const hash = `#/${name}`;
     if (location.hash !== hash) history.replaceState(null, '', hash);
     renderAll();
@@ -364,6 +377,7 @@
       case 'message': return onMessage(frame);
       case 'ack': return onAck(frame);
       case 'presence': return onPresence(frame);
+      case 'members': return onMembers(frame);
       case 'left': takeAwaiting('leave', frame.room); return undefined;
       case 'error': return onServerError(frame);
       default: return undefined; // newer server: ignore what we do not know
@@ -392,7 +406,11 @@
     }
     room.welcomed = true;
     room.joinState = 'joined';
-    room.users = new Set(Array.isArray(frame.users) ? frame.users : []);
+    room.users = Array.isArray(frame.users) ? new Set(frame.users) : null;
+    room.count = Number.isInteger(frame.count) ? frame.count : (room.users ? room.users.size : 0);
+    room.listing = false;
+    resetPages(room);
+    if (room.users === null && room === activeRoom() && ui.people.open) requestPage(room);
     if (wasActive) {
       room.scrollTop = keepScrollTop;
       renderRoom();
@@ -439,12 +457,63 @@
     if (room === activeRoom()) scrollToBottom();
   }
 
+  // Presence comes in batches (protocol.md): add `joined`, remove `left`. A batch without
+  // them means the room is over the server's member-list limit: only the count is kept.
   function onPresence(frame) {
     const room = state.rooms.get(frame.room);
-    if (!room || typeof frame.name !== 'string') return;
-    if (frame.event === 'join') room.users.add(frame.name);
-    else if (frame.event === 'leave') room.users.delete(frame.name);
+    if (!room) return;
+    if (Number.isInteger(frame.count)) room.count = frame.count;
+    if (!Array.isArray(frame.joined) || !Array.isArray(frame.left)) {
+      if (room.users !== null) {
+        room.users = null;
+        resetPages(room);
+      }
+    } else if (room.users === null) {
+      // Back under the limit: read the whole list again; later batches apply on top of it.
+      if (!room.listing) {
+        room.listing = true;
+        room.paged = [];
+        send({ type: 'who', room: room.name, limit: WHO_MAX_LIMIT });
+      }
+    } else {
+      for (const name of frame.joined) room.users.add(name);
+      for (const name of frame.left) room.users.delete(name);
+    }
     if (room === activeRoom()) renderUsers();
+  }
+
+  function onMembers(frame) {
+    const room = state.rooms.get(frame.room);
+    if (!room || !Array.isArray(frame.names)) return;
+    if (Number.isInteger(frame.count)) room.count = frame.count;
+    room.paged.push(...frame.names);
+    room.next = typeof frame.next === 'string' ? frame.next : null;
+    room.pagedAll = room.next === null;
+    room.paging = false;
+    if (room.listing) {
+      if (room.next !== null) {
+        send({ type: 'who', room: room.name, after: room.next, limit: WHO_MAX_LIMIT });
+        return;
+      }
+      room.listing = false;
+      room.users = new Set(room.paged);
+      resetPages(room);
+    }
+    if (room === activeRoom()) renderUsers();
+  }
+
+  function resetPages(room) {
+    room.paged = [];
+    room.next = null;
+    room.pagedAll = false;
+    room.paging = false;
+  }
+
+  function requestPage(room) {
+    if (room.paging || room.pagedAll) return;
+    const frame = { type: 'who', room: room.name, limit: WHO_PAGE };
+    if (room.next !== null) frame.after = room.next;
+    room.paging = send(frame);
   }
 
   function onServerError(frame) {
@@ -696,7 +765,8 @@
 
   function renderUsers() {
     const room = activeRoom();
-    const names = room ? [...room.users].sort() : [];
+    const big = room !== null && room.users === null;
+    const names = !room ? [] : big ? room.paged : [...room.users].sort();
     const items = names.map((name) => {
       const li = el('li', name === state.name ? 'user own' : 'user');
       li.dataset.name = name;
@@ -705,7 +775,14 @@
       return li;
     });
     ui.users.replaceChildren(...items);
-    ui.userCount.textContent = String(names.length);
+    ui.userCount.textContent = String(room ? room.count : 0);
+    ui.usersMore.hidden = !big || room.pagedAll || !room.paged.length;
+    ui.usersNote.hidden = !big;
+    if (big) {
+      ui.usersNote.textContent = room.pagedAll
+        ? `${room.count} people`
+        : `${room.count} people; showing ${names.length}`;
+    }
   }
 
   function setConn(conn, text) {
@@ -894,6 +971,14 @@
     window.addEventListener('beforeunload', (event) => {
       const unsent = [...state.rooms.values()].some((room) => room.outbox.length > 0);
       if (unsent) event.preventDefault(); // the browser asks before unsent messages are lost
+    });
+    ui.people.addEventListener('toggle', () => {
+      const room = activeRoom();
+      if (ui.people.open && room && room.users === null && !room.paged.length) requestPage(room);
+    });
+    ui.usersMore.addEventListener('click', () => {
+      const room = activeRoom();
+      if (room && room.users === null) requestPage(room);
     });
     const wide = window.matchMedia('(min-width: 760px)');
     ui.people.open = wide.matches;
