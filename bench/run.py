@@ -38,6 +38,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 PEERS = os.path.join(BENCH, "peers")
 LOADGEN = os.path.join(BENCH, "loadgen.js")
+STORM = os.path.join(BENCH, "storm.js")
 CGEN_SRC = os.path.join(BENCH, "cgen", "loadgen.c")
 CGEN = os.path.join(BENCH, "cgen", "loadgen")
 # modes the C generator implements; connect (and idle_max) always use loadgen.js
@@ -51,7 +52,15 @@ ALL_SERVERS = ["wschat", "node", "autobahn", "websockets", "null"]
 # client per event-loop turn, to show what the load generator can take (fan-out) and the latency
 # floor of the measurement (steady). Not run in the connect scenarios.
 NULL_SCENARIOS = ("fanout", "fanout2", "steady")
-ALL_SCENARIOS = ["fanout", "fanout2", "steady", "connect", "idle_max"]
+# One room of 10,000 and more (issue: big rooms). bigroom_join_<N> scenarios are added by
+# --bigroom-sizes for the sweep that shows the work per join not growing with the room.
+BIGROOM_SCENARIOS = ["bigroom_join", "bigroom_join_max", "bigroom_fanout", "bigroom_storm"]
+ALL_SCENARIOS = ["fanout", "fanout2", "steady", "connect", "idle_max", *BIGROOM_SCENARIOS]
+QUICK_SKIPS = ("fanout2", "idle_max", "bigroom_join_max", "bigroom_storm")
+# Only wschat has rooms, history and `since`; the storm needs all three.
+WSCHAT_ONLY_SCENARIOS = ("bigroom_storm",)
+# The peers have no rooms: their figures for a big-room fan-out are their fan-out to that many.
+BIGROOM_PEERS = ("wschat", "node")
 SERVER_LABELS = {
     "wschat": "wschat",
     "node": "Node.js ws (classic chat server)",
@@ -78,6 +87,10 @@ def settings(quick):
             "steady": dict(clients=500, senders=10, rate=5.0, warmup=1.0, duration=2.0),
             "connect": dict(clients=1000, room_size=100, concurrency=50),
             "idle_max": dict(clients=2000, room_size=100, concurrency=50),
+            "bigroom_join": dict(clients=2000, room_size=2000, concurrency=50),
+            "bigroom_join_max": dict(clients=4000, room_size=4000, concurrency=50),
+            "bigroom_fanout": dict(clients=2000, senders=10, inflight=8, warmup=1.0, duration=2.0),
+            "bigroom_storm": dict(clients=1000, senders=10, messages=20, concurrency=50),
         }
     return {
         "runs": 3,
@@ -88,6 +101,10 @@ def settings(quick):
         "steady": dict(clients=1000, senders=10, rate=5.0, warmup=2.0, duration=10.0),
         "connect": dict(clients=10000, room_size=100, concurrency=50),
         "idle_max": dict(clients=19000, room_size=100, concurrency=50),
+        "bigroom_join": dict(clients=10000, room_size=10000, concurrency=50),
+        "bigroom_join_max": dict(clients=19000, room_size=19000, concurrency=50),
+        "bigroom_fanout": dict(clients=10000, senders=10, inflight=8, warmup=2.0, duration=8.0),
+        "bigroom_storm": dict(clients=10000, senders=10, messages=20, concurrency=50),
     }
 
 
@@ -173,9 +190,10 @@ def stop_process(proc, timeout=3.0):
 
 
 class Server:
-    def __init__(self, name, opts, logdir, tag):
+    def __init__(self, name, opts, logdir, tag, extra_args=()):
         self.name = name
         self.opts = opts
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"wschat-bench-{name}-")
         self.logpath = os.path.join(logdir, f"{tag}-server.log")
@@ -213,13 +231,14 @@ class Server:
                 "--burst",
                 "1000000",
                 *o.wschat_extra,
+                *self.extra_args,
             ]
         else:
             raise ValueError(self.name)
         return ["taskset", "-c", SERVER_CPU, *cmd]
 
     def start(self):
-        self.logf = open(self.logpath, "wb")
+        self.logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen(
             self.argv(),
             cwd=self.tmp,
@@ -232,6 +251,16 @@ class Server:
             raise RuntimeError(f"{self.name} did not start; see {self.logpath}")
         time.sleep(0.5)  # let start-up allocations settle before the baseline
         self.baseline_kib = rss_kib(self.proc.pid)
+
+    def kill_and_restart(self):
+        """SIGKILL, then start again at once on the same port and database (as systemd's
+        Restart=always would); returns the monotonic time of the kill."""
+        killed_at = time.monotonic()
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+        self.start()
+        return killed_at
 
     def stop(self):
         stop_process(self.proc)
@@ -399,7 +428,7 @@ def connect_timeout(n):
 
 def run_traffic(opts, server, scen, s, gens, tag):
     """fanout / steady: connect the room, then send; returns the merged record."""
-    mode = "fanout" if scen in ("fanout", "fanout2") else "steady"
+    mode = "fanout" if scen in ("fanout", "fanout2", "bigroom_fanout") else "steady"
     extra = dict(warmup=s["warmup"], duration=s["duration"])
     if mode == "fanout":
         extra["inflight"] = s["inflight"]
@@ -517,11 +546,110 @@ def run_connect(opts, server, scen, s, gens, tag):
     )
 
 
+def run_storm(opts, server, s, tag):
+    """bigroom_storm: N in one room; SIGKILL and restart; every client comes back by itself."""
+    cfg = dict(
+        url=server.url,
+        clients=s["clients"],
+        senders=s["senders"],
+        messages=s["messages"],
+        room="storm",
+        addrs=opts.addrs,
+        concurrency=s["concurrency"],
+        payload=140,
+    )
+    errpath = os.path.join(opts.logdir, f"{tag}-storm.log")
+    with open(errpath, "wb") as errf:
+        proc = subprocess.Popen(
+            ["taskset", "-c", LOADGEN_CPU, opts.node, STORM, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errf,
+            text=True,
+            bufsize=1,
+        )
+        events = queue.Queue()
+
+        def reader():
+            for line in proc.stdout:
+                if line.strip():
+                    events.put(json.loads(line))
+            events.put({"event": "eof"})
+
+        threading.Thread(target=reader, daemon=True).start()
+
+        def wait(name, timeout):
+            ev = events.get(timeout=timeout)
+            if ev.get("event") != name:
+                raise RuntimeError(f"storm: expected {name}, got {ev}; see {errpath}")
+            return ev
+
+        try:
+            ready = wait("ready", connect_timeout(s["clients"]) + 60)
+            if not ready["complete"]:
+                raise RuntimeError(f"storm: phase 1 did not reach everyone: {ready}")
+            time.sleep(1.0)
+            rss_before = rss_kib(server.proc.pid)
+            killed_at = server.kill_and_restart()
+            restarted_at = time.monotonic()
+            peak = rss_kib(server.proc.pid) or 0
+            back = None
+            deadline = time.monotonic() + 300
+            while back is None and time.monotonic() < deadline:
+                try:
+                    back = wait("back", 0.05)
+                except queue.Empty:
+                    peak = max(peak, rss_kib(server.proc.pid) or 0)
+            if back is None:
+                raise TimeoutError("storm: not every client came back in 300 s")
+            result = None
+            while result is None:
+                try:
+                    result = wait("result", 0.05)
+                except queue.Empty:
+                    peak = max(peak, rss_kib(server.proc.pid) or 0)
+        finally:
+            try:
+                proc.stdin.write("exit\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return dict(
+        generator="node-storm",
+        clients=s["clients"],
+        joined=ready["joined"],
+        join_seconds=ready["joinSeconds"],
+        phase1_acked=ready["acked"],
+        restart_seconds=restarted_at - killed_at,
+        # loadgen times are CLOCK_MONOTONIC microseconds, as time.monotonic() is
+        back_seconds_from_kill=back["lastWelcomeUs"] / 1e6 - killed_at,
+        back_seconds_from_first_close=back["backSeconds"],
+        recovered_false=back["recoveredFalse"],
+        welcomes_without_recovered=back["welcomesWithoutRecovered"],
+        connect_failures=back["connectFailures"],
+        attempts=back["attemptsHist"],
+        acked=result["acked"],
+        lost=result["lost"],
+        duplicates=result["duplicates"],
+        clients_with_duplicates=result["clientsWithDuplicates"],
+        join_errors=result["joinErrors"],
+        rss_before_kib=rss_before,
+        peak_rss_kib=peak,
+    )
+
+
 def run_one(opts, server_name, scen, s, run_idx, outf):
     tag = f"{scen}-{server_name}-{run_idx}"
     gens = max(2, opts.gens) if scen == "fanout2" else opts.gens
     sz = s["fanout"] if scen == "fanout2" else s[scen]
-    server = Server(server_name, opts, opts.logdir, tag)
+    # The storm's phase 2 is said while the others reconnect: their `since` must reach back
+    # over all of it.
+    extra = ["--history-size", "1000"] if scen == "bigroom_storm" else []
+    server = Server(server_name, opts, opts.logdir, tag, extra)
     t0 = time.monotonic()
     rec = dict(
         scenario=scen,
@@ -549,8 +677,10 @@ def run_one(opts, server_name, scen, s, run_idx, outf):
         )
     try:
         server.start()
-        if scen in ("fanout", "fanout2", "steady"):
+        if scen in ("fanout", "fanout2", "steady", "bigroom_fanout"):
             rec.update(run_traffic(opts, server, scen, sz, gens, tag))
+        elif scen == "bigroom_storm":
+            rec.update(run_storm(opts, server, sz, tag))
         else:
             rec.update(run_connect(opts, server, scen, sz, gens, tag))
         rec["ok"] = True
@@ -571,6 +701,13 @@ def run_one(opts, server_name, scen, s, run_idx, outf):
 def short(rec):
     if not rec.get("ok"):
         return "FAILED " + rec.get("error", "")
+    if rec["scenario"] == "bigroom_storm":
+        return (
+            f"{rec['clients']} back {rec['back_seconds_from_kill']:.1f} s after the kill, "
+            f"lost {rec['lost']}, duplicates {rec['duplicates']}, recovered:false "
+            f"{rec['recovered_false']}, peak RSS {rec['peak_rss_kib'] / 1024:.0f} MiB "
+            f"({rec['elapsed_s']} s)"
+        )
     if "deliveries_per_s" in rec:
         lat = rec["latency_ms"]
         return (
@@ -768,7 +905,109 @@ def summarize(records, servers, scenarios, s):
                 f"{sum(r['failed'] for r in rs) if rs else '–'} |"
             )
         lines.append("")
+    lines += bigroom_sections(scenarios, servers, s, ok, runs_cell, gen_note)
     return "\n".join(lines)
+
+
+def bigroom_join_keys(scenarios):
+    keys = [x for x in scenarios if x.startswith("bigroom_join")]
+    return sorted(keys, key=lambda k: (k != "bigroom_join", k != "bigroom_join_max", k))
+
+
+def bigroom_sections(scenarios, servers, s, ok, runs_cell, gen_note):
+    lines = []
+    k0 = lambda v: fmt_num(v)  # noqa: E731
+    joins = bigroom_join_keys(scenarios)
+    if joins:
+        rows = (["connect"] if "connect" in scenarios else []) + joins
+        lines += [
+            "### Big rooms: connect and join N clients into one room "
+            f"(beside `connect`: rooms of {s['connect']['room_size']})",
+            "",
+            "Each client joins once its handshake is done, "
+            f"{s['connect']['concurrency']} handshakes in progress at a time. For the peers, which "
+            "have no rooms, the figure is their connect rate for the same number.",
+            "",
+            *gen_note(*rows),
+            "| scenario | clients | room size | server | runs | held | seconds to join all | "
+            "joins/s | server RSS KiB per connection | failed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for scen in rows:
+            c = s[scen]
+            for srv in servers:
+                if srv not in BIGROOM_PEERS:
+                    continue
+                rs = ok(scen, srv)
+                if not rs and not runs_cell(scen, srv).strip("0"):
+                    continue
+                lines.append(
+                    f"| {scen} | {c['clients']:,} | {c['room_size']:,} | {SERVER_LABELS[srv]} | "
+                    f"{runs_cell(scen, srv)} | {med_range([r['held'] for r in rs], k0)} | "
+                    f"{med_range([r['connect_seconds'] for r in rs], lambda v: f'{v:.2f}')} | "
+                    f"{med_range([r['connect_per_s'] for r in rs], k0)} | "
+                    f"{med_range([r['rss_per_conn_kib'] for r in rs], lambda v: f'{v:.2f}')} | "
+                    f"{sum(r['failed'] for r in rs) if rs else '–'} |"
+                )
+        lines.append("")
+    if "bigroom_fanout" in scenarios:
+        f = s["bigroom_fanout"]
+        lines += [
+            f"### Fan-out in one room of {f['clients']:,}: {f['senders']} senders × "
+            f"{f['inflight']} messages in flight, 140-byte text",
+            "",
+            *gen_note("bigroom_fanout"),
+            "| server | room | runs | deliveries/s | latency p50 ms | latency p99 ms | lost | "
+            "server CPU % |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for scen in ("fanout", "bigroom_fanout"):
+            if scen not in scenarios:
+                continue
+            for srv in servers:
+                if srv not in BIGROOM_PEERS:
+                    continue
+                rs = ok(scen, srv)
+                lines.append(
+                    f"| {SERVER_LABELS[srv]} | {s[scen]['clients']:,} | {runs_cell(scen, srv)} | "
+                    f"{med_range([r['deliveries_per_s'] for r in rs], k0)} | "
+                    f"{med_range([r['latency_ms']['p50'] for r in rs], fmt_ms)} | "
+                    f"{med_range([r['latency_ms']['p99'] for r in rs], fmt_ms)} | "
+                    f"{sum(r['lost'] for r in rs) if rs else '–'} | "
+                    f"{med_range([r['server_cpu_percent'] for r in rs], lambda v: f'{v:.0f}')} |"
+                )
+        lines.append("")
+    if "bigroom_storm" in scenarios:
+        st = s["bigroom_storm"]
+        rs = ok("bigroom_storm", "wschat")
+        sec = lambda v: f"{v:.1f}"  # noqa: E731
+        lines += [
+            f"### Reconnect storm: {st['clients']:,} in one room, the server killed (SIGKILL) and "
+            "started again at once",
+            "",
+            "Every client comes back by itself with the browser client's backoff (equal jitter, "
+            "1 s doubling to 30 s) and `join` with `since` and its token (`bench/storm.js`). "
+            f"{st['senders']} senders say {st['messages']} messages each before the kill and "
+            f"{st['messages']} more each as soon as they are back, while the others still "
+            "reconnect; every client must end with every acked message. Duplicates: ids a client "
+            "received twice (live while its join was answered, and again in the welcome's "
+            "history); the browser client drops them by id.",
+            "",
+            "| server | runs | back after the kill, s | restart, s | acked | lost | duplicates | "
+            "recovered: false | peak RSS MiB | RSS before the kill MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| wschat | {runs_cell('bigroom_storm', 'wschat')} | "
+            f"{med_range([r['back_seconds_from_kill'] for r in rs], sec)} | "
+            f"{med_range([r['restart_seconds'] for r in rs], sec)} | "
+            f"{med_range([r['acked'] for r in rs], k0)} | "
+            f"{sum(r['lost'] for r in rs) if rs else '–'} | "
+            f"{sum(r['duplicates'] for r in rs) if rs else '–'} | "
+            f"{sum(r['recovered_false'] for r in rs) if rs else '–'} | "
+            f"{med_range([r['peak_rss_kib'] / 1024 for r in rs], mib)} | "
+            f"{med_range([(r['rss_before_kib'] or 0) / 1024 for r in rs], mib)} |",
+            "",
+        ]
+    return lines
 
 
 def targets(records):
@@ -818,6 +1057,7 @@ def targets(records):
                 held >= 19_000 and not failed,
             )
         )
+    rows += bigroom_targets(med, records)
     if not rows:
         return ""
     lines = [
@@ -831,6 +1071,58 @@ def targets(records):
     ]
     lines += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in rows]
     return "\n".join(lines) + "\n"
+
+
+def bigroom_targets(med, records):
+    rows = []
+    big = med("bigroom_join", "wschat", lambda r: r["connect_seconds"])
+    small = med("connect", "wschat", lambda r: r["connect_seconds"])
+    rate = med("bigroom_join", "wschat", lambda r: r["connect_per_s"])
+    if big is not None and small:
+        rows.append(
+            (
+                "big room: 10,000 joins into one room in at most 1.5 × rooms of 100",
+                f"{big:.2f} s vs {small:.2f} s ({big / small:.2f} ×)",
+                big <= 1.5 * small,
+            )
+        )
+    if rate is not None:
+        rows.append(("big room: at least 2,000 joins/s", f"{rate:,.0f}", rate >= 2000))
+    rss = med("bigroom_join", "wschat", lambda r: r["rss_per_conn_kib"])
+    if rss is not None:
+        rows.append(
+            (
+                "big room: at most 8 KiB RSS per connection, 10,000 in one room",
+                f"{rss:.2f} KiB",
+                rss <= 8,
+            )
+        )
+    held = med("bigroom_join_max", "wschat", lambda r: r["held"])
+    if held is not None:
+        runs = [
+            r for r in records if (r["scenario"], r["server"]) == ("bigroom_join_max", "wschat")
+        ]
+        failed = sum(r.get("failed", 0) if r.get("ok") else 1 for r in runs)
+        rows.append(
+            (
+                "big room: 19,000 members in one room held without errors",
+                f"{held:,.0f}, {failed} failed",
+                held >= 19_000 and not failed,
+            )
+        )
+    storms = [r for r in records if r["scenario"] == "bigroom_storm"]
+    if storms:
+        good = [r for r in storms if r.get("ok")]
+        lost = sum(r["lost"] for r in good)
+        bad = sum(r["recovered_false"] for r in good)
+        rows.append(
+            (
+                "storm: every client back with `since` recovery, no acked message lost",
+                f"{len(good)}/{len(storms)} runs, lost {lost}, recovered:false {bad}",
+                len(good) == len(storms) and not lost and not bad,
+            )
+        )
+    return rows
 
 
 def versions(opts, servers):
@@ -1110,6 +1402,13 @@ def main():
         "--addrs", type=int, default=100, help="source addresses 127.0.0.2.. to spread over"
     )
     ap.add_argument(
+        "--bigroom-sizes",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="also join this many into one room, each a scenario bigroom_join_<N> "
+        "(the sweep: 1000,5000,10000,19000)",
+    )
+    ap.add_argument(
         "--wschat-arg",
         action="append",
         default=[],
@@ -1156,7 +1455,12 @@ def main():
     if opts.scenarios:
         scenarios = [x for x in opts.scenarios.split(",") if x]
     else:
-        scenarios = [x for x in ALL_SCENARIOS if not (opts.quick and x in ("fanout2", "idle_max"))]
+        scenarios = [x for x in ALL_SCENARIOS if not (opts.quick and x in QUICK_SKIPS)]
+    for size in opts.bigroom_sizes:
+        key = f"bigroom_join_{size}"
+        s[key] = dict(clients=size, room_size=size, concurrency=50)
+        scenarios.append(key)
+        ALL_SCENARIOS.append(key)
     for x in servers:
         if x not in ALL_SERVERS:
             ap.error(f"unknown server {x}")
@@ -1230,6 +1534,10 @@ def main():
             for run_idx in range(s["runs_by_scenario"].get(scen, s["runs"])):
                 for srv in servers:
                     if srv == "null" and scen not in NULL_SCENARIOS:
+                        continue
+                    if scen in WSCHAT_ONLY_SCENARIOS and srv != "wschat":
+                        continue
+                    if scen.startswith("bigroom") and srv not in BIGROOM_PEERS:
                         continue
                     records.append(run_one(opts, srv, scen, s, run_idx, outf))
     table = summarize(records, servers, scenarios, s)
