@@ -33,15 +33,15 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
     for i in range(count):
-        run(store.append(room, name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}"))
+        run(store.append(room, name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}"))[0]
 
 
 def test_ids_increase_per_room(make_store: StoreFactory) -> None:
     """Each room numbers its messages 1, 2, 3, ... independently."""
     store = make_store(10)
-    a1 = run(store.append("a", "x", "1", "t", None))
-    b1 = run(store.append("b", "x", "1", "t", None))
-    a2 = run(store.append("a", "x", "2", "t", None))
+    a1 = run(store.append("a", "x", "1", "t", None))[0]
+    b1 = run(store.append("b", "x", "1", "t", None))[0]
+    a2 = run(store.append("a", "x", "2", "t", None))[0]
     assert (a1.id, b1.id, a2.id) == (1, 1, 2)
 
 
@@ -51,6 +51,18 @@ def test_latest_is_oldest_first_and_limited(make_store: StoreFactory) -> None:
     fill(store, "lobby", 7)
     assert [m.id for m in run(store.latest("lobby", 3))] == [5, 6, 7]
     assert run(store.latest("empty", 3)) == []
+
+
+def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
+    """append with a ref the same name already stored in the room returns the kept message
+    and False; another name, or another room, stores a new one."""
+    store = make_store(10)
+    first, new = run(store.append("lobby", "alice", "hi", "t", "r1"))
+    assert new
+    again, new = run(store.append("lobby", "alice", "hi (resent)", "t", "r1"))
+    assert (again, new) == (first, False)
+    assert run(store.append("lobby", "bob", "hi", "t", "r1"))[1]
+    assert run(store.append("dev", "alice", "hi", "t", "r1"))[1]
 
 
 def test_find_ref(make_store: StoreFactory) -> None:
@@ -96,7 +108,7 @@ def test_sqlite_survives_reopen_and_continues_ids(tmp_path: Path) -> None:
     store.close()
     store = SqliteHistory(path, 100)
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "m2", "m3"]
-    assert run(store.append("lobby", "bob", "m4", "t", None)).id == 4
+    assert run(store.append("lobby", "bob", "m4", "t", None))[0].id == 4
     store.close()
 
 
@@ -128,11 +140,11 @@ def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
     locker = sqlite3.connect(path, timeout=0, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StorageUnavailable) as caught:
-        run(store.append("lobby", "alice", "lost?", "t", "rx"))
+        run(store.append("lobby", "alice", "lost?", "t", "rx"))[0]
     assert caught.value.ref == "rx"
     locker.execute("ROLLBACK")
     locker.close()
-    assert run(store.append("lobby", "alice", "kept", "t", "rx")).id == 2
+    assert run(store.append("lobby", "alice", "kept", "t", "rx"))[0].id == 2
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]
 
 

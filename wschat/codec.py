@@ -23,6 +23,7 @@ from .chat.model import (
     Members,
     Message,
     Presence,
+    Resync,
     Say,
     Welcome,
     Who,
@@ -32,7 +33,8 @@ SUBPROTOCOL = "wschat.v1"
 # SQLite's INTEGER is a signed 64-bit value; a larger `since` can only be a client bug.
 MAX_ID = 2**63 - 1
 
-_OPAQUE_KEYS = frozenset({"ref", "token"})
+_OPAQUE_KEYS = frozenset({"ref", "token", "epoch"})
+MAX_EPOCH_CHARS = 64
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -58,6 +60,7 @@ def _join(obj: dict[str, Any], ref: str | None) -> Join:
         _optional_str(obj, "name", None, ref),
         _optional_id(obj, "since", ref),
         _optional_str(obj, "token", MAX_RESUME_TOKEN_CHARS, ref),
+        _optional_str(obj, "epoch", MAX_EPOCH_CHARS, ref),
     )
 
 
@@ -165,7 +168,11 @@ def event_fields(event: Event) -> dict[str, Any]:
         fields["token"] = event.resume_token
         if event.recovered is not None:
             fields["recovered"] = event.recovered
+        if event.epoch is not None:
+            fields["epoch"] = event.epoch
         return fields
+    if isinstance(event, Resync):
+        return {"type": "resync", "room": event.room}
     if isinstance(event, Left):
         return {"type": "left", "room": event.room}
     if isinstance(event, Error):

@@ -87,7 +87,11 @@ class SqliteHistory:
             last = self._last_id[room] = found or 0
         return last
 
-    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+    async def append(
+        self, room: str, name: str, text: str, ts: str, ref: str | None
+    ) -> tuple[Message, bool]:
+        if ref is not None and (kept := await self.find_ref(room, name, ref)) is not None:
+            return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
             self._db.execute(
@@ -119,7 +123,7 @@ class SqliteHistory:
                 # The message is stored; the backstop checkpoint keeps the WAL bounded.
                 self._checkpointing.release()
                 _log.failure("could not start a checkpoint thread")
-        return Message(room, msg_id, name, text, ts, ref)
+        return Message(room, msg_id, name, text, ts, ref), True
 
     def _checkpoint(self) -> None:
         """Runs in another thread, on a connection of its own; a PASSIVE checkpoint never
@@ -187,6 +191,11 @@ class SqliteHistory:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"the history could not be read ({exc})", ref) from None
+
+    async def epoch(self, room: str) -> str | None:
+        # One file, one history: ids never restart under a client (a reset database is
+        # caught by `since` being ahead of the room).
+        return None
 
     def close(self) -> None:
         self._db.close()

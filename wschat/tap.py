@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import dataclass, field
 from typing import Any
 
 from OpenSSL import SSL
@@ -11,15 +13,18 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
-from .chat.broker import LocalBroker
+from .chat.broker import Broker, LocalBroker
 from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
 from .chat.limits import Limits
 from .chat.model import new_resume_token
 from .echo import add_echo
+from .redis_broker import RedisBroker
+from .redis_history import RedisHistory
+from .redis_link import RedisLink, parse_redis_url
 from .service import ChatService
 from .sqlite_history import MEMORY, SqliteHistory
-from .web import make_site
+from .web import HealthCheck, make_site
 from .ws import ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
@@ -113,6 +118,32 @@ class Options(usage.Options):
         ],
         ["max-rooms", None, 32, "Rooms one connection may be in.", _positive_int],
         ["max-members", None, 0, "Members per room (0: no limit).", _non_negative_int],
+        [
+            "redis",
+            None,
+            None,
+            "Share rooms with the other wschat nodes on this Redis (history kept there, not in "
+            "SQLite): redis://[user:password@]host:port/db, rediss://... (TLS), "
+            "unix:///path.sock.",
+        ],
+        [
+            "redis-password-file",
+            None,
+            None,
+            "File holding the Redis password (rather than putting it in --redis).",
+        ],
+        [
+            "redis-ca",
+            None,
+            None,
+            "PEM file of the CA that signed a rediss:// server's certificate.",
+        ],
+        [
+            "node-name",
+            None,
+            None,
+            "This node's name among several on one Redis (default: host name and pid).",
+        ],
         [
             "member-list-limit",
             None,
@@ -211,6 +242,38 @@ def make_store(options: Options, reactor: Any) -> HistoryStore:
     return SqliteHistory(path, options["history-size"], in_thread=reactor.callInThread)
 
 
+@dataclass
+class Backend:
+    """Where history lives and how messages reach the members: one process on SQLite, or
+    a node of several on Redis."""
+
+    store: HistoryStore
+    broker: Broker
+    services: list[IService] = field(default_factory=list)
+    checks: list[HealthCheck] = field(default_factory=list)
+
+
+def make_backend(options: Options, reactor: Any) -> Backend:
+    if options["redis"] is None:
+        return Backend(make_store(options, reactor), LocalBroker())
+    try:
+        address = parse_redis_url(
+            options["redis"], options["redis-password-file"], options["redis-ca"]
+        )
+    except (ValueError, OSError) as exc:
+        raise usage.UsageError(f"--redis: {exc}") from None
+    node = options["node-name"] or f"{socket.gethostname()}-{os.getpid()}"
+    broker = RedisBroker(reactor)
+    link = RedisLink(address, reactor, node, broker.on_message, broker.on_subscribed)
+    store = RedisHistory(link, options["history-size"])
+    broker.connect(link, store)
+
+    def redis_health() -> tuple[dict[str, object], bool]:
+        return {"node": node, "redis": "up" if link.up else "down"}, link.up
+
+    return Backend(store, broker, [link], [redis_health])
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -234,11 +297,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         member_list_limit=options["member-list-limit"],
         presence_interval_s=options["presence-interval"],
     )
-    store = make_store(options, reactor)
+    backend = make_backend(options, reactor)
     factory = ChatFactory(settings, reactor)
     hub = Hub(
-        store,
-        LocalBroker(),
+        backend.store,
+        backend.broker,
         factory.fanout,
         reactor.seconds,
         new_resume_token,
@@ -247,12 +310,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     factory.attach(hub)
     started_s = reactor.seconds()
-    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor)
+    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor, backend.checks)
     if options["conformance-echo"]:
         add_echo(site, settings)
 
     top = MultiService()
-    ChatService(factory, store, reactor).setServiceParent(top)
+    # Started first and stopped last: the connections close before Redis goes.
+    for service in backend.services:
+        service.setServiceParent(top)
+    ChatService(factory, backend.store, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
     return top

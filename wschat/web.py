@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -32,23 +32,38 @@ def static_dir() -> Path:
     return Path(str(resources.files("wschat").joinpath("static")))
 
 
+# Something /healthz reports on beside the counts: its fields, and whether it is healthy
+# (if not, /healthz answers 503 so that a load balancer sends clients elsewhere).
+HealthCheck = Callable[[], tuple[dict[str, object], bool]]
+
+
 class Health(Resource):
     isLeaf = True
 
-    def __init__(self, hub: Hub, uptime_s: Callable[[], float]) -> None:
+    def __init__(
+        self, hub: Hub, uptime_s: Callable[[], float], checks: Sequence[HealthCheck] = ()
+    ) -> None:
         super().__init__()
         self._hub = hub
         self._uptime_s = uptime_s
+        self._checks = tuple(checks)
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        status = {
+        status: dict[str, object] = {
             "status": "ok",
             "connections": self._hub.connection_count,
             "rooms": self._hub.room_count,
             "uptime_s": round(self._uptime_s(), 3),
         }
+        for check in self._checks:
+            fields, healthy = check()
+            status.update(fields)
+            if not healthy:
+                status["status"] = "degraded"
+        if status["status"] != "ok":
+            request.setResponseCode(503)
         return json.dumps(status).encode()
 
 
@@ -135,11 +150,15 @@ class ChatSite(Site):
 
 
 def make_site(
-    factory: ChatFactory, hub: Hub, uptime_s: Callable[[], float], reactor: object = None
+    factory: ChatFactory,
+    hub: Hub,
+    uptime_s: Callable[[], float],
+    reactor: object = None,
+    checks: Sequence[HealthCheck] = (),
 ) -> ChatSite:
     root = File(str(static_dir()))
     root.putChild(b"ws", UpgradeResource(factory))
-    root.putChild(b"healthz", Health(hub, uptime_s))
+    root.putChild(b"healthz", Health(hub, uptime_s, checks))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.head_timeout_s = factory.settings.open_handshake_timeout_s
     site.displayTracebacks = False

@@ -14,13 +14,14 @@ ServerFactory = Callable[..., ServerProcess]
 
 @pytest.fixture
 def wschat_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    """`wschat_server(*args, tls=False)` starts a `twistd -n wschat` and stops it afterwards."""
+    """`wschat_server(*args, tls=False, healthy=True)` starts a `twistd -n wschat` and stops
+    it afterwards (healthy=False: do not wait for /healthz to say 200)."""
     started: list[ServerProcess] = []
 
-    def start(*extra_args: str, tls: bool = False) -> ServerProcess:
+    def start(*extra_args: str, tls: bool = False, healthy: bool = True) -> ServerProcess:
         server = ServerProcess(tmp_path / f"server{len(started)}", *extra_args, tls=tls)
         started.append(server)
-        return server.start()
+        return server.start(healthy)
 
     yield start
     for server in started:

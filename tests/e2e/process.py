@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -82,7 +83,9 @@ class ServerProcess:
             ]
         return cmd + self.extra_args
 
-    def start(self) -> ServerProcess:
+    def start(self, healthy: bool = True) -> ServerProcess:
+        """Start and wait until /healthz answers: 200, or with healthy=False any answer (a
+        node whose Redis is down answers 503)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -100,6 +103,11 @@ class ServerProcess:
                 with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1) as resp:
                     if resp.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                if not healthy:
+                    return self
+                exc.close()
+                time.sleep(0.05)
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"wschat did not answer /healthz in {START_TIMEOUT_S}s:\n{self.log()}")

@@ -74,6 +74,12 @@ class StorageUnavailable(ChatError):
     code = "storage_unavailable"
 
 
+class Unavailable(ChatError):
+    """The shared store (Redis) is out of reach: nothing was stored, retry later."""
+
+    code = "unavailable"
+
+
 ALL_ERRORS: tuple[type[ChatError], ...] = (
     BadJson,
     UnknownType,
@@ -90,4 +96,5 @@ ALL_ERRORS: tuple[type[ChatError], ...] = (
     TooManyRooms,
     RoomFull,
     StorageUnavailable,
+    Unavailable,
 )

@@ -11,17 +11,21 @@ from .model import Message, Recovery
 class HistoryStore(Protocol):
     """Durable, ordered per-room history. Methods are coroutines so a networked store fits."""
 
-    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
-        """Store a message under the room's next id; StorageUnavailable if it was not stored."""
-
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
-        """The kept message `name` stored in `room` with this `ref`, if any."""
+    async def append(
+        self, room: str, name: str, text: str, ts: str, ref: str | None
+    ) -> tuple[Message, bool]:
+        """Store a message under the room's next id, and say True; but if `name` already
+        stored one with this `ref` in `room` (and it is still kept), return that one and False.
+        StorageUnavailable (or Unavailable) if it was not stored."""
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first."""
 
     async def after(self, room: str, since: int, limit: int) -> Recovery:
         """Messages with id > since, and whether they are all of them (complete)."""
+
+    async def epoch(self, room: str) -> str | None:
+        """The room's history epoch (see Welcome.epoch); None for a store that keeps ids."""
 
     def close(self) -> None:
         """Release the store; called once at shutdown."""
@@ -52,7 +56,11 @@ class MemoryHistory:
         self._rooms: dict[str, deque[Message]] = {}
         self._last_id: dict[str, int] = {}
 
-    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+    async def append(
+        self, room: str, name: str, text: str, ts: str, ref: str | None
+    ) -> tuple[Message, bool]:
+        if ref is not None and (resent := await self.find_ref(room, name, ref)) is not None:
+            return resent, False
         msg_id = self._last_id.get(room, 0) + 1
         self._last_id[room] = msg_id
         msg = Message(room, msg_id, name, text, ts, ref)
@@ -60,7 +68,7 @@ class MemoryHistory:
         if kept is None:
             kept = self._rooms[room] = deque(maxlen=self._keep)
         kept.append(msg)
-        return msg
+        return msg, True
 
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         for msg in self._rooms.get(room, ()):
@@ -77,6 +85,9 @@ class MemoryHistory:
         found = [m for m in kept if m.id > since][: limit + 1]
         oldest = kept[0].id if kept else None
         return recovery(since, self._last_id.get(room, 0), oldest, found, limit)
+
+    async def epoch(self, room: str) -> str | None:
+        return None
 
     def close(self) -> None:
         self._rooms.clear()

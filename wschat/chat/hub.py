@@ -35,6 +35,7 @@ from .model import (
     Left,
     Members,
     Presence,
+    Resync,
     Say,
     Welcome,
     Who,
@@ -95,7 +96,7 @@ class Hub:
         # Rooms with presence changes not yet sent; a room that empties is dropped from
         # _rooms at once but stays here until its batch has been taken.
         self._marked: dict[str, Room[Session]] = {}
-        broker.attach(self._deliver)
+        broker.attach(self._deliver, self._resync)
 
     @property
     def connection_count(self) -> int:
@@ -126,7 +127,10 @@ class Hub:
         if session.resume_token is None:
             session.resume_token = self._new_resume_token()
         try:
-            welcome = await self._welcome(session, room, name, cmd.since)
+            # Every message stored from here on reaches this node, so that none falls between
+            # the history of the welcome and the live ones.
+            await self._broker.watch(room)
+            welcome = await self._welcome(session, room, name, cmd.since, cmd.epoch)
         except Exception:
             # Without a welcome the client does not know it is in: take it out again.
             if entered:
@@ -146,15 +150,14 @@ class Hub:
             )
         name = session.name
         assert name is not None  # a session in a room has a name
-        if cmd.ref is not None:
-            stored = await self._store.find_ref(cmd.room, name, cmd.ref)
-            if stored is not None:
-                session.send(Ack(cmd.room, cmd.ref, stored.id))
-                return
-        msg = await self._store.append(cmd.room, name, cmd.text, format_ts(self._now_s()), cmd.ref)
-        # Store, then ack, then broadcast: an ack always means "it is in the history".
+        msg, new = await self._store.append(
+            cmd.room, name, cmd.text, format_ts(self._now_s()), cmd.ref
+        )
+        # Store, then ack, then broadcast: an ack always means "it is in the history". A resent
+        # ref is acked with the id it was stored under, and not broadcast again.
         session.send(Ack(cmd.room, cmd.ref, msg.id))
-        self._broker.publish(cmd.room, msg)
+        if new:
+            self._broker.publish(cmd.room, msg)
 
     def leave(self, session: Session, cmd: Leave) -> None:
         if cmd.room not in session.rooms:
@@ -229,6 +232,7 @@ class Hub:
         members.remove(session.name)
         if not members:
             del self._rooms[room]
+            self._broker.unwatch(room)
         self._mark(room, members)
 
     def _mark(self, name: str, room: Room[Session]) -> None:
@@ -253,10 +257,16 @@ class Hub:
             room.sent_count = count
             self._broker.publish(name, batch)
 
-    async def _welcome(self, session: Session, room: str, name: str, since: int | None) -> Welcome:
+    async def _welcome(
+        self, session: Session, room: str, name: str, since: int | None, epoch: str | None
+    ) -> Welcome:
         size = self.limits.history_size
         recovered: bool | None = None
-        if since is not None:
+        current = await self._store.epoch(room)
+        if since is not None and epoch is not None and epoch != current:
+            # Counted in a history that is gone: its ids may have been given out again.
+            recovered = False
+        elif since is not None:
             found = await self._store.after(room, since, size)
             recovered = found.complete
             if recovered:
@@ -268,7 +278,12 @@ class Hub:
         names = members.names if members is not None else []
         count = len(names)
         users = list(names) if count <= self.limits.member_list_limit else None
-        return Welcome(room, name, users, count, history, session.resume_token, recovered)
+        return Welcome(room, name, users, count, history, session.resume_token, recovered, current)
+
+    def _resync(self, room: str) -> None:
+        members = self._rooms.get(room)
+        for session in list(members.sessions()) if members is not None else ():
+            session.send(Resync(room))
 
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)

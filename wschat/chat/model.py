@@ -79,6 +79,8 @@ class Join:
     name: str | None = None
     since: int | None = None
     resume_token: str | None = None
+    # The history `since` counts in (see Welcome.epoch); None: the current one.
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,9 @@ class Welcome:
     history: list[Message]
     resume_token: str
     recovered: bool | None = None
+    # Which history the ids count in, for stores that can lose one (Redis): a `since` from
+    # another epoch is never answered with messages of this one. None: ids never restart.
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +170,21 @@ class Left:
 
 
 @dataclass(frozen=True, slots=True)
+class Resync:
+    """This node could not get every message of the room in order (a gap already trimmed from
+    the shared history, or the history was lost): join again with `since` to recover."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Members | Left | Error
+Event = Message | Welcome | Ack | Presence | Members | Left | Resync | Error
 
 
 @dataclass(slots=True)

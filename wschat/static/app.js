@@ -24,6 +24,8 @@
   const BACKOFF_MAX_MS = 30000;
   const RATE_LIMIT_RETRY_MS = 1200;
   const RATE_LIMIT_MAX_RETRIES = 5;
+  // `unavailable`: the server's shared store (Redis) is down; nothing was stored, try again.
+  const UNAVAILABLE_RETRY_MS = 2000;
   // Closer than this to the bottom counts as "reading the newest messages": keep following.
   const STICKY_BOTTOM_PX = 48;
   const CLOSE_REPLACED = 4001;
@@ -150,6 +152,7 @@
       messages: [], // sorted by id
       byId: new Map(),
       lastId: null, // the highest id seen: `since` when rejoining
+      epoch: null, // which history lastId counts in (servers on Redis send it)
       welcomed: false,
       joinState: 'idle', // idle | joining | joined | error
       // The member list while the server sends it (rooms up to its member-list limit); null
@@ -343,7 +346,10 @@
 
   function sendJoin(room) {
     const frame = { type: 'join', room: room.name, name: state.name };
-    if (room.welcomed) frame.since = room.lastId ?? 0;
+    if (room.welcomed) {
+      frame.since = room.lastId ?? 0;
+      if (room.epoch) frame.epoch = room.epoch;
+    }
     if (state.token) frame.token = state.token;
     if (send(frame)) {
       room.joinState = 'joining';
@@ -378,6 +384,7 @@
       case 'ack': return onAck(frame);
       case 'presence': return onPresence(frame);
       case 'members': return onMembers(frame);
+      case 'resync': return onResync(frame);
       case 'left': takeAwaiting('leave', frame.room); return undefined;
       case 'error': return onServerError(frame);
       default: return undefined; // newer server: ignore what we do not know
@@ -393,6 +400,7 @@
       return;
     }
     if (typeof frame.token === 'string') state.token = frame.token;
+    room.epoch = typeof frame.epoch === 'string' ? frame.epoch : null;
     state.attempt = 0;
     const history = Array.isArray(frame.history) ? frame.history.filter(isMessage) : [];
     const wasActive = room === activeRoom();
@@ -482,6 +490,13 @@
     if (room === activeRoom()) renderUsers();
   }
 
+  // The server lost the thread of this room (its shared history skipped ahead of it): join
+  // again with `since`, which answers with exactly what we missed or recovered:false.
+  function onResync(frame) {
+    const room = state.rooms.get(frame.room);
+    if (room && room.joinState === 'joined') sendJoin(room);
+  }
+
   function onMembers(frame) {
     const room = state.rooms.get(frame.room);
     if (!room || !Array.isArray(frame.names)) return;
@@ -522,7 +537,11 @@
       for (const room of state.rooms.values()) {
         const item = room.outbox.find((i) => i.ref === frame.ref);
         if (!item) continue;
-        if (frame.code === 'rate_limited' && item.retries < RATE_LIMIT_MAX_RETRIES) {
+        if (frame.code === 'unavailable') {
+          item.state = 'queued';
+          renderOutboxItem(item);
+          setTimeout(() => flushOutbox(room), UNAVAILABLE_RETRY_MS);
+        } else if (frame.code === 'rate_limited' && item.retries < RATE_LIMIT_MAX_RETRIES) {
           // Usually a burst of queued messages after a reconnect: slow down, keep the order.
           item.retries += 1;
           item.state = 'queued';
@@ -555,6 +574,12 @@
     room.joinState = 'error';
     renderTabs();
     showError(`#${room.name}: ${text}`);
+    if (frame.code === 'unavailable') {
+      setTimeout(() => {
+        if (room.joinState === 'error' && isOpen()) sendJoin(room);
+      }, UNAVAILABLE_RETRY_MS);
+      return;
+    }
     if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code)) askName(text);
     else if (state.conn !== 'online' && [...state.rooms.values()].every((r) => r.joinState === 'error')) {
       setConn('offline', 'offline: could not join');

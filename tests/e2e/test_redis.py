@@ -1,0 +1,262 @@
+"""Several real `twistd -n wschat --redis` nodes on one real redis-server of the test's own."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .client import Chat
+from .conftest import ServerFactory
+from .process import ServerProcess
+from .redis import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+NodeFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server without persistence (a restart loses everything)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with appendonly + fsync always: a restart keeps what it acknowledged."""
+    server = RedisServer(tmp_path / "redis-aof", persistent=True).start()
+    yield server
+    server.kill()
+
+
+def nodes_on(wschat_server: ServerFactory, redis: RedisServer) -> NodeFactory:
+    def node(name: str, *extra: str, healthy: bool = True) -> ServerProcess:
+        return wschat_server("--redis", redis.url, "--node-name", name, *extra, healthy=healthy)
+
+    return node
+
+
+def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def messages_until(chat: Chat, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next `count` messages, skipping presence; nothing else may come in between."""
+    got = []
+    while len(got) < count:
+        event = chat.recv(timeout)
+        if event["type"] == "presence":
+            continue
+        assert event["type"] == "message", event
+        got.append(event)
+    return got
+
+
+def say_reading(
+    chat: Chat, text: str, inbox: list[dict[str, Any]] | None = None, **fields: Any
+) -> int:
+    """Say; the ack's id. Messages that arrive before the ack go to `inbox` (if given)."""
+    chat.send(type="say", room="lobby", text=text, **fields)
+    while True:
+        event = chat.recv()
+        if event["type"] == "ack":
+            return int(event["id"])
+        if event["type"] == "message":
+            if inbox is not None:
+                inbox.append(event)
+        else:
+            assert event["type"] == "presence", event
+
+
+def test_two_nodes_share_a_room_with_the_same_ids_in_the_same_order(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """Clients on two nodes see each other's messages once, with the same ids in the same
+    order; a sender's ack comes before its own copy."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    alice, bob = Chat(a.ws_url), Chat(b.ws_url)
+    alice.join("lobby", "alice")
+    bob.join("lobby", "bob")
+    inboxes: dict[Chat, list[dict[str, Any]]] = {alice: [], bob: []}
+    acks = []
+    for i in range(20):
+        sender = alice if i % 2 == 0 else bob
+        acks.append(say_reading(sender, f"m{i}", inboxes[sender], ref=f"r{i}"))
+        assert acks[-1] not in [m["id"] for m in inboxes[sender]], "own copy before the ack"
+    for chat, inbox in inboxes.items():
+        got = inbox + messages_until(chat, 20 - len(inbox))
+        assert [m["text"] for m in got] == [f"m{i}" for i in range(20)]
+        assert [m["id"] for m in got] == acks
+    assert acks == list(range(1, 21))
+
+
+def test_a_ref_resent_to_the_other_node_is_stored_once(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """The ref idempotency check is in Redis: a resend through another node is acked with
+    the first id and not broadcast again."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    watcher = Chat(b.ws_url)
+    watcher.join("lobby", "watcher")
+    first = Chat(a.ws_url)
+    first.join("lobby", "alice")
+    ack = say_reading(first, "only once", ref="uuid-1")
+    first.close()
+    again = Chat(b.ws_url)
+    again.join("lobby", "alice")
+    assert say_reading(again, "only once", ref="uuid-1") == ack
+    marker = say_reading(again, "after")
+    assert [m["id"] for m in messages_until(watcher, 2)] == [ack, marker]
+
+
+def test_since_on_the_other_node_gets_exactly_the_missed_messages(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """A client that moves from node a to node b with `since` and the epoch gets exactly what
+    it missed, recovered: true."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    writer = Chat(a.ws_url)
+    writer.join("lobby", "writer")
+    mover = Chat(a.ws_url)
+    welcome = mover.join("lobby", "mover")
+    assert isinstance(welcome["epoch"], str) and welcome["epoch"]
+    seen = say_reading(writer, "seen")
+    messages_until(mover, 1)
+    mover.close()
+    missed = [say_reading(writer, f"missed {i}") for i in range(3)]
+    back = Chat(b.ws_url)
+    rejoin = back.join("lobby", "mover", since=seen, epoch=welcome["epoch"])
+    assert rejoin["recovered"] is True
+    assert [m["id"] for m in rejoin["history"]] == missed
+    assert rejoin["epoch"] == welcome["epoch"]
+
+
+def test_a_lost_history_is_a_new_epoch_and_never_answers_an_old_since(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """Redis restarted without persistence: ids start over under a new epoch, a `since` from
+    the old epoch gets recovered: false, and a member who stayed connected is told to resync."""
+    node = nodes_on(wschat_server, redis)
+    a = node("a")
+    stayer = Chat(a.ws_url)
+    old = stayer.join("lobby", "stayer")
+    inbox: list[dict[str, Any]] = []
+    for i in range(3):
+        say_reading(stayer, f"old {i}", inbox)
+    messages_until(stayer, 3 - len(inbox))
+    redis.kill()
+    redis.start()
+    # The node reconnects, sees the room's ids went back, and tells its member.
+    event = stayer.recv(timeout=20)
+    while event["type"] == "presence":
+        event = stayer.recv(timeout=20)
+    assert event == {"type": "resync", "room": "lobby"}
+    writer = Chat(a.ws_url)
+    writer.join("lobby", "writer")
+    say_reading(writer, "new 1")
+    late = Chat(a.ws_url)
+    welcome = late.join("lobby", "late", since=2, epoch=old["epoch"])
+    assert welcome["recovered"] is False
+    assert welcome["epoch"] != old["epoch"]
+    assert [m["text"] for m in welcome["history"]] == ["new 1"]
+
+
+def test_redis_killed_during_traffic_loses_nothing_acked(
+    wschat_server: ServerFactory, durable_redis: RedisServer
+) -> None:
+    """Redis SIGKILLed and restarted while clients on both nodes talk: during the outage a say
+    gets `unavailable` (never silence, never an ack), /healthz says 503 "redis": "down",
+    and afterwards every client has every acked message, in order, once."""
+    node = nodes_on(wschat_server, durable_redis)
+    a, b = node("a"), node("b")
+    alice, bob = Chat(a.ws_url), Chat(b.ws_url)
+    alice.join("lobby", "alice")
+    bob.join("lobby", "bob")
+    acked: list[int] = []
+    inboxes: dict[Chat, list[dict[str, Any]]] = {alice: [], bob: []}
+    for i in range(5):
+        sender = alice if i % 2 else bob
+        acked.append(say_reading(sender, f"before {i}", inboxes[sender], ref=f"b{i}"))
+    durable_redis.kill()
+    alice.send(type="say", room="lobby", text="into the void", ref="void")
+    error = alice.recv(timeout=15)
+    while error["type"] != "error":
+        assert error["type"] in ("message", "presence"), error
+        if error["type"] == "message":
+            inboxes[alice].append(error)
+        error = alice.recv(timeout=15)
+    assert (error["code"], error["ref"]) == ("unavailable", "void")
+    status, body = health(a)
+    assert status == 503 and body["redis"] == "down" and body["node"] == "a"
+    durable_redis.start()
+    deadline = time.monotonic() + 20
+    while health(b)[0] != 200:
+        assert time.monotonic() < deadline, "node b did not see Redis come back"
+        time.sleep(0.1)
+    while health(a)[0] != 200:
+        assert time.monotonic() < deadline, "node a did not see Redis come back"
+        time.sleep(0.1)
+    for i in range(5):
+        sender = alice if i % 2 else bob
+        acked.append(say_reading(sender, f"after {i}", inboxes[sender], ref=f"a{i}"))
+    # The unacked one may be resent with its ref: stored once.
+    acked.append(say_reading(alice, "into the void", inboxes[alice], ref="void"))
+    for chat, inbox in inboxes.items():
+        got = [m["id"] for m in inbox + messages_until(chat, len(acked) - len(inbox), 20)]
+        assert got == acked
+    assert acked == sorted(acked) and len(set(acked)) == len(acked)
+    assert "is out of reach" in a.log() and "is back after" in a.log()
+
+
+def test_a_cut_subscription_is_filled_from_the_stream(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """CLIENT KILL TYPE pubsub cuts every node's subscription: what was said meanwhile on the
+    other node is read from the stream, so the members see no hole and no duplicate."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    reader, writer = Chat(a.ws_url), Chat(b.ws_url)
+    reader.join("lobby", "reader")
+    writer.join("lobby", "writer")
+    ids = [say_reading(writer, "before")]
+    redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    ids += [say_reading(writer, f"during {i}") for i in range(10)]
+    got = [m["id"] for m in messages_until(reader, len(ids), timeout=20)]
+    assert got == ids
+
+
+def test_a_node_started_while_redis_is_down_waits_for_it(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """With Redis down a node starts anyway, says so on /healthz (503) and to a join
+    (`unavailable`), and serves as soon as Redis is up."""
+    redis.kill()
+    node = nodes_on(wschat_server, redis)("a", healthy=False)
+    status, body = health(node)
+    assert (status, body["redis"]) == (503, "down")
+    early = Chat(node.ws_url)
+    early.send(type="join", room="lobby", name="early")
+    assert early.expect("error")["code"] == "unavailable"
+    redis.start()
+    deadline = time.monotonic() + 20
+    while health(node)[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert early.join("lobby", "early")["count"] == 1

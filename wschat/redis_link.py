@@ -1,0 +1,331 @@
+"""One node's two connections to Redis (commands, and the subscription), kept up for good.
+
+Each connection is a ClientService with backoff and jitter: Redis may restart or be out of
+reach for a while, and the node keeps serving meanwhile. A command asked for while Redis is
+down fails at once with Unavailable (clients get an error, never silence). The subscription is
+probed: the node publishes to its own channel every few seconds, and a probe that does not
+come back means the subscription went silent (a half-open connection, or one Redis cut off at
+its output-buffer limit): it is dropped and made again, and the broker fills what it missed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .chat.errors import Unavailable
+
+DEFAULT_PORT = 6379
+# A command that gets no answer in this long is failed (and its connection dropped): a say
+# must hear "unavailable" rather than wait.
+REPLY_TIMEOUT_S = 5
+PROBE_INTERVAL_S = 2.0
+RETRY = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0, jitter=random.random)
+
+_log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """Where Redis is, from --redis URL (and --redis-password-file, --redis-ca)."""
+
+    url: str
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    path: str | None = None  # unix socket
+    db: int | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The URL without its password, for logs."""
+        return self.url.replace(f":{self.password}@", ":***@") if self.password else self.url
+
+
+def parse_redis_url(
+    url: str, password_file: str | None = None, ca_file: str | None = None
+) -> RedisAddress:
+    """redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path.sock[?db=N]."""
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password else None
+    if password_file:
+        password = Path(password_file).read_text("utf-8").strip()
+    username = unquote(parts.username) if parts.username else None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url}: a unix URL needs a socket path")
+        query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
+        db = int(query["db"]) if "db" in query else None
+        return RedisAddress(url, path=parts.path, db=db, username=username, password=password)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{url}: expected redis://, rediss:// or unix://")
+    db_text = parts.path.lstrip("/")
+    return RedisAddress(
+        url,
+        host=parts.hostname or "localhost",
+        port=parts.port or DEFAULT_PORT,
+        db=int(db_text) if db_text else None,
+        username=username,
+        password=password,
+        tls=parts.scheme == "rediss",
+        ca_file=ca_file,
+    )
+
+
+def endpoint_for(address: RedisAddress, reactor: Any) -> IStreamClientEndpoint:
+    if address.path is not None:
+        return UNIXClientEndpoint(reactor, address.path)
+    tcp = HostnameEndpoint(reactor, address.host, address.port)
+    if not address.tls:
+        return tcp
+    # txredisapi's own TLS does not check the certificate; this one does, against the host
+    # name (and --redis-ca, else the system's roots).
+    trust = (
+        ssl.Certificate.loadPEM(Path(address.ca_file).read_bytes())
+        if address.ca_file
+        else ssl.platformTrust()
+    )
+    return wrapClientTLS(ssl.optionsForClientTLS(address.host, trustRoot=trust), tcp)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    on_message: Callable[[str, str], None] = staticmethod(lambda channel, message: None)
+
+    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
+        self.on_message(channel, message)
+
+
+class _ProtocolFactory(Factory):
+    """Builds txredisapi protocols for a ClientService (txredisapi's own factory has a pool
+    and a reconnect loop of its own, which would make a down Redis look like a slow one)."""
+
+    isLazy = True
+
+    def __init__(self, protocol_class: type, address: RedisAddress) -> None:
+        self._class = protocol_class
+        self._address = address
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = self._class(
+            charset="utf-8",
+            replyTimeout=REPLY_TIMEOUT_S,
+            password=self._address.password,
+            dbid=self._address.db,
+            convertNumbers=False,
+            username=self._address.username,
+        )
+        p.factory = self
+        return p
+
+    # txredisapi calls these when AUTH or SELECT fails.
+    def stopTrying(self) -> None:
+        _log.error("redis at {url} refused our credentials or database", url=self._address.shown)
+
+    def connectionError(self, why: str) -> None:
+        _log.error("redis at {url}: {why}", url=self._address.shown, why=why)
+
+
+class Script:
+    """A Lua script run by its SHA1; sent in full when Redis does not know it (NOSCRIPT: it
+    restarted, or SCRIPT FLUSH)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+class RedisLink(MultiService):
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: IReactorTime,
+        node: str,
+        on_message: Callable[[str, str], None],
+        on_subscribed: Callable[[], None],
+    ) -> None:
+        super().__init__()
+        self.address = address
+        self.node = node
+        self._reactor = reactor
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._commands: Any = None
+        self._subscriber: Any = None
+        self._channels: set[str] = set()
+        self.probe_channel = f"wschat:node:{node}"
+        self._probe_sent = 0
+        self._probe_seen = 0
+        self._down_since: float | None = reactor.seconds()
+        self._logged_down = False
+        endpoint = endpoint_for(address, reactor)
+        commands = ClientService(
+            endpoint,
+            _ProtocolFactory(txredisapi.RedisProtocol, address),
+            retryPolicy=RETRY,
+            clock=reactor,
+            prepareConnection=self._commands_ready,
+        )
+        subscriber = ClientService(
+            endpoint,
+            _ProtocolFactory(_Subscriber, address),
+            retryPolicy=RETRY,
+            clock=reactor,
+            prepareConnection=self._subscriber_ready,
+        )
+        commands.setServiceParent(self)
+        subscriber.setServiceParent(self)
+        self._probe = LoopingCall(self._send_probe)
+        self._probe.clock = reactor
+        self._down_check = reactor.callLater(REPLY_TIMEOUT_S, self._log_down)
+
+    @property
+    def up(self) -> bool:
+        return self._commands is not None and self._subscriber is not None
+
+    def startService(self) -> None:
+        super().startService()
+        self._probe.start(PROBE_INTERVAL_S, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        if self._probe.running:
+            self._probe.stop()
+        if self._down_check is not None and self._down_check.active():
+            self._down_check.cancel()
+        return super().stopService()
+
+    async def call(self, *args: Any) -> Any:
+        """Run one command; Unavailable if Redis is out of reach or does not answer."""
+        commands = self._commands
+        if commands is None:
+            raise Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
+        try:
+            return await commands.execute_command(*args)
+        except (txredisapi.ConnectionError, txredisapi.TimeoutError) as exc:
+            raise Unavailable("the chat's shared store (Redis) did not answer") from exc
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except txredisapi.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def subscribe(self, channel: str) -> None:
+        """From when this returns, what is published on `channel` reaches on_message (until
+        the subscription breaks: then on_subscribed says it is back)."""
+        self._channels.add(channel)
+        subscriber = self._subscriber
+        if subscriber is None:
+            raise Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
+        try:
+            await subscriber.subscribe(channel)
+        except txredisapi.ConnectionError as exc:
+            raise Unavailable("the chat's shared store (Redis) did not answer") from exc
+
+    def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        if self._subscriber is not None:
+            self._subscriber.unsubscribe(channel).addErrback(lambda _: None)
+
+    # Connection state.
+
+    async def _commands_ready_async(self, protocol: Any) -> None:
+        await protocol.whenConnected()
+        self._commands = protocol
+        # (ClientService hands us a proxy of the protocol: compare with what we were handed.)
+        protocol.whenDisconnected().addCallback(lambda _: self._commands_lost(protocol))
+        self._maybe_up()
+
+    def _commands_ready(self, protocol: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._commands_ready_async(protocol))
+
+    def _commands_lost(self, protocol: Any) -> None:
+        if self._commands is protocol:
+            self._commands = None
+            self._went_down()
+
+    async def _subscriber_ready_async(self, protocol: Any) -> None:
+        await protocol.whenConnected()
+        protocol.on_message = self._message
+        await protocol.subscribe([self.probe_channel, *sorted(self._channels)])
+        self._subscriber = protocol
+        self._probe_seen = self._probe_sent
+        protocol.whenDisconnected().addCallback(lambda _: self._subscriber_lost(protocol))
+        self._maybe_up()
+        self._on_subscribed()
+
+    def _subscriber_ready(self, protocol: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._subscriber_ready_async(protocol))
+
+    def _subscriber_lost(self, protocol: Any) -> None:
+        if self._subscriber is protocol:
+            self._subscriber = None
+            self._went_down()
+
+    def _message(self, channel: str, message: str) -> None:
+        if channel == self.probe_channel:
+            self._probe_seen = max(self._probe_seen, int(message))
+            return
+        self._on_message(channel, message)
+
+    def _send_probe(self) -> None:
+        subscriber = self._subscriber
+        if subscriber is None or self._commands is None:
+            return
+        if self._probe_seen < self._probe_sent:
+            _log.warn(
+                "redis subscription of {node} went silent (probe {n} not back); resubscribing",
+                node=self.node,
+                n=self._probe_sent,
+            )
+            subscriber.transport.abortConnection()
+            return
+        self._probe_sent += 1
+        self._commands.execute_command("PUBLISH", self.probe_channel, self._probe_sent).addErrback(
+            lambda _: None
+        )
+
+    def _went_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = self._reactor.seconds()
+            self._logged_down = False
+            self._down_check = self._reactor.callLater(0, self._log_down)
+
+    def _log_down(self) -> None:
+        if self._down_since is not None and not self._logged_down:
+            self._logged_down = True
+            _log.error(
+                "redis at {url} is out of reach; serving on, retrying", url=self.address.shown
+            )
+
+    def _maybe_up(self) -> None:
+        if not self.up or self._down_since is None:
+            return
+        outage = self._reactor.seconds() - self._down_since
+        if self._logged_down:
+            _log.info("redis at {url} is back after {s:.1f}s", url=self.address.shown, s=outage)
+        else:
+            _log.info("connected to redis at {url}", url=self.address.shown)
+        self._down_since = None
+        if self._down_check is not None and self._down_check.active():
+            self._down_check.cancel()
