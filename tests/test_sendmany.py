@@ -61,6 +61,7 @@ def nothing_to_read(sock: socket.socket) -> bool:
 
 
 def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> None:
+    """A single pending bytes frame is written to the socket and taken from the outbox."""
     server, client = pair
     conn = Conn(server.fileno(), b"hello")
     assert sendmany.flush_many([conn]) == []
@@ -69,6 +70,7 @@ def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> Non
 
 
 def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None:
+    """A list of frames goes out as one stream in list order (empty frames add nothing)."""
     server, client = pair
     frames = [b"one,", b"two,", b"", b"three"]
     conn = Conn(server.fileno(), list(frames))
@@ -78,6 +80,7 @@ def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None
 
 
 def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
+    """Fifty outboxes in one call each reach their own socket with exactly their frames."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         clients = [socket.create_connection(listener.getsockname()) for _ in range(50)]
         servers = [listener.accept()[0] for _ in clients]
@@ -97,12 +100,14 @@ def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
 
 
 def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Any) -> None:
+    """An outbox with nothing pending is skipped: nothing is written or handed back."""
     server, client = pair
     assert sendmany.flush_many([Conn(server.fileno(), None)]) == []
     assert nothing_to_read(client)
 
 
 def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Any) -> None:
+    """An outbox without a descriptor is handed back with 0 bytes sent, its frames untouched."""
     _, client = pair
     conn = Conn(-1, [b"a", b"b"])
     assert sendmany.flush_many([conn]) == [(conn, 0)]
@@ -111,6 +116,7 @@ def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: An
 
 
 def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Any) -> None:
+    """An outbox listed twice in one call is written once."""
     server, client = pair
     conn = Conn(server.fileno(), b"once")
     assert sendmany.flush_many([conn, conn]) == []
@@ -121,6 +127,7 @@ def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: A
 def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
     sendmany: ModuleType, pair: Any
 ) -> None:
+    """A socket that fills mid-write: the outbox comes back with the bytes sent, frames kept."""
     server, client = pair
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     data = bytes(range(256)) * 8192  # 2 MiB: more than any loopback buffer takes at once
@@ -136,6 +143,7 @@ def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
 def test_a_reset_connection_is_left_to_python_without_sigpipe(
     sendmany: ModuleType, pair: Any
 ) -> None:
+    """A reset connection is handed back (0 sent, output kept) on every call, without SIGPIPE."""
     server, client = pair
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # RST
@@ -153,6 +161,7 @@ def test_a_reset_connection_is_left_to_python_without_sigpipe(
 def test_what_it_does_not_know_is_left_to_python(
     sendmany: ModuleType, pair: Any, pending: Any
 ) -> None:
+    """Output it cannot send as is (too many frames, str, bytearray, tuple) comes back untouched."""
     server, client = pair
     conn = Conn(server.fileno(), pending)
     assert sendmany.flush_many([conn]) == [(conn, 0)]
@@ -161,11 +170,13 @@ def test_what_it_does_not_know_is_left_to_python(
 
 
 def test_it_takes_only_a_list(sendmany: ModuleType) -> None:
+    """flush_many refuses anything but a list with TypeError."""
     with pytest.raises(TypeError):
         sendmany.flush_many((Conn(-1, b"x"),))
 
 
 def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Any) -> None:
+    """When reading an outbox raises, output already taken from the others is put back unsent."""
     server, client = pair
     taken = Conn(server.fileno(), b"kept")
     broken = Conn(server.fileno(), b"y")
