@@ -30,8 +30,11 @@ class Conn:
         self.pending = pending
 
 
+Pair = tuple[socket.socket, socket.socket]
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def pair() -> Iterator[Pair]:
     """(server side, non-blocking as Twisted has it; client side)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
@@ -60,7 +63,7 @@ def nothing_to_read(sock: socket.socket) -> bool:
     return False
 
 
-def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> None:
+def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Pair) -> None:
     """A single pending bytes frame is written to the socket and taken from the outbox."""
     server, client = pair
     conn = Conn(server.fileno(), b"hello")
@@ -69,7 +72,7 @@ def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> Non
     assert read_exactly(client, 5) == b"hello"
 
 
-def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None:
+def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Pair) -> None:
     """A list of frames goes out as one stream in list order (empty frames add nothing)."""
     server, client = pair
     frames = [b"one,", b"two,", b"", b"three"]
@@ -99,14 +102,14 @@ def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
             s.close()
 
 
-def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Any) -> None:
+def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Pair) -> None:
     """An outbox with nothing pending is skipped: nothing is written or handed back."""
     server, client = pair
     assert sendmany.flush_many([Conn(server.fileno(), None)]) == []
     assert nothing_to_read(client)
 
 
-def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Any) -> None:
+def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Pair) -> None:
     """An outbox without a descriptor is handed back with 0 bytes sent, its frames untouched."""
     _, client = pair
     conn = Conn(-1, [b"a", b"b"])
@@ -115,7 +118,7 @@ def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: An
     assert nothing_to_read(client)
 
 
-def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Any) -> None:
+def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Pair) -> None:
     """An outbox listed twice in one call is written once."""
     server, client = pair
     conn = Conn(server.fileno(), b"once")
@@ -125,7 +128,7 @@ def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: A
 
 
 def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
     """A socket that fills mid-write: the outbox comes back with the bytes sent, frames kept."""
     server, client = pair
@@ -141,7 +144,7 @@ def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
 
 
 def test_a_reset_connection_is_left_to_python_without_sigpipe(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
     """A reset connection is handed back (0 sent, output kept) on every call, without SIGPIPE."""
     server, client = pair
@@ -159,7 +162,7 @@ def test_a_reset_connection_is_left_to_python_without_sigpipe(
     ids=["over IOV_MAX frames", "a str in the list", "bytearray", "tuple"],
 )
 def test_what_it_does_not_know_is_left_to_python(
-    sendmany: ModuleType, pair: Any, pending: Any
+    sendmany: ModuleType, pair: Pair, pending: Any
 ) -> None:
     """Output it cannot send as is (too many frames, str, bytearray, tuple) comes back untouched."""
     server, client = pair
@@ -175,7 +178,7 @@ def test_it_takes_only_a_list(sendmany: ModuleType) -> None:
         sendmany.flush_many((Conn(-1, b"x"),))
 
 
-def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Any) -> None:
+def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Pair) -> None:
     """When reading an outbox raises, output already taken from the others is put back unsent."""
     server, client = pair
     taken = Conn(server.fileno(), b"kept")
@@ -200,7 +203,7 @@ class PutBackFails(Conn):
 
 
 def test_a_half_sent_connection_that_cannot_be_put_back_is_shut_down(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
     """Its first bytes are out: putting all of it back would send them twice. The stream
     ends instead, after exactly the bytes that went out, and the client reconnects."""

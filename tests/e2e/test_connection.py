@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ def health(server: ServerProcess) -> dict[str, Any]:
     return status
 
 
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
@@ -166,7 +166,8 @@ def test_sigterm_closes_1001(wschat_server: ServerFactory) -> None:
     history = writer.join("other")["history"]
     assert [m["text"] for m in history] == ["m0", "m1", "m2"]
 
-    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
     for chat in [*clients, writer]:
         assert chat.expect_close() == (1001, "server going away")
     assert raw.recv_close() == (1001, "server going away")

@@ -79,7 +79,12 @@ def room_history(server: ServerProcess, room: str) -> list[dict[str, Any]]:
 
 
 async def steady_traffic(
-    url: str, room: str, name: str, sent: dict[str, str], acked: dict[str, int], stop: Any
+    url: str,
+    room: str,
+    name: str,
+    sent: dict[str, str],
+    acked: dict[str, int],
+    stop: asyncio.Event,
 ) -> None:
     """Say numbered messages, up to 8 in flight, until the server goes away."""
     try:
@@ -353,7 +358,7 @@ def test_a_lagging_reader_gets_every_byte_in_order(wschat_server: ServerFactory)
     acks = [until_ack(writer) for _ in texts]
     assert [a["ref"] for a in acks] == [f"r{i}" for i in range(MESSAGES_LAGGING)]
     writer.close()
-    received = []
+    received: list[dict[str, Any]] = []
     while len(received) < len(texts):
         event = lagging.recv_json()
         if event["type"] == "message":

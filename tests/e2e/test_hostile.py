@@ -117,15 +117,15 @@ def test_slowloris_handshakes_are_closed_after_the_handshake_timeout(
     round_trips = []
     while len(closed_after) < count and time.monotonic() - start < HANDSHAKE_TIMEOUT_S + 5:
         for key, _ in selector.select(timeout=0.2):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                data = sock.recv(65536)
+                data = ready.recv(65536)
             except ConnectionResetError:
                 data = b""
             if not data:
-                closed_after[sock] = time.monotonic() - start
-                selector.unregister(sock)
+                closed_after[ready] = time.monotonic() - start
+                selector.unregister(ready)
         for sock in socks:
             if sock not in closed_after:
                 try:
