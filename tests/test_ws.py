@@ -282,6 +282,25 @@ def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
     assert len([e for e in log_events if "slow consumer" in e.get("log_format", "")]) == 1
 
 
+def test_a_slow_consumer_that_never_answers_its_close_is_aborted(clock: Clock) -> None:
+    """A slow consumer that never answers its 4008 is aborted at the closing-handshake timeout."""
+    factory = make_factory(
+        clock, WsSettings(max_output_bytes=2000), Limits(rate_per_s=1000, burst=1000)
+    )
+    stuck, sender = Client(factory), Client(factory)
+    stuck.join("lobby", "stuck")
+    sender.join("lobby", "sender")
+    stuck.protocol.pauseProducing()
+    for i in range(30):
+        sender.send(text({"type": "say", "room": "lobby", "text": f"message {i:03d} " + "x" * 80}))
+    closes = [p for op, p in stuck.frames() if op == OP_CLOSE]
+    assert [close_code(p) for p in closes] == [CLOSE_SLOW_CONSUMER]
+    clock.advance(factory.settings.close_handshake_timeout_s - 0.1)
+    assert not stuck.transport.disconnecting
+    clock.advance(0.2)
+    assert stuck.transport.disconnected  # aborted: StringTransport.abortConnection
+
+
 def test_resumed_transport_resets_the_count(clock: Clock) -> None:
     """Output counts only while the transport is full; a drained buffer starts over."""
     factory = make_factory(
