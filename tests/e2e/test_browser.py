@@ -502,8 +502,14 @@ def test_the_list_follows_new_messages_unless_scrolled_up(
         bot_say(bot, "live 1")
         expect(delivered(alice, "live 1")).to_be_in_viewport()
 
-        alice.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
-        alice.wait_for_timeout(100)
+        # Scroll up, and go on once the page's own scroll listener has run (it was added
+        # before ours, so it runs first).
+        alice.locator("#messages").evaluate(
+            """el => new Promise(done => {
+                el.addEventListener('scroll', () => done(), {once: true});
+                el.scrollTop = 0;
+            })"""
+        )
         bot_say(bot, "live 2")
         expect(delivered(alice, "live 2")).to_have_count(1)
         assert alice.locator("#messages").evaluate("el => el.scrollTop") == 0
