@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck certs clean soak conformance
+.PHONY: run test test-fast lint typecheck certs clean soak conformance
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check wschat tests twisted
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
+
+# The edit-test loop: the chat domain and the adapters in memory (the top-level
+# tests/test_*.py), without twistd, a browser or Redis; seconds, not minutes. `make test`
+# is still the whole suite, and what CI runs.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m 'not e2e' tests/test_*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wschat tests twisted

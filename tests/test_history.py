@@ -13,6 +13,7 @@ from wschat.chat.errors import StorageUnavailable
 from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.sqlite_history import (
     BACKSTOP_WAL_PAGES,
+    BUSY_TIMEOUT_S,
     CHECKPOINT_EVERY_MESSAGES,
     SCHEMA_VERSION,
     TRIM_EVERY_MESSAGES,
@@ -146,6 +147,16 @@ def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
     locker.close()
     assert run(store.append("lobby", "alice", "kept", "t", "rx"))[0].id == 2
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]
+
+
+def test_sqlite_busy_wait_for_a_lock_is_brief(tmp_path: Path) -> None:
+    """SQLite's busy wait for a lock (on the reactor thread) is BUSY_TIMEOUT_S, not 5 s."""
+    store = SqliteHistory(str(tmp_path / "h.sqlite3"), 10)
+    [(busy_ms,)] = store._db.execute("PRAGMA busy_timeout").fetchall()
+    assert busy_ms == round(BUSY_TIMEOUT_S * 1000)
+    # Long enough for another connection's short transaction (the checkpoint thread's),
+    # short enough that a stuck lock does not stall every connection.
+    assert 0 < busy_ms < 1000
 
 
 def rows_in_main_file(path: str, copy: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wschat.chat import errors
+from wschat.chat.history import MemoryHistory
 from wschat.chat.limits import Limits
 from wschat.chat.model import Ack, Join, Leave, Left, Message, Presence, Say, Welcome, format_ts
 
@@ -253,7 +254,7 @@ def test_since_recovers_exactly_or_says_not(since: int, recovered: bool, ids: li
 def test_failed_history_read_undoes_the_join() -> None:
     """If the welcome cannot be built, the joiner is not left half in the room."""
 
-    class BrokenReads(type(World().store)):  # type: ignore[misc]
+    class BrokenReads(MemoryHistory):
         async def latest(self, room: str, limit: int) -> list[Message]:
             raise errors.StorageUnavailable("disk on fire")
 

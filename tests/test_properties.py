@@ -14,6 +14,7 @@ from wschat.chat.limits import Limits
 from wschat.chat.model import (
     MAX_NAME_CHARS,
     MAX_ROOM_CHARS,
+    Command,
     Error,
     Join,
     Leave,
@@ -58,7 +59,7 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 COMMAND_LIKE = st.fixed_dictionaries(
-    {"type": st.sampled_from(["join", "say", "leave", "nope"])},
+    {"type": st.sampled_from(["join", "say", "leave", "who", "nope"])},
     optional={
         "room": st.one_of(JSON_VALUES, TEXTS),
         "name": st.one_of(JSON_VALUES, TEXTS),
@@ -66,6 +67,8 @@ COMMAND_LIKE = st.fixed_dictionaries(
         "ref": st.one_of(JSON_VALUES, TEXTS),
         "since": JSON_VALUES,
         "token": JSON_VALUES,
+        "after": st.one_of(JSON_VALUES, TEXTS),
+        "limit": JSON_VALUES,
     },
 )
 
@@ -92,7 +95,7 @@ def test_any_json_decodes_or_refuses(value: Any) -> None:
         command = decode(encoded(value))
     except ChatError:
         return
-    assert isinstance(command, Join | Say | Leave)
+    assert isinstance(command, Command)
     assert isinstance(command.room, str)
 
 
@@ -120,8 +123,10 @@ def test_hub_survives_any_command_sequence(values: list[dict[str, Any]]) -> None
                 run(world.hub.join(session, command))
             elif isinstance(command, Say):
                 run(world.hub.say(session, command))
-            else:
+            elif isinstance(command, Leave):
                 world.hub.leave(session, command)
+            else:
+                world.hub.who(session, command)
         except ChatError as exc:
             peer.events.append(Error(exc.code, exc.message, exc.ref))
     for session, peer in sessions:

@@ -30,8 +30,11 @@ class Conn:
         self.pending = pending
 
 
+Pair = tuple[socket.socket, socket.socket]
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def pair() -> Iterator[Pair]:
     """(server side, non-blocking as Twisted has it; client side)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
@@ -60,7 +63,8 @@ def nothing_to_read(sock: socket.socket) -> bool:
     return False
 
 
-def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> None:
+def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Pair) -> None:
+    """A single pending bytes frame is written to the socket and taken from the outbox."""
     server, client = pair
     conn = Conn(server.fileno(), b"hello")
     assert sendmany.flush_many([conn]) == []
@@ -68,7 +72,8 @@ def test_one_frame_goes_out_and_is_taken(sendmany: ModuleType, pair: Any) -> Non
     assert read_exactly(client, 5) == b"hello"
 
 
-def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None:
+def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Pair) -> None:
+    """A list of frames goes out as one stream in list order (empty frames add nothing)."""
     server, client = pair
     frames = [b"one,", b"two,", b"", b"three"]
     conn = Conn(server.fileno(), list(frames))
@@ -78,6 +83,7 @@ def test_several_frames_go_out_in_order(sendmany: ModuleType, pair: Any) -> None
 
 
 def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
+    """Fifty outboxes in one call each reach their own socket with exactly their frames."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         clients = [socket.create_connection(listener.getsockname()) for _ in range(50)]
         servers = [listener.accept()[0] for _ in clients]
@@ -96,13 +102,15 @@ def test_many_connections_each_get_their_own(sendmany: ModuleType) -> None:
             s.close()
 
 
-def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Any) -> None:
+def test_nothing_pending_is_skipped(sendmany: ModuleType, pair: Pair) -> None:
+    """An outbox with nothing pending is skipped: nothing is written or handed back."""
     server, client = pair
     assert sendmany.flush_many([Conn(server.fileno(), None)]) == []
     assert nothing_to_read(client)
 
 
-def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Any) -> None:
+def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: Pair) -> None:
+    """An outbox without a descriptor is handed back with 0 bytes sent, its frames untouched."""
     _, client = pair
     conn = Conn(-1, [b"a", b"b"])
     assert sendmany.flush_many([conn]) == [(conn, 0)]
@@ -110,7 +118,8 @@ def test_no_direct_fd_is_left_to_python_untouched(sendmany: ModuleType, pair: An
     assert nothing_to_read(client)
 
 
-def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Any) -> None:
+def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: Pair) -> None:
+    """An outbox listed twice in one call is written once."""
     server, client = pair
     conn = Conn(server.fileno(), b"once")
     assert sendmany.flush_many([conn, conn]) == []
@@ -119,8 +128,9 @@ def test_a_connection_listed_twice_is_written_once(sendmany: ModuleType, pair: A
 
 
 def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
+    """A socket that fills mid-write: the outbox comes back with the bytes sent, frames kept."""
     server, client = pair
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     data = bytes(range(256)) * 8192  # 2 MiB: more than any loopback buffer takes at once
@@ -134,8 +144,9 @@ def test_a_full_socket_reports_what_went_out_and_keeps_the_rest(
 
 
 def test_a_reset_connection_is_left_to_python_without_sigpipe(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
+    """A reset connection is handed back (0 sent, output kept) on every call, without SIGPIPE."""
     server, client = pair
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # RST
@@ -151,8 +162,9 @@ def test_a_reset_connection_is_left_to_python_without_sigpipe(
     ids=["over IOV_MAX frames", "a str in the list", "bytearray", "tuple"],
 )
 def test_what_it_does_not_know_is_left_to_python(
-    sendmany: ModuleType, pair: Any, pending: Any
+    sendmany: ModuleType, pair: Pair, pending: Any
 ) -> None:
+    """Output it cannot send as is (too many frames, str, bytearray, tuple) comes back untouched."""
     server, client = pair
     conn = Conn(server.fileno(), pending)
     assert sendmany.flush_many([conn]) == [(conn, 0)]
@@ -161,11 +173,13 @@ def test_what_it_does_not_know_is_left_to_python(
 
 
 def test_it_takes_only_a_list(sendmany: ModuleType) -> None:
+    """flush_many refuses anything but a list with TypeError."""
     with pytest.raises(TypeError):
         sendmany.flush_many((Conn(-1, b"x"),))
 
 
-def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Any) -> None:
+def test_an_attribute_error_puts_back_what_was_taken(sendmany: ModuleType, pair: Pair) -> None:
+    """When reading an outbox raises, output already taken from the others is put back unsent."""
     server, client = pair
     taken = Conn(server.fileno(), b"kept")
     broken = Conn(server.fileno(), b"y")
@@ -189,7 +203,7 @@ class PutBackFails(Conn):
 
 
 def test_a_half_sent_connection_that_cannot_be_put_back_is_shut_down(
-    sendmany: ModuleType, pair: Any
+    sendmany: ModuleType, pair: Pair
 ) -> None:
     """Its first bytes are out: putting all of it back would send them twice. The stream
     ends instead, after exactly the bytes that went out, and the client reconnects."""

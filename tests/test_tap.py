@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python import usage
+from zope.interface import implementer, provider
 
 from wschat.certs import write_dev_cert
 from wschat.service import ChatService
@@ -70,15 +77,55 @@ def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:
         parse(*args)
 
 
+@implementer(IListeningPort)
+class ListeningPort:
+    """A port that says whether it still listens; like a real one, it is closed a reactor
+    turn after stopListening, when the Deferred that returns fires."""
+
+    def __init__(self, reactor: MemoryReactorClock, address: IPv4Address, events: list[str]):
+        self._reactor = reactor
+        self._address = address
+        self._events = events
+        self.listening = True
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        self._events.append(f"stop listening on {self._address.port}")
+
+        def closed() -> None:
+            self.listening = False
+
+        return deferLater(self._reactor, 0, closed)
+
+    def getHost(self) -> IPv4Address:
+        return self._address
+
+
 class ThreadedMemoryReactor(MemoryReactorClock):
-    """The history store hands its checkpoints to the reactor's threads; these run them now."""
+    """The history store hands its checkpoints to the reactor's threads; these run them now.
+    Its TCP ports are ListeningPorts, all noting their stops in `events`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.ports: list[ListeningPort] = []
 
     def callInThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
         f(*args, **kwargs)
 
+    def listenTCP(
+        self, port: int, factory: ServerFactory, backlog: int = 50, interface: str = ""
+    ) -> ListeningPort:
+        super().listenTCP(port, factory, backlog, interface)
+        listening = ListeningPort(self, IPv4Address("TCP", interface, port), self.events)
+        self.ports.append(listening)
+        return listening
+
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
-    """makeService wires the chat service first, then one port service per endpoint."""
+    """makeService listens on every endpoint; stopping closes every port before the chat."""
     reactor = ThreadedMemoryReactor()
     options = parse(
         "--listen",
@@ -94,5 +141,28 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     assert isinstance(services[0], ChatService)
     top.startService()
     assert [(port[0], port[3]) for port in reactor.tcpServers] == [(8081, "127.0.0.1"), (8082, "")]
-    top.stopService()
-    reactor.advance(10)
+    assert [port.listening for port in reactor.ports] == [True, True]
+
+    @provider(ILogObserver)
+    def chat_stopped(event: LogEvent) -> None:
+        if event.get("log_format", "").startswith("stopped: connections closed"):
+            reactor.events.append("chat service stopped")
+
+    globalLogPublisher.addObserver(chat_stopped)
+    try:
+        stopped = top.stopService()
+        assert not stopped.called, "stopService must wait for the ports to close"
+        reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(chat_stopped)
+    # The ports go first: no new connections while the clients get 1001 and the database
+    # closes (ChatService is added first so that it is stopped last).
+    assert reactor.events == [
+        "stop listening on 8082",
+        "stop listening on 8081",
+        "chat service stopped",
+    ]
+    assert [port.listening for port in reactor.ports] == [False, False]
+    assert not services[0].running
+    assert stopped.called
+    assert reactor.getDelayedCalls() == []

@@ -15,8 +15,10 @@ import pytest
 import treq
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.web.iweb import IResponse
 
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
@@ -46,19 +48,20 @@ def make() -> tuple[StubTreq, Hub]:
     return StubTreq(site.resource), hub
 
 
-def body(stub: StubTreq, response: object) -> bytes:
-    done = []
+def body(stub: StubTreq, response: IResponse) -> bytes:
+    done: list[bytes] = []
     treq.content(response).addCallback(done.append)
     stub.flush()
-    return done[0]  # type: ignore[no-any-return]
+    return done[0]
 
 
-def get(stub: StubTreq, url: str) -> tuple[int, bytes, object]:
-    responses: list[object] = []
-    stub.get(url).addCallback(responses.append)
+def get(stub: StubTreq, url: str) -> tuple[int, bytes, IResponse]:
+    responses: list[IResponse] = []
+    # StubTreq copies treq's request functions onto itself at run time, out of mypy's sight.
+    stub.get(url).addCallback(responses.append)  # type: ignore[attr-defined]
     stub.flush()
     [response] = responses
-    return response.code, body(stub, response), response  # type: ignore[attr-defined]
+    return response.code, body(stub, response), response
 
 
 def test_healthz_reports_connections_rooms_uptime() -> None:
@@ -70,9 +73,16 @@ def test_healthz_reports_connections_rooms_uptime() -> None:
     code, data, response = get(stub, "http://chat.example/healthz")
     assert code == 200
     assert json.loads(data) == {"status": "ok", "connections": 1, "rooms": 1, "uptime_s": 12.5}
-    headers = response.headers  # type: ignore[attr-defined]
+    headers = response.headers
     assert headers.getRawHeaders("content-type") == ["application/json"]
     assert headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+class TCPLikeTransport(StringTransport):
+    """A StringTransport with the `protocol` attribute of a TCP transport (Autobahn swaps it
+    for the WebSocket protocol on upgrade)."""
+
+    protocol: IProtocol | None = None
 
 
 @pytest.fixture
@@ -100,8 +110,8 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     factory.attach(hub)
     site = make_site(factory, hub, lambda: 0.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-    transport.protocol = channel  # as a TCP transport has; Autobahn swaps it
+    transport = TCPLikeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    transport.protocol = channel
     channel.makeConnection(transport)
     channel.dataReceived(handshake())
     assert transport.value().startswith(b"HTTP/1.1 101 ")

@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import txaio
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from wschat.chat.broker import LocalBroker
@@ -56,9 +55,14 @@ class Client:
         protocols: str | None = None,
         extensions: str | None = None,
     ) -> None:
-        self.protocol: ChatProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        # Twisted's buildProtocol returns a typing.Protocol that mypy does not match with
+        # ChatProtocol (whose Autobahn base is untyped); narrowed from object, it does.
+        protocol: object = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert isinstance(protocol, ChatProtocol)
+        assert isinstance(factory.clock, Clock)
+        self.protocol: ChatProtocol = protocol
         self.transport = StringTransport()
-        self.clock = factory.clock
+        self.clock: Clock = factory.clock
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(handshake(origin, protocols, extensions))
         self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
@@ -87,8 +91,9 @@ class Client:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    # Autobahn's timers (pings, handshake timeouts) go through txaio's loop.
-    monkeypatch.setattr(txaio.config, "loop", clock)
+    # Autobahn's timers (pings, handshake timeouts) go through txaio's loop. (By name: txaio
+    # sets `config` up at run time, so its type stubs do not know it.)
+    monkeypatch.setattr("txaio.config.loop", clock)
     return clock
 
 
@@ -115,11 +120,11 @@ def factory(clock: Clock) -> ChatFactory:
 
 
 @pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+def log_events() -> Iterator[EventLoggingObserver]:
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
     yield events
-    globalLogPublisher.removeObserver(events.append)
+    globalLogPublisher.removeObserver(events)
 
 
 def test_handshake_selects_our_subprotocol_when_offered(factory: ChatFactory) -> None:
@@ -158,18 +163,21 @@ def test_chat_round_trip_frames_the_broadcast_once(
     """join/say/ack/message flow over frames; a broadcast is framed once for all members."""
     alice, bob = Client(factory), Client(factory)
     alice.join("lobby", "alice")
-    factory.clock.advance(0.25)
+    alice.clock.advance(0.25)
     welcome = bob.join("lobby", "bob")
     assert welcome["users"] == ["alice", "bob"]
-    factory.clock.advance(0.25)
+    alice.clock.advance(0.25)
     assert alice.events() == [
         {"type": "presence", "room": "lobby", "joined": ["bob"], "left": [], "count": 2}
     ]
     prepared: list[bytes] = []
     original = factory.prepareMessage
-    monkeypatch.setattr(
-        factory, "prepareMessage", lambda payload: prepared.append(payload) or original(payload)
-    )
+
+    def recording(payload: bytes) -> Any:
+        prepared.append(payload)
+        return original(payload)
+
+    monkeypatch.setattr(factory, "prepareMessage", recording)
     bob.send(text({"type": "say", "room": "lobby", "text": "hi", "ref": "c1"}))
     ack, message = bob.events()
     assert ack == {"type": "ack", "room": "lobby", "ref": "c1", "id": 1}
@@ -178,7 +186,9 @@ def test_chat_round_trip_frames_the_broadcast_once(
     assert len([p for p in prepared if b'"type":"message"' in p]) == 1
 
 
-def test_errors_keep_the_connection_open(factory: ChatFactory, log_events: list[LogEvent]) -> None:
+def test_errors_keep_the_connection_open(
+    factory: ChatFactory, log_events: EventLoggingObserver
+) -> None:
     """Refused requests get an error frame with the code, are logged by kind, and the
     connection keeps working; the message text is never logged."""
     client = Client(factory)
@@ -248,7 +258,7 @@ def test_unanswered_pings_drop_the_peer_and_announce_leave(clock: Clock) -> None
 
 
 def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
-    clock: Clock, log_events: list[LogEvent]
+    clock: Clock, log_events: EventLoggingObserver
 ) -> None:
     """Once the transport is full, output beyond --max-output-bytes closes that client only,
     logged once, with nothing queued behind its close frame."""
@@ -270,6 +280,25 @@ def test_slow_consumer_is_closed_4008_and_others_keep_receiving(
     assert [close_code(p) for p in closes] == [CLOSE_SLOW_CONSUMER]
     assert frames[-1][0] == OP_CLOSE
     assert len([e for e in log_events if "slow consumer" in e.get("log_format", "")]) == 1
+
+
+def test_a_slow_consumer_that_never_answers_its_close_is_aborted(clock: Clock) -> None:
+    """A slow consumer that never answers its 4008 is aborted at the closing-handshake timeout."""
+    factory = make_factory(
+        clock, WsSettings(max_output_bytes=2000), Limits(rate_per_s=1000, burst=1000)
+    )
+    stuck, sender = Client(factory), Client(factory)
+    stuck.join("lobby", "stuck")
+    sender.join("lobby", "sender")
+    stuck.protocol.pauseProducing()
+    for i in range(30):
+        sender.send(text({"type": "say", "room": "lobby", "text": f"message {i:03d} " + "x" * 80}))
+    closes = [p for op, p in stuck.frames() if op == OP_CLOSE]
+    assert [close_code(p) for p in closes] == [CLOSE_SLOW_CONSUMER]
+    clock.advance(factory.settings.close_handshake_timeout_s - 0.1)
+    assert not stuck.transport.disconnecting
+    clock.advance(0.2)
+    assert stuck.transport.disconnected  # aborted: StringTransport.abortConnection
 
 
 def test_resumed_transport_resets_the_count(clock: Clock) -> None:
@@ -311,7 +340,9 @@ def test_going_away_sends_1001(factory: ChatFactory) -> None:
         assert closes == [1001]
 
 
-def test_output_of_one_turn_is_one_write(factory: ChatFactory, clock: Clock) -> None:
+def test_output_of_one_turn_is_one_write(
+    factory: ChatFactory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Everything queued for a connection during a reactor turn reaches its transport in a
     single write at the end of the turn."""
     reader, sender = Client(factory), Client(factory)
@@ -320,7 +351,12 @@ def test_output_of_one_turn_is_one_write(factory: ChatFactory, clock: Clock) -> 
     reader.frames()
     writes: list[bytes] = []
     original = reader.transport.write
-    reader.transport.write = lambda data: writes.append(data) or original(data)  # type: ignore[method-assign]
+
+    def recording(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    monkeypatch.setattr(reader.transport, "write", recording)
     for i in range(3):
         sender.send(text({"type": "say", "room": "lobby", "text": f"m{i}"}))
     assert writes == []
@@ -354,7 +390,7 @@ def test_flush_skips_what_was_already_sent(factory: ChatFactory) -> None:
 
 
 def test_a_failing_c_write_loop_falls_back_to_python(
-    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver
 ) -> None:
     """If flush_many raises (it can only run out of memory), every connection of the turn is
     written from Python: the message still arrives, and the failure is logged."""
@@ -405,7 +441,7 @@ def test_a_member_known_writable_is_queued_inline_and_written_to_its_socket(
         reader.protocol.outbox.fd = ours.fileno()
         sender.send(text({"type": "say", "room": "lobby", "text": "direct"}))
         assert set(called) == {sender.protocol}
-        factory.clock.advance(0)
+        reader.clock.advance(0)
         theirs.settimeout(5)
         [(op, payload)] = parse_frames(theirs.recv(65536))
     assert op == OP_TEXT
@@ -437,7 +473,7 @@ def test_no_direct_send_after_autobahn_writes_or_the_connection_goes(
 
 
 def test_one_connections_failing_write_drops_only_that_connection(
-    factory: ChatFactory, log_events: list[LogEvent]
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver
 ) -> None:
     """If writing one member's output raises, the members after it still get the broadcast in
     the same turn; that one is logged and closed with 1011."""
@@ -458,9 +494,9 @@ def test_one_connections_failing_write_drops_only_that_connection(
             raise failure
         original(data)
 
-    broken.transport.write = write_once_failing  # type: ignore[method-assign]
+    monkeypatch.setattr(broken.transport, "write", write_once_failing)
     sender.send(text({"type": "say", "room": "lobby", "text": "hello"}))
-    factory.clock.advance(0)
+    broken.clock.advance(0)
     for reader in readers:
         assert [e["text"] for e in reader.events() if e["type"] == "message"] == ["hello"]
     closes = [close_code(p) for op, p in broken.frames() if op == OP_CLOSE]
@@ -469,7 +505,7 @@ def test_one_connections_failing_write_drops_only_that_connection(
 
 
 def test_an_unexpected_handshake_failure_is_a_plain_500(
-    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: list[LogEvent]
+    factory: ChatFactory, monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver
 ) -> None:
     """A bug in onConnect answers HTTP 500 without the exception's text, and is logged."""
 
@@ -498,14 +534,20 @@ def test_permessage_deflate_is_declined(factory: ChatFactory) -> None:
     assert client.join("lobby", "alice")["name"] == "alice"
 
 
+def option(protocol: ChatProtocol, name: str) -> object:
+    """An Autobahn option as a connection sees it: ChatFactory bakes the options into a
+    subclass at run time, so they are not attributes mypy knows."""
+    return getattr(protocol, name)
+
+
 def test_options_set_after_construction_reach_new_connections(factory: ChatFactory) -> None:
     """setProtocolOptions after the factory is built applies to connections opened later."""
     factory.setProtocolOptions(autoPingInterval=3.5, openHandshakeTimeout=7)
     protocol = Client(factory).protocol
-    assert protocol.autoPingInterval == 3.5
-    assert protocol.openHandshakeTimeout == 7
+    assert option(protocol, "autoPingInterval") == 3.5
+    assert option(protocol, "openHandshakeTimeout") == 7
     factory.resetProtocolOptions()
-    assert Client(factory).protocol.autoPingInterval == 0
+    assert option(Client(factory).protocol, "autoPingInterval") == 0
 
 
 def test_the_write_paths_hooks_are_not_shadowed_by_autobahn(factory: ChatFactory) -> None:
@@ -526,7 +568,7 @@ def test_every_request_type_has_one_handler() -> None:
 
 
 def test_an_origin_refusal_says_what_it_compared(
-    factory: ChatFactory, log_events: list[LogEvent]
+    factory: ChatFactory, log_events: EventLoggingObserver
 ) -> None:
     """The log line of a refused Origin names the Host it was compared with, so that a proxy
     dropping the port (nginx's $host) is visible at once."""
@@ -537,7 +579,7 @@ def test_an_origin_refusal_says_what_it_compared(
 
 
 def test_the_cap_hints_at_trust_proxies_once_for_a_private_address(
-    clock: Clock, log_events: list[LogEvent]
+    clock: Clock, log_events: EventLoggingObserver
 ) -> None:
     """When the per-address cap refuses a loopback address (likely a proxy's), one warning
     names --trust-proxies; further refusals do not repeat it."""

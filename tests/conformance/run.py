@@ -121,7 +121,8 @@ def summarize(results: dict[str, dict], failures: dict[str, str], agent: str, me
         "UNCLEAN",
         "UNIMPLEMENTED",
     ]
-    extra = sorted({r.get("behavior") for r in results.values()} - set(behaviors) - {None})
+    seen = {r.get("behavior") for r in results.values()}
+    extra = sorted(b for b in seen if isinstance(b, str) and b not in behaviors)
     behaviors += extra
     by_section: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     for case_id, r in results.items():

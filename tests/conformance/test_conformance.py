@@ -65,10 +65,12 @@ def _case(behavior: str, close: str = "OK", code: int | None = 1000) -> dict[str
 
 @pytest.mark.parametrize("behavior", ["OK", "INFORMATIONAL"])
 def test_ok_and_informational_pass(behavior: str) -> None:
+    """A case whose behavior is OK or INFORMATIONAL, closed OK, passes."""
     assert run.judge_case("6.4.1", _case(behavior)) is None
 
 
 def test_non_strict_passes_only_for_the_flaky_cases() -> None:
+    """NON-STRICT passes only for the cases in FLAKY_NON_STRICT; elsewhere it fails, saying so."""
     assert run.judge_case("4.1.3", _case("NON-STRICT", code=None)) is None
     assert run.judge_case("5.15", _case("NON-STRICT", code=None)) is None
     reason = run.judge_case("6.4.3", _case("NON-STRICT"))
@@ -77,29 +79,34 @@ def test_non_strict_passes_only_for_the_flaky_cases() -> None:
 
 @pytest.mark.parametrize("behavior", ["FAILED", "WRONG CODE", "UNCLEAN", "UNIMPLEMENTED"])
 def test_failing_behaviors(behavior: str) -> None:
+    """FAILED, WRONG CODE, UNCLEAN and UNIMPLEMENTED fail; the reason names it and the code."""
     reason = run.judge_case("7.5.1", _case(behavior, code=1002))
     assert reason is not None and behavior in reason and "1002" in reason
 
 
 @pytest.mark.parametrize("close", ["WRONG CODE", "UNCLEAN", "FAILED"])
 def test_failing_close_behaviors(close: str) -> None:
+    """A bad close behavior fails the case even when its behavior would pass."""
     reason = run.judge_case("3.2", _case("NON-STRICT", close=close))
     assert reason is not None and f"behaviorClose {close}" in reason
 
 
 def test_a_case_missing_from_the_report_fails() -> None:
+    """A case wstest said it would run that is not in the report fails as missing."""
     failures = run.judge({"1.1.1": _case("OK")}, ["1.1.1", "1.1.2"])
     assert list(failures) == ["1.1.2"]
     assert "missing" in failures["1.1.2"]
 
 
 def test_expected_cases_are_read_from_wstest_output() -> None:
+    """The expected cases come from wstest's 'Cases = [...]' line, in numeric order, else None."""
     log = "Ok, will run 3 test cases against 1 servers\nCases = [u'1.1.2', u'10.1.1', u'1.1.10']\n"
     assert run.expected_cases(log) == ["1.1.2", "1.1.10", "10.1.1"]
     assert run.expected_cases("no such line") is None
 
 
 def test_summary_counts_by_section() -> None:
+    """The summary counts behaviors per section and in all, and lists each failure's reason."""
     results = {
         "1.1.1": _case("OK"),
         "3.2": _case("NON-STRICT", code=None),

@@ -65,11 +65,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.05)
 
 
-def percentile(samples: list[float], pct: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
-
-
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run in a thread of its own: other tests (Playwright's sync API, pytest-twisted)
     may leave an event loop running in the main thread, where asyncio.run refuses to start."""

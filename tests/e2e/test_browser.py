@@ -207,9 +207,13 @@ def test_a_big_room_shows_the_count_and_pages_its_member_panel(
     ("Show more"), and gets the full list back when the room comes under the limit again."""
     srv = wschat_server("--member-list-limit", "3", "--presence-interval", "0.05")
     url = f"{srv.http_url}/#/big"
+    # These clients never read: max_queue=None lets websockets' reader thread go on taking
+    # frames (presence every 0.05 s) and answering the server's pings. With its default
+    # queue of 16 it stops reading, and the server drops them ~15 s in: on a loaded machine,
+    # mid-test.
     others = []
     for i in range(229):
-        chat = Chat(srv.ws_url)
+        chat = Chat(srv.ws_url, max_queue=None)
         chat.join("big", f"m{i:03d}")
         others.append(chat)
     alice = open_chat(url, "alice")
@@ -223,7 +227,7 @@ def test_a_big_room_shows_the_count_and_pages_its_member_panel(
     names = alice.locator("#users li").evaluate_all("els => els.map(e => e.dataset.name)")
     assert names == sorted([f"m{i:03d}" for i in range(229)] + ["alice"])
     # Joins keep the count live while the list is not sent.
-    late = Chat(srv.ws_url)
+    late = Chat(srv.ws_url, max_queue=None)
     late.join("big", "late")
     expect(alice.locator("#user-count")).to_have_text("231")
     # Back under the limit: the page reads the list again and keeps it up to date.
@@ -502,8 +506,14 @@ def test_the_list_follows_new_messages_unless_scrolled_up(
         bot_say(bot, "live 1")
         expect(delivered(alice, "live 1")).to_be_in_viewport()
 
-        alice.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
-        alice.wait_for_timeout(100)
+        # Scroll up, and go on once the page's own scroll listener has run (it was added
+        # before ours, so it runs first).
+        alice.locator("#messages").evaluate(
+            """el => new Promise(done => {
+                el.addEventListener('scroll', () => done(), {once: true});
+                el.scrollTop = 0;
+            })"""
+        )
         bot_say(bot, "live 2")
         expect(delivered(alice, "live 2")).to_have_count(1)
         assert alice.locator("#messages").evaluate("el => el.scrollTop") == 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,15 @@ REQUIRED_OPTIONS = [
 
 
 def declared_options() -> list[str]:
-    """Every option wschat's Options declares: parameters, flags and opt_ methods."""
-    names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
-    names += [m[4:].replace("_", "-") for m in dir(Options) if m.startswith("opt_")]
+    """Every long option wschat's Options declares (Twisted gathers them from its parameters,
+    flags and opt_ methods)."""
+    names = [name.rstrip("=") for name in Options().longOpt]
     return sorted({f"--{n}" for n in names} - {"--help", "--version"})
 
 
-def wait_for(condition: object, timeout_s: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
         time.sleep(0.05)
 

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ..missing import missing
-from .abuse import health, percentile, rss_mib, run_async, wait_for
+from .abuse import health, rss_mib, run_async, wait_for
 from .client import Chat
 from .conftest import ServerFactory
 from .process import ServerProcess
@@ -28,6 +28,12 @@ from .rawws import RawWs
 pytestmark = pytest.mark.e2e
 
 NO_RATE_LIMIT = ("--rate", "100000", "--burst", "100000")
+# How long a test waits for what must happen before it gives up: a guard against hangs, far
+# beyond what the step takes even on a loaded machine, and no claim about speed.
+HANG_GUARD_S = 30.0
+# Acks each round of steady traffic collects before its kill -9 (a second's worth on an idle
+# machine is thousands).
+ACKS_BEFORE_KILL = 300
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,7 +85,12 @@ def room_history(server: ServerProcess, room: str) -> list[dict[str, Any]]:
 
 
 async def steady_traffic(
-    url: str, room: str, name: str, sent: dict[str, str], acked: dict[str, int], stop: Any
+    url: str,
+    room: str,
+    name: str,
+    sent: dict[str, str],
+    acked: dict[str, int],
+    stop: asyncio.Event,
 ) -> None:
     """Say numbered messages, up to 8 in flight, until the server goes away."""
     try:
@@ -106,7 +117,8 @@ async def steady_traffic(
 
 
 def traffic_then_kill(server: ServerProcess, sent: dict[str, str], acked: dict[str, int]) -> None:
-    """Five clients talk steadily; after a second the server gets SIGKILL mid-traffic."""
+    """Five clients talk steadily; once ACKS_BEFORE_KILL more acks are in, the server gets
+    SIGKILL mid-traffic."""
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -114,12 +126,11 @@ def traffic_then_kill(server: ServerProcess, sent: dict[str, str], acked: dict[s
             asyncio.create_task(steady_traffic(server.ws_url, "steady", f"w{i}", sent, acked, stop))
             for i in range(5)
         ]
-        await asyncio.sleep(1.0)
-        # Kill right after an ack arrives, so the kill lands mid-traffic. A pause of tens of
-        # milliseconds on a busy CI machine is normal, so allow seconds.
-        before = len(acked)
-        deadline = time.monotonic() + 10
-        while len(acked) == before:
+        # Kill right after an ack arrives (the loop ends on one, with 40 more in flight), so
+        # the kill lands mid-traffic. The deadline only guards against traffic that never flows.
+        enough = len(acked) + ACKS_BEFORE_KILL
+        deadline = time.monotonic() + HANG_GUARD_S
+        while len(acked) < enough:
             assert time.monotonic() < deadline, "traffic is not flowing"
             await asyncio.sleep(0.005)
         await asyncio.to_thread(server.kill)
@@ -210,10 +221,9 @@ def fill(directory: Path) -> Path:
 
 
 def test_full_disk_refuses_say_without_acking(tmp_path: Path, tiny_fs: Path) -> None:
-    """With the database on a full filesystem, `say` gets storage_unavailable (quickly),
-    nothing is acked or broadcast that was not stored, others are served meanwhile; once
-    there is room again the same refs are stored once, and everything acked survives a
-    kill -9."""
+    """With the database on a full filesystem, `say` gets storage_unavailable, nothing is
+    acked or broadcast that was not stored, others are served meanwhile; once there is room
+    again the same refs are stored once, and everything acked survives a kill -9."""
     server = ServerProcess(tmp_path / "server", "--history-size", "100000", *NO_RATE_LIMIT)
     server.db_path = tiny_fs / "history.sqlite3"
     server.start()
@@ -233,7 +243,6 @@ def test_full_disk_refuses_say_without_acking(tmp_path: Path, tiny_fs: Path) -> 
         # until the disk refuses, then a few more.
         for i in range(5000):
             ref = f"r{i}"
-            start = time.monotonic()
             writer.send(type="say", room="disk", text=f"{ref} " + "d" * 1000, ref=ref)
             while (answer := writer.recv())["type"] == "message":
                 pass
@@ -245,7 +254,6 @@ def test_full_disk_refuses_say_without_acking(tmp_path: Path, tiny_fs: Path) -> 
                     "storage_unavailable",
                     ref,
                 ), answer
-                assert time.monotonic() - start < 1
                 refused.append(ref)
                 if len(refused) == 20:
                     break
@@ -288,8 +296,8 @@ def test_locked_database_refuses_say_without_stalling_the_server(
     wschat_server: ServerFactory,
 ) -> None:
     """While another process holds an exclusive lock on the database, `say` gets
-    storage_unavailable within a second and the server keeps answering everyone else at
-    once (SQLite's busy wait runs on the reactor thread, so it must be short)."""
+    storage_unavailable and the server keeps answering everyone else meanwhile, without
+    sitting out a busy wait as long as sqlite3's default."""
     server = wschat_server(*NO_RATE_LIMIT)
     writer = Chat(server.ws_url)
     writer.join("locked", "writer")
@@ -322,9 +330,16 @@ def test_locked_database_refuses_say_without_stalling_the_server(
         f"locked db: refusals took max {max(refusals) * 1000:.0f}ms, "
         f"others' requests meanwhile max {max(others) * 1000:.0f}ms"
     )
-    assert max(refusals) < 1
-    assert max(others) < 1
+    # SQLite's busy wait runs on the reactor thread and stalls everyone. That the server's is
+    # BUSY_TIMEOUT_S (0.1 s) is pinned in test_history.py, with no clock; here the bound only
+    # tells a short wait from sqlite3's default one, with room for a loaded machine.
+    assert max(refusals) < SQLITE3_DEFAULT_BUSY_S
+    assert max(others) < SQLITE3_DEFAULT_BUSY_S
     assert writer.say("locked", "locked 0", ref="l0")["id"] == 1
+
+
+# sqlite3.connect's default `timeout`: the stall a locked database must not cause.
+SQLITE3_DEFAULT_BUSY_S = 5.0
 
 
 # -- a reader that lags
@@ -353,7 +368,7 @@ def test_a_lagging_reader_gets_every_byte_in_order(wschat_server: ServerFactory)
     acks = [until_ack(writer) for _ in texts]
     assert [a["ref"] for a in acks] == [f"r{i}" for i in range(MESSAGES_LAGGING)]
     writer.close()
-    received = []
+    received: list[dict[str, Any]] = []
     while len(received) < len(texts):
         event = lagging.recv_json()
         if event["type"] == "message":
@@ -383,7 +398,8 @@ MAX_OUTPUT_BYTES = 262144
 
 def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
     """200 members of one room, 20 of which never read: the 180 get every message, in
-    order, with bounded latency; the 20 are closed with 4008; the server's RSS stays bounded."""
+    order, while the 20 are stuck; the 20 are closed with 4008; the server's RSS stays
+    bounded."""
     server = wschat_server(
         "--max-output-bytes", str(MAX_OUTPUT_BYTES), "--max-connections-per-ip", "0", *NO_RATE_LIMIT
     )
@@ -397,7 +413,6 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
     # ~6 KB of UTF-8 per message, 3.5 MB in all: more than a stuck reader's kernel buffers
     # (about 1.5 MB on loopback) plus --max-output-bytes.
     padding = "€" * 1960
-    latencies: list[float] = []
     rss: dict[str, float] = {}
     peak = [0.0]
     sampling = threading.Event()
@@ -413,12 +428,9 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
         ids: list[int] = []
         progress.append(ids)
         while len(ids) < MESSAGES:
-            frame = await ws.recv()
-            received = time.monotonic()
-            event = json.loads(frame)
+            event = json.loads(await ws.recv())
             if event["type"] == "message":
                 ids.append(event["id"])
-                latencies.append(received - float(event["text"].split()[1]))
         await ws.close()
         return ids
 
@@ -438,11 +450,12 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
         reading = [asyncio.create_task(reader(ws)) for ws in readers]
         start = time.monotonic()
         for seq in range(MESSAGES):
-            # Paced: the latency measured is the server's, not a queue we built ourselves.
+            # Paced, as chat is: the 180 readers (one asyncio thread here) keep up, so only
+            # the stuck ones back up past --max-output-bytes.
             await asyncio.sleep(max(0, start + seq / MESSAGE_RATE_PER_S - time.monotonic()))
-            text = f"{seq} {time.monotonic():.6f} {padding}"
-            await send(writer, type="say", room="crowd", text=text)
+            await send(writer, type="say", room="crowd", text=f"{seq} {padding}")
         try:
+            # A hang guard: the pacing alone takes MESSAGES / MESSAGE_RATE_PER_S = 6 s.
             results = await asyncio.wait_for(asyncio.gather(*reading), 60)
         except TimeoutError:
             print("progress", sorted(len(p) for p in progress))
@@ -458,7 +471,9 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
         assert ids == list(range(ids[0], ids[0] + MESSAGES))
     assert len({ids[0] for ids in results}) == 1
 
-    wait_for(lambda: server.log().count("closing slow consumer") == STUCK, 10, "20 cut-offs")
+    wait_for(
+        lambda: server.log().count("closing slow consumer") == STUCK, HANG_GUARD_S, "20 cut-offs"
+    )
     cut_off = {
         line.split("closing slow consumer ")[1].split(":")[2]
         for line in server.log().splitlines()
@@ -466,17 +481,14 @@ def test_slow_consumers_at_scale(wschat_server: ServerFactory) -> None:
     }
     assert cut_off == {str(raw.sock.getsockname()[1]) for raw in stuck}
     # Each gets 5 s to read its backlog and the close frame, then the connection is aborted.
-    wait_for(lambda: health(server)["connections"] == 0, 20, "everyone to be gone")
+    wait_for(lambda: health(server)["connections"] == 0, HANG_GUARD_S, "everyone to be gone")
     rss["after"] = rss_mib(server)
     for raw in stuck:
         raw.close()
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     print(
-        f"slow consumers: {READERS} readers x {MESSAGES} messages, latency p50={p50 * 1000:.0f}ms "
-        f"p99={p99 * 1000:.0f}ms max={max(latencies) * 1000:.0f}ms; server RSS "
+        f"slow consumers: {READERS} readers x {MESSAGES} messages; server RSS "
         f"before={rss['before']:.1f} peak={rss['during']:.1f} after={rss['after']:.1f} MiB"
     )
-    assert p99 < 2.0
     # Each stuck reader may cost --max-output-bytes plus Twisted's 64 KiB buffer; without the
     # cut-off each would hold ~2 MB of unsent messages (40 MB in all).
     assert rss["during"] - rss["before"] < 16

@@ -16,7 +16,7 @@ import pytest
 
 from tests.wsframes import OP_PING, OP_PONG, OP_TEXT, client_frame
 
-from .abuse import health, http_exchange, percentile, ping, rss_mib, wait_for
+from .abuse import health, http_exchange, ping, rss_mib, wait_for
 from .client import Chat
 from .conftest import ServerFactory
 from .process import ServerProcess
@@ -25,9 +25,10 @@ from .rawws import OP_CONT, RawWs, request_head
 pytestmark = pytest.mark.e2e
 
 HANDSHAKE_TIMEOUT_S = 1.5
-# A functional bound on a well-behaved client's round trip while someone else attacks: far
-# above the milliseconds it takes on an idle server, far below "the server stalled".
-ROUND_TRIP_BOUND_S = 1.0
+# How long a test waits for what must happen before it gives up: a guard against hangs (a
+# stalled server), and no claim about speed. How fast the server answers while it is
+# attacked is measured in bench/, not asserted here.
+HANG_GUARD_S = 30.0
 
 
 class Bystander:
@@ -39,20 +40,16 @@ class Bystander:
         self.chat.join(room, name)
         self._count = 0
 
-    def round_trip(self) -> float:
-        """Say something and wait for its broadcast copy; returns the seconds it took."""
+    def served(self) -> None:
+        """Say something and receive its broadcast copy, after our earlier ones."""
         self._count += 1
         text = f"still here {self._count}"
-        start = time.monotonic()
         self.chat.send(type="say", room=self.room, text=text)
         while True:
-            event = self.chat.recv()
+            event = self.chat.recv(timeout=HANG_GUARD_S)
             if event["type"] == "message" and event["text"] == text:
-                return time.monotonic() - start
+                return
             assert event["type"] in ("ack", "message", "presence"), event
-
-    def served(self) -> None:
-        assert self.round_trip() < ROUND_TRIP_BOUND_S
 
     def close(self) -> None:
         self.chat.close()
@@ -101,45 +98,52 @@ def test_slowloris_handshakes_are_closed_after_the_handshake_timeout(
     ann = Bystander(server)
     count = 40
     socks: list[socket.socket] = []
+    # Each timeout is measured from its own connect, which is before the server starts the
+    # clock, so that a slow set-up cannot make a close look early.
+    opened: dict[socket.socket, float] = {}
     for i in range(count):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        opened[sock] = time.monotonic()
         sock.setblocking(False)
         if i % 2:
             # The deadline holds for every request head, not only the first one.
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         sock.sendall(b"GET /ws HTTP/1.1\r\n")
         socks.append(sock)
-    start = time.monotonic()
     closed_after: dict[socket.socket, float] = {}
     selector = selectors.DefaultSelector()
     for sock in socks:
         selector.register(sock, selectors.EVENT_READ)
-    round_trips = []
-    while len(closed_after) < count and time.monotonic() - start < HANDSHAKE_TIMEOUT_S + 5:
+    served_meanwhile = 0
+    deadline = time.monotonic() + HANG_GUARD_S
+    while len(closed_after) < count and time.monotonic() < deadline:
         for key, _ in selector.select(timeout=0.2):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                data = sock.recv(65536)
+                data = ready.recv(65536)
             except ConnectionResetError:
                 data = b""
             if not data:
-                closed_after[sock] = time.monotonic() - start
-                selector.unregister(sock)
+                closed_after[ready] = time.monotonic() - opened[ready]
+                selector.unregister(ready)
         for sock in socks:
             if sock not in closed_after:
                 try:
                     sock.send(b"X")  # one more byte of a header that never ends
                 except OSError:
                     pass
-        round_trips.append(ann.round_trip())
+        if len(closed_after) < count:
+            ann.served()
+            served_meanwhile += 1
     for sock in socks:
         sock.close()
     assert len(closed_after) == count, f"{count - len(closed_after)} slowloris still open"
+    # Not before the timeout (a lower bound: a loaded machine only makes it later), and by
+    # the handshake timeout, not some other one, which the log says.
     assert HANDSHAKE_TIMEOUT_S - 0.1 < min(closed_after.values())
-    assert max(closed_after.values()) < HANDSHAKE_TIMEOUT_S + 2
-    assert max(round_trips) < ROUND_TRIP_BOUND_S
     assert server.log().count("no complete request head") == count
+    assert served_meanwhile > 0
     ann.served()
 
 
@@ -161,12 +165,12 @@ def test_garbage_instead_of_http_gets_400_or_a_close(
     target: ServerProcess, ann: Bystander, garbage: bytes
 ) -> None:
     """Bytes that are not a valid request head are answered with a 4xx status or the
-    connection is closed (at the latest after --handshake-timeout); nothing is upgraded and
+    connection is closed (by --handshake-timeout if nothing else); nothing is upgraded and
     the server goes on serving."""
     connections = health(target)["connections"]
-    start = time.monotonic()
-    answer = http_exchange(target.port, garbage)
-    assert time.monotonic() - start < HANDSHAKE_TIMEOUT_S + 2
+    # Without --handshake-timeout a head that never ends would stay open for Twisted's idle
+    # timeout of hours: the exchange's timeout is far from both.
+    answer = http_exchange(target.port, garbage, timeout=HANG_GUARD_S)
     assert answer == b"" or answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 426")), answer[:200]
     ann.served()
     assert health(target)["connections"] == connections
@@ -233,15 +237,22 @@ def test_fragmented_message_with_interleaved_control_frames_is_processed(
     # Cut inside the 4-byte emoji too: UTF-8 is validated across fragments.
     cuts = [0, 7, 20, 45, len(say) - 5, len(say)]
     pieces = [say[a:b] for a, b in itertools.pairwise(cuts)]
-    frames = [client_frame(OP_TEXT, pieces[0], fin=False), ping(b"p1")]
-    frames += [client_frame(OP_CONT, pieces[1], fin=False), client_frame(OP_PONG, b"unasked")]
-    frames += [client_frame(OP_CONT, p, fin=False) for p in pieces[2:-1]]
-    frames += [ping(b"p2"), client_frame(OP_CONT, pieces[-1])]
-    for frame in frames:
+    # (frame, the pong it must get before anything more is sent). Waiting for each pong
+    # proves the ping is answered in the middle of the message, and makes the server read
+    # the message in three parts at least.
+    steps: list[tuple[bytes, bytes | None]] = [
+        (client_frame(OP_TEXT, pieces[0], fin=False), None),
+        (ping(b"p1"), b"p1"),
+        (client_frame(OP_CONT, pieces[1], fin=False), None),
+        (client_frame(OP_PONG, b"unasked"), None),
+        *((client_frame(OP_CONT, p, fin=False), None) for p in pieces[2:-1]),
+        (ping(b"p2"), b"p2"),
+        (client_frame(OP_CONT, pieces[-1]), None),
+    ]
+    for frame, pong in steps:
         raw.send(frame)
-        time.sleep(0.01)  # separate TCP segments: the server sees each frame on its own
-    assert raw.recv_frame() == (OP_PONG, b"p1")
-    assert raw.recv_frame() == (OP_PONG, b"p2")
+        if pong is not None:
+            assert raw.recv_frame() == (OP_PONG, pong)
     assert raw.expect("ack")["ref"] == "f"
     assert raw.expect("message")["text"] == "in pieces 🧩"
     ann.served()
@@ -251,7 +262,7 @@ def test_a_ping_flood_that_reads_its_pongs_is_answered(
     target: ServerProcess, ann: Bystander
 ) -> None:
     """10,000 pings sent at once are answered with 10,000 pongs, in order, with the same
-    payloads, while another client's round trips stay fast."""
+    payloads, while another client goes on being served."""
     raw = RawWs(target.port, handshake=False)
     assert raw.upgrade() == 101
     count = 10_000
@@ -266,12 +277,10 @@ def test_a_ping_flood_that_reads_its_pongs_is_answered(
     reader = threading.Thread(target=read)
     reader.start()
     raw.send(b"".join(ping(str(i).encode()) for i in range(count)))
-    round_trips = []
     while reader.is_alive():
-        round_trips.append(ann.round_trip())
+        ann.served()
     reader.join()
     assert pongs == [str(i).encode() for i in range(count)]
-    assert max(round_trips) < ROUND_TRIP_BOUND_S
     ann.served()
 
 
@@ -298,18 +307,20 @@ def test_a_ping_flood_that_never_reads_is_cut_off(wschat_server: ServerFactory) 
     grown = rss_mib(server) - before
     print(f"ping flood: {sent / 1e6:.1f} MB sent in {elapsed:.1f}s; server RSS +{grown:.1f} MiB")
     assert sent < limit, "the server never closed the ping flood"
-    assert "closing slow consumer" in server.log()
+    log = server.log()
+    assert "closing slow consumer" in log
+    # What ends it is the closing-handshake timeout after the 4008 (when, is pinned on a fake
+    # clock in test_ws.py), not the ping timeout.
+    assert "peer did not finish the closing handshake in time" in log
     # Without the limit the pongs for everything sent would be buffered in the server.
     assert grown < 32
-    # The 5 s close handshake timeout is what ends it; the 10 s + 5 s ping timeout would not.
-    assert elapsed < 10
     ann.served()
 
 
 def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> None:
     """One client fires 10,000 tiny says at once: all but the rate allowance get
     rate_limited (not logged one by one), and another member of the same room keeps
-    receiving its messages with a bounded round trip."""
+    receiving its messages, in order, meanwhile."""
     server = wschat_server("--rate", "20", "--burst", "20")
     ann = Bystander(server, room="flood")
     raw = RawWs(server.port, handshake=False)
@@ -335,22 +346,18 @@ def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> 
     )
     start = time.monotonic()
     raw.send(flood)
-    round_trips = []
-    # Keep measuring for at least 2 s, to see past the flood's first moments.
-    while reader.is_alive() or time.monotonic() - start < 2:
-        round_trips.append(ann.round_trip())
-        time.sleep(0.05)
+    served = 0
+    while reader.is_alive():
+        ann.served()
+        served += 1
+        time.sleep(0.05)  # the bystander keeps within --rate 20 itself
     reader.join()
     elapsed = time.monotonic() - start
-    p99 = percentile(round_trips, 99)
-    print(
-        f"flood: {answers} in {elapsed:.2f}s; bystander round trips: n={len(round_trips)} "
-        f"p50={percentile(round_trips, 50) * 1000:.1f}ms p99={p99 * 1000:.1f}ms"
-    )
+    print(f"flood: {answers} in {elapsed:.2f}s; the bystander was served {served} times")
     assert answers["ack"] + answers["rate_limited"] == count
-    # The burst plus --rate for the time the flood took to process.
+    # The burst plus --rate for the time the flood took to process (at most `elapsed`, so a
+    # loaded machine only loosens this).
     assert 20 <= answers["ack"] <= 20 + 20 * elapsed + 1
-    assert p99 < ROUND_TRIP_BOUND_S
     # Refusals in a row are logged once, not 10,000 times.
     assert server.log().count("refused rate_limited") < answers["rate_limited"] / 10
     ann.served()
@@ -370,7 +377,7 @@ def test_connections_per_ip_are_capped_with_429(wschat_server: ServerFactory) ->
     members[2].send(type="say", room="capped", text="still fine")
     assert drain_to(members[0], "message")["text"] == "still fine"
     members[0].close()
-    wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
+    wait_for(lambda: health(server)["connections"] == 2, HANG_GUARD_S, "the slot to be freed")
     fifth = RawWs(server.port, handshake=False)
     assert fifth.upgrade() == 101
     assert "too many connections from 127.0.0.1" in server.log()
@@ -389,7 +396,7 @@ def test_total_connections_are_capped_with_503(wschat_server: ServerFactory) -> 
     members[2].send(type="say", room="capped", text="still fine")
     assert drain_to(members[1], "message")["text"] == "still fine"
     members[0].close()
-    wait_for(lambda: health(server)["connections"] == 2, 5, "the closed slot to be freed")
+    wait_for(lambda: health(server)["connections"] == 2, HANG_GUARD_S, "the slot to be freed")
     assert RawWs(server.port, handshake=False).upgrade() == 101
 
 

@@ -36,10 +36,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+if TYPE_CHECKING:
+    from tests.e2e.process import ServerProcess
 
 HISTORY_SIZE = 1_000_000
 RECV_TIMEOUT_S = 30.0
@@ -65,7 +68,7 @@ class RoomView:
     last_id: int = 0
     count: int = 0
     out_of_order: int = 0
-    digest: Any = field(default_factory=hashlib.blake2b)
+    digest: hashlib.blake2b = field(default_factory=hashlib.blake2b)
 
     def add(self, message: dict[str, Any]) -> None:
         if message["id"] <= self.last_id:
@@ -436,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def server_summary(server: Any) -> str:
+def server_summary(server: ServerProcess) -> str:
     log = server.log()
+    assert server.proc is not None
     with open(f"/proc/{server.proc.pid}/status") as status:
         rss = next(line.split(None, 1)[1].strip() for line in status if line.startswith("VmRSS"))
     return (
