@@ -56,7 +56,7 @@ def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
 
 def messages_until(chat: Chat, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The next `count` messages, skipping presence; nothing else may come in between."""
-    got = []
+    got: list[dict[str, Any]] = []
     while len(got) < count:
         event = chat.recv(timeout)
         if event["type"] == "presence":

@@ -18,6 +18,9 @@ class HistoryStore(Protocol):
         stored one with this `ref` in `room` (and it is still kept), return that one and False.
         StorageUnavailable (or Unavailable) if it was not stored."""
 
+    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+        """The kept message `name` stored in `room` with this `ref`, if any."""
+
     async def latest(self, room: str, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first."""
 
