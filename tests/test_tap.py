@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import MultiService
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from wschat.certs import write_dev_cert
 from wschat.service import ChatService
 from wschat.tap import Options, makeService
+from wschat.tlsreload import TlsFiles, TlsListen
 
 
 def parse(*args: str) -> Options:
@@ -33,13 +36,42 @@ def test_listen_is_repeatable_and_replaces_port() -> None:
     assert options["listen"] == ["tcp:1:interface=127.0.0.1", "tcp6:2"]
 
 
-def test_tls_shorthand_becomes_an_ssl_endpoint(tmp_path: Path) -> None:
-    """--tls-port/--tls-cert/--tls-key add a quoted ssl: endpoint (and no plain port)."""
+def test_tls_shorthand_becomes_a_reloadable_tls_endpoint(tmp_path: Path) -> None:
+    """--tls-port/--tls-cert/--tls-key give TLS over tcp:PORT (and no plain port)."""
     cert, key = write_dev_cert(tmp_path / "a:b")
     options = parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(key))
-    [endpoint] = options["listen"]
-    assert endpoint.startswith("ssl:8443:privateKey=")
-    assert "a\\:b" in endpoint
+    assert options["listen"] == []
+    assert options["tls"] == [TlsListen("tcp:8443", TlsFiles(str(cert), str(key)), "tcp:8443")]
+
+
+def test_ssl_listen_strings_and_tls_listen_are_tls_endpoints(tmp_path: Path) -> None:
+    """`--listen ssl:...` (Twisted's quoting) and `--tls-listen ENDPOINT` are reloadable TLS
+    endpoints beside the plain ones; --tls-listen needs the pair."""
+    cert, key = write_dev_cert(tmp_path / "a:b")
+    quoted_key, quoted_cert = quoteStringArgument(str(key)), quoteStringArgument(str(cert))
+    ssl = f"ssl:8443:privateKey={quoted_key}:certKey={quoted_cert}"
+    options = parse(
+        "--listen",
+        "tcp:8080",
+        "--listen",
+        ssl,
+        "--tls-listen",
+        "systemd:domain=INET6:name=https",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    assert options["listen"] == ["tcp:8080"]
+    files = TlsFiles(str(cert), str(key))
+    assert options["tls"] == [
+        TlsListen("systemd:domain=INET6:name=https", files, "systemd:domain=INET6:name=https"),
+        TlsListen("tcp:8443", files, ssl),
+    ]
+    with pytest.raises(usage.UsageError, match="--tls-listen ENDPOINT with --tls-cert"):
+        parse("--tls-listen", "tcp:8443")
+    with pytest.raises(usage.UsageError, match="do not take sslmethod"):
+        parse("--listen", ssl + ":sslmethod=TLSv1_2_METHOD")
 
 
 def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
@@ -78,13 +110,21 @@ class ThreadedMemoryReactor(MemoryReactorClock):
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
-    """makeService wires the chat service first, then one port service per endpoint."""
+    """makeService wires the chat service first, then one port service per endpoint; a TLS
+    endpoint serves the same site inside TLS."""
     reactor = ThreadedMemoryReactor()
+    cert, key = write_dev_cert(tmp_path / "certs")
     options = parse(
         "--listen",
         "tcp:8081:interface=127.0.0.1",
         "--listen",
         "tcp:8082",
+        "--tls-port",
+        "8443",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
         "--history-db",
         str(tmp_path / "h.sqlite3"),
     )
@@ -93,6 +133,11 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     services = list(top)
     assert isinstance(services[0], ChatService)
     top.startService()
-    assert [(port[0], port[3]) for port in reactor.tcpServers] == [(8081, "127.0.0.1"), (8082, "")]
-    top.stopService()
+    try:
+        ports = [(port[0], port[3]) for port in reactor.tcpServers]
+        assert ports == [(8081, "127.0.0.1"), (8082, ""), (8443, "")]
+        plain, tls = reactor.tcpServers[0][1], reactor.tcpServers[2][1]
+        assert isinstance(tls, TLSMemoryBIOFactory) and tls.wrappedFactory is plain
+    finally:
+        top.stopService()
     reactor.advance(10)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
 
 from .chat.broker import LocalBroker
@@ -19,6 +19,16 @@ from .chat.model import new_resume_token
 from .echo import add_echo
 from .service import ChatService
 from .sqlite_history import MEMORY, SqliteHistory
+from .tlsreload import (
+    ReloadableTls,
+    TlsEndpoint,
+    TlsFiles,
+    TlsFilesError,
+    TlsListen,
+    TlsReloader,
+    load_tls,
+    tls_from_ssl_description,
+)
 from .web import make_site
 from .ws import ChatFactory, WsSettings
 
@@ -51,8 +61,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the wschat chat server: the browser client at /, the WebSocket at /ws and a "
-        "health check at /healthz, all on each listening endpoint. Without --listen or "
-        "--tls-port it listens on plain TCP --port."
+        "health check at /healthz, all on each listening endpoint. Without --listen, "
+        "--tls-port or --tls-listen it listens on plain TCP --port. SIGHUP reloads the TLS "
+        "certificates from their files."
     )
 
     optParameters = [
@@ -70,8 +81,13 @@ class Options(usage.Options):
             "Serve https/wss on this port (needs --tls-cert and --tls-key).",
             int,
         ],
-        ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
-        ["tls-key", None, None, "PEM private key for --tls-port."],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate, then its intermediates (fullchain.pem), for --tls-port/--tls-listen.",
+        ],
+        ["tls-key", None, None, "PEM private key for --tls-port/--tls-listen."],
         ["history-db", None, DEFAULT_DB, "SQLite history file; ':memory:' keeps nothing."],
         ["history-size", None, 100, "Messages kept per room and sent on join.", _positive_int],
         [
@@ -146,47 +162,67 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tls_listen"] = []
+        self["tls"] = []
         self["allowed_origins"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
         self["listen"].append(endpoint)
 
+    def opt_tls_listen(self, endpoint: str) -> None:
+        """Endpoint to serve https/wss on with --tls-cert/--tls-key, e.g.
+        systemd:domain=INET6:name=https (repeatable)."""
+        self["tls_listen"].append(endpoint)
+
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
         self["allowed_origins"].append(origin)
 
     def postOptions(self) -> None:
-        tls_given = [self[k] is not None for k in ("tls-port", "tls-cert", "tls-key")]
-        if any(tls_given) and not all(tls_given):
-            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together")
+        pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
+        tls_endpoints = list(self["tls_listen"])
         if self["tls-port"] is not None:
-            check_tls_files(self["tls-cert"], self["tls-key"])
-            self["listen"].append(
-                "ssl:{}:privateKey={}:certKey={}".format(
-                    self["tls-port"],
-                    quoteStringArgument(self["tls-key"]),
-                    quoteStringArgument(self["tls-cert"]),
-                )
+            tls_endpoints.append(f"tcp:{self['tls-port']}")
+        if (tls_endpoints or any(pair_given)) and not (tls_endpoints and all(pair_given)):
+            raise usage.UsageError(
+                "--tls-port, --tls-cert and --tls-key go together "
+                "(or --tls-listen ENDPOINT with --tls-cert and --tls-key)"
             )
-        if not self["listen"]:
-            self["listen"].append(f"tcp:{self['port']}")
+        tls = [
+            TlsListen(endpoint, TlsFiles(self["tls-cert"], self["tls-key"]), endpoint)
+            for endpoint in tls_endpoints
+        ]
+        plain = []
+        for endpoint in self["listen"]:
+            if endpoint.split(":", 1)[0] != "ssl":
+                plain.append(endpoint)
+                continue
+            try:
+                tls.append(tls_from_ssl_description(endpoint))
+            except ValueError as exc:
+                raise usage.UsageError(str(exc)) from None
+        for listen in tls:
+            check_tls_files(listen.files)
+        if not plain and not tls:
+            plain.append(f"tcp:{self['port']}")
+        self["listen"] = plain
+        self["tls"] = tls
 
 
-def check_tls_files(cert: str, key: str) -> None:
+def check_tls_files(files: TlsFiles) -> None:
     """Refuse to start on a missing or mismatched pair, instead of failing every handshake."""
-    for label, path in (("certificate", cert), ("private key", key)):
-        if not os.path.isfile(path):
-            raise usage.UsageError(f"TLS {label} file not found: {path}")
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
-        context.use_certificate_chain_file(cert)
-        context.use_privatekey_file(key)
-        context.check_privatekey()
-    except SSL.Error as exc:
-        raise usage.UsageError(
-            f"TLS certificate {cert} and key {key} are unreadable or do not match: {exc}"
-        ) from None
+        load_tls(files)
+    except TlsFilesError as exc:
+        raise usage.UsageError(str(exc)) from None
+
+
+def listen_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+    service = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound stops twistd at start-up.
+    service._raiseSynchronously = True
+    return service
 
 
 def make_store(options: Options, reactor: Any) -> HistoryStore:
@@ -228,6 +264,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     top = MultiService()
     ChatService(factory, store, reactor).setServiceParent(top)
+    reloadable = [ReloadableTls(listen) for listen in options["tls"]]
+    TlsReloader(reloadable, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    for tls in reloadable:
+        inner = serverFromString(reactor, tls.listen.endpoint)
+        listen_service(TlsEndpoint(inner, tls, reactor), site).setServiceParent(top)
     return top
