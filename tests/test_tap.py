@@ -30,6 +30,13 @@ def test_default_is_plain_tcp_8080() -> None:
     assert parse("--port", "9000")["listen"] == ["tcp:9000"]
 
 
+def test_drain_defaults() -> None:
+    """SIGTERM drains over 5 s by default, bounded by a 30 s shutdown timeout; 0 is allowed."""
+    options = parse()
+    assert (options["drain-seconds"], options["shutdown-timeout"]) == (5.0, 30.0)
+    assert parse("--drain-seconds", "0")["drain-seconds"] == 0.0
+
+
 def test_listen_is_repeatable_and_replaces_port() -> None:
     """--listen endpoints are used as given, and --port is then ignored."""
     options = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "tcp6:2", "--port", "3")
@@ -94,6 +101,9 @@ def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
         ("--max-message-bytes", "-5"),
         ("--max-members", "-1"),
         ("--port", "http"),
+        ("--drain-seconds", "-1"),
+        ("--shutdown-timeout", "0"),
+        ("--drain-seconds", "30"),  # not shorter than the default --shutdown-timeout
     ],
 )
 def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:

@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+import wschat
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
@@ -29,14 +30,14 @@ from .chatkit import Peer, run
 from .wsframes import handshake
 
 
-def make() -> tuple[StubTreq, Hub]:
+def make() -> tuple[StubTreq, Hub, ChatFactory]:
     clock = Clock()
     factory = ChatFactory(WsSettings(), clock)
     clock.advance(100)
     hub = Hub(MemoryHistory(10), LocalBroker(), factory.fanout, clock.seconds, lambda: "t")
     factory.attach(hub)
     site = make_site(factory, hub, lambda: 12.5)
-    return StubTreq(site.resource), hub
+    return StubTreq(site.resource), hub, factory
 
 
 def body(stub: StubTreq, response: object) -> bytes:
@@ -55,17 +56,35 @@ def get(stub: StubTreq, url: str) -> tuple[int, bytes, object]:
 
 
 def test_healthz_reports_connections_rooms_uptime() -> None:
-    """/healthz is 200 JSON with live counts, never cached."""
-    stub, hub = make()
+    """/healthz is 200 JSON with the version and live counts, never cached."""
+    stub, hub, _ = make()
     peer = Peer("p")
     session = hub.connect(peer, peer.events.append, lambda: None)
     run(hub.join(session, Join("lobby", "alice")))
     code, data, response = get(stub, "http://chat.example/healthz")
     assert code == 200
-    assert json.loads(data) == {"status": "ok", "connections": 1, "rooms": 1, "uptime_s": 12.5}
+    assert json.loads(data) == {
+        "status": "ok",
+        "version": wschat.__version__,
+        "draining": False,
+        "connections": 1,
+        "rooms": 1,
+        "uptime_s": 12.5,
+    }
     headers = response.headers  # type: ignore[attr-defined]
     assert headers.getRawHeaders("content-type") == ["application/json"]
     assert headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+def test_healthz_is_503_draining_while_the_server_drains() -> None:
+    """While draining, /healthz answers 503 with the same JSON saying so (readiness)."""
+    stub, _, factory = make()
+    factory.draining = True
+    code, data, _ = get(stub, "http://chat.example/healthz")
+    status = json.loads(data)
+    assert code == 503
+    assert (status["status"], status["draining"]) == ("draining", True)
+    assert status["version"] == wschat.__version__
 
 
 @pytest.fixture

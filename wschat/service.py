@@ -13,7 +13,8 @@ from .ws import ChatFactory
 
 class ChatService(Service):
     """Owns the factory and the store. Added to the MultiService before the listening ports,
-    so it stops after them: no new connections, then 1001 to every client, then the database."""
+    so it stops after them (and after the drain, wschat/drain.py): no new connections, then
+    1001 to any client still open, then the database."""
 
     _log = Logger()
 

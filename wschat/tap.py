@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
@@ -16,6 +16,7 @@ from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
 from .chat.limits import Limits
 from .chat.model import new_resume_token
+from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain, DrainingService
 from .echo import add_echo
 from .service import ChatService
 from .sqlite_history import MEMORY, SqliteHistory
@@ -54,6 +55,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
         raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value} is not a number >= 0")
     return number
 
 
@@ -144,6 +152,21 @@ class Options(usage.Options):
             _non_negative_int,
         ],
         [
+            "drain-seconds",
+            None,
+            DEFAULT_DRAIN_S,
+            "On SIGTERM, close the WebSocket connections (1012) spread over this many seconds "
+            "(0: all at once) while refusing new ones (503).",
+            _non_negative_float,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT_S,
+            "Seconds after SIGTERM at which connections still open are aborted.",
+            _positive_float,
+        ],
+        [
             "trust-proxies",
             None,
             0,
@@ -180,6 +203,8 @@ class Options(usage.Options):
         self["allowed_origins"].append(origin)
 
     def postOptions(self) -> None:
+        if self["drain-seconds"] >= self["shutdown-timeout"]:
+            raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
         pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
         tls_endpoints = list(self["tls_listen"])
         if self["tls-port"] is not None:
@@ -262,7 +287,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["conformance-echo"]:
         add_echo(site, settings)
 
-    top = MultiService()
+    drain = Drain(factory, reactor, options["drain-seconds"], options["shutdown-timeout"])
+    top = DrainingService(drain.run)
     ChatService(factory, store, reactor).setServiceParent(top)
     reloadable = [ReloadableTls(listen) for listen in options["tls"]]
     TlsReloader(reloadable, reactor).setServiceParent(top)

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
+from . import __version__
 from .chat.hub import Hub
 from .ws import SERVER_NAME, ChatFactory
 
@@ -33,18 +34,29 @@ def static_dir() -> Path:
 
 
 class Health(Resource):
+    """Liveness and readiness in one: 200 while serving, 503 while draining (a load balancer
+    stops sending clients), the same JSON either way."""
+
     isLeaf = True
 
-    def __init__(self, hub: Hub, uptime_s: Callable[[], float]) -> None:
+    def __init__(
+        self, hub: Hub, uptime_s: Callable[[], float], draining: Callable[[], bool]
+    ) -> None:
         super().__init__()
         self._hub = hub
         self._uptime_s = uptime_s
+        self._draining = draining
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        draining = self._draining()
+        if draining:
+            request.setResponseCode(503)
         status = {
-            "status": "ok",
+            "status": "draining" if draining else "ok",
+            "version": __version__,
+            "draining": draining,
             "connections": self._hub.connection_count,
             "rooms": self._hub.room_count,
             "uptime_s": round(self._uptime_s(), 3),
@@ -139,7 +151,7 @@ def make_site(
 ) -> ChatSite:
     root = File(str(static_dir()))
     root.putChild(b"ws", UpgradeResource(factory))
-    root.putChild(b"healthz", Health(hub, uptime_s))
+    root.putChild(b"healthz", Health(hub, uptime_s, lambda: factory.draining))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.head_timeout_s = factory.settings.open_handshake_timeout_s
     site.displayTracebacks = False
