@@ -288,6 +288,8 @@ class ChatProtocol(WebSocketServerProtocol):
         )
 
     def admit_output(self, size: int) -> bool:
+        if self.state != STATE_OPEN:
+            return False  # closing: nothing more is queued, so nothing more counts
         self._count_output(size)
         return self.state == STATE_OPEN
 
