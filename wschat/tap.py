@@ -16,9 +16,10 @@ from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
 from .chat.limits import Limits
 from .chat.model import new_resume_token
-from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain, DrainingService
+from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
 from .echo import add_echo
-from .service import ChatService
+from .logs import check_twistd_options, log_format, observer_for
+from .service import ChatService, WschatService
 from .sqlite_history import MEMORY, SqliteHistory
 from .tlsreload import (
     ReloadableTls,
@@ -167,6 +168,14 @@ class Options(usage.Options):
             _positive_float,
         ],
         [
+            "log-format",
+            None,
+            "text",
+            "text: twistd's log lines; json: one JSON object per line, in the same place "
+            "(--logfile or stdout), rotated the same way.",
+            log_format,
+        ],
+        [
             "trust-proxies",
             None,
             0,
@@ -203,6 +212,9 @@ class Options(usage.Options):
         self["allowed_origins"].append(origin)
 
     def postOptions(self) -> None:
+        twistd = getattr(self, "parent", None)  # twistd's own options, when run by twistd
+        if twistd is not None:
+            check_twistd_options(self["log-format"], twistd)
         if self["drain-seconds"] >= self["shutdown-timeout"]:
             raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
         pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
@@ -288,7 +300,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         add_echo(site, settings)
 
     drain = Drain(factory, reactor, options["drain-seconds"], options["shutdown-timeout"])
-    top = DrainingService(drain.run)
+    log_observer = observer_for(options["log-format"], getattr(options, "parent", None), reactor)
+    top = WschatService(drain.run, log_observer)
     ChatService(factory, store, reactor).setServiceParent(top)
     reloadable = [ReloadableTls(listen) for listen in options["tls"]]
     TlsReloader(reloadable, reactor).setServiceParent(top)
