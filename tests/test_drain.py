@@ -100,8 +100,7 @@ def test_closes_due_are_even_over_the_window() -> None:
 def test_drain_closes_each_connection_1012_evenly_and_fires_when_all_are_gone(
     factory: ChatFactory, clock: Clock, log_events: list[LogEvent]
 ) -> None:
-    """Ten connections over 5 s: one 1012 every 0.5 s from the start; the drain's Deferred
-    fires once the last one has answered and gone; upgrades are refused (503) meanwhile."""
+    """A 5 s drain sends 1012 every 0.5 s to 10 clients, upgrades get 503; done when all left."""
     connected = peers(factory, clock, 10)
     drained = Drain(factory, clock, drain_s=5.0, timeout_s=30.0).run()
     assert factory.draining

@@ -36,8 +36,7 @@ def sigusr1() -> Iterator[None]:
 
 
 def test_json_lines_have_the_fields_and_the_text() -> None:
-    """Each event is one line of JSON with its fields, level, namespace and formatted text;
-    a failure's traceback is in the text."""
+    """Each event is one JSON line: fields, level, namespace and text, tracebacks too."""
     out = io.StringIO()
     publisher = LogPublisher(json_lines_observer(out))
     log = Logger(namespace="wschat.test", observer=publisher)
@@ -57,8 +56,7 @@ def test_json_lines_have_the_fields_and_the_text() -> None:
 
 
 def test_the_destination_is_the_one_twistd_would_use(tmp_path: Path, sigusr1: None) -> None:
-    """stdout in the foreground without --logfile or with `--logfile -`; else the file
-    (twistd.log by default), which SIGUSR1 then rotates."""
+    """JSON goes where twistd's text would: stdout in the foreground, else a rotating file."""
     reactor = NoThreads()
     assert twistd_log_file({"nodaemon": True, "logfile": None}, reactor) is sys.stdout
     assert twistd_log_file({"nodaemon": True, "logfile": "-"}, reactor) is sys.stdout
@@ -94,8 +92,7 @@ def test_log_format_is_text_or_json() -> None:
 
 
 def test_the_observer_reaches_twistd_through_the_application() -> None:
-    """Parented to twistd's application, the top service sets its observer as the
-    application's ILogObserver, which twistd then logs to; without one it sets nothing."""
+    """The top service sets its observer as the ILogObserver of twistd's application."""
     observer = json_lines_observer(io.StringIO())
     application = Application("wschat")
     WschatService(lambda: succeed(None), observer).setServiceParent(application)

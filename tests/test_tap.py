@@ -52,8 +52,7 @@ def test_tls_shorthand_becomes_a_reloadable_tls_endpoint(tmp_path: Path) -> None
 
 
 def test_ssl_listen_strings_and_tls_listen_are_tls_endpoints(tmp_path: Path) -> None:
-    """`--listen ssl:...` (Twisted's quoting) and `--tls-listen ENDPOINT` are reloadable TLS
-    endpoints beside the plain ones; --tls-listen needs the pair."""
+    """--listen ssl:... and --tls-listen become reloadable TLS endpoints; both need a pair."""
     cert, key = write_dev_cert(tmp_path / "a:b")
     quoted_key, quoted_cert = quoteStringArgument(str(key)), quoteStringArgument(str(cert))
     ssl = f"ssl:8443:privateKey={quoted_key}:certKey={quoted_cert}"
@@ -120,8 +119,7 @@ class ThreadedMemoryReactor(MemoryReactorClock):
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
-    """makeService wires the chat service first, then one port service per endpoint; a TLS
-    endpoint serves the same site inside TLS."""
+    """makeService wires the chat service, then a port per endpoint, TLS ones wrapping the site."""
     reactor = ThreadedMemoryReactor()
     cert, key = write_dev_cert(tmp_path / "certs")
     options = parse(

@@ -109,8 +109,7 @@ def test_a_matching_pair_loads_with_its_intermediates(tmp_path: Path) -> None:
 def test_bad_pairs_are_refused_with_the_file_and_the_problem(
     tmp_path: Path, pairs: Callable[[str], Pair]
 ) -> None:
-    """Missing files, a file without PEM, an encrypted key and a key of another certificate
-    each raise TlsFilesError with a message that names the file."""
+    """Missing, non-PEM, encrypted and mismatched files raise TlsFilesError naming the file."""
     a, b = pairs("a"), pairs("b")
     cases = {
         "TLS certificate file not found": TlsFiles(str(tmp_path / "no.pem"), str(a.key)),
@@ -151,8 +150,7 @@ def test_an_ssl_endpoint_string_becomes_tls_over_tcp() -> None:
 def test_new_connections_get_the_reloaded_pair_and_old_ones_keep_theirs(
     pairs: Callable[[str], Pair],
 ) -> None:
-    """After a reload, handshakes see the new certificate (with ALPN http/1.1); a connection
-    created before it still has the old certificate and context."""
+    """A reload gives new handshakes the new certificate and ALPN; old connections keep theirs."""
     a, b = pairs("a"), pairs("b")
     creator = ReloadableTls(listen_on(a))
     before = creator.serverConnectionForTLS(tls_protocol(creator))
@@ -193,8 +191,7 @@ class ThreadlessReactor:
 def test_sighup_reloads_every_endpoint_and_logs_one_line_each(
     pairs: Callable[[str], Pair], log_events: list[LogEvent]
 ) -> None:
-    """SIGHUP schedules a reload in the reactor; each endpoint logs one line, an error for the
-    one whose files are broken; stopping the service puts the old handler back."""
+    """SIGHUP reloads in the reactor: a log line per endpoint, an error if broken."""
     a, b, other = pairs("a"), pairs("b"), pairs("other")
     good, bad = ReloadableTls(listen_on(a)), ReloadableTls(listen_on(other))
     reactor = ThreadlessReactor()

@@ -317,8 +317,7 @@ RECORD_CLOSE_CODES = """
 def test_the_page_comes_back_by_itself_after_a_graceful_restart(
     wschat_server: ServerFactory, open_chat: OpenChat
 ) -> None:
-    """SIGTERM drains the server: the page is closed with 1012, shows that it reconnects within
-    a few seconds, comes back by itself once the server is up again and rejoins with `since`."""
+    """After a drain's 1012 the page comes back by itself in seconds and rejoins with since."""
     srv = wschat_server("--drain-seconds", "0.5")
     url = f"{srv.http_url}/#/lobby"
     alice = open_chat(url, "alice", outage=True)
@@ -348,8 +347,7 @@ def test_the_page_comes_back_by_itself_after_a_graceful_restart(
 def test_close_codes_decide_whether_the_page_comes_back_by_itself(
     wschat_server: ServerFactory, open_chat: OpenChat
 ) -> None:
-    """A close the server would repeat (1008) leaves the page offline, saying why, until the
-    person asks; 1013 ("try again later") brings it back by itself within seconds."""
+    """After 1008 the page stays offline until asked; after 1013 it comes back by itself."""
     srv = wschat_server()
     sockets: list[Any] = []
 

@@ -155,8 +155,7 @@ def test_dead_peer_found_by_ping(wschat_server: ServerFactory) -> None:
 
 
 def test_sigterm_closes_1012(wschat_server: ServerFactory) -> None:
-    """SIGTERM with --drain-seconds 0: every client gets 1012 at once, twistd stops cleanly, no
-    WAL left, history intact. (tests/e2e/test_drain.py drains 200 clients over 5 s.)"""
+    """SIGTERM with --drain-seconds 0: 1012 to all at once, clean exit, no WAL, history intact."""
     server = wschat_server("--drain-seconds", "0")
     clients = [Chat(server.ws_url) for _ in range(3)]
     for i, chat in enumerate(clients):

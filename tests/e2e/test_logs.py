@@ -32,8 +32,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_json_log_format_writes_one_json_object_per_line(wschat_server: ServerFactory) -> None:
-    """`--log-format json` in the foreground: every line on stdout is JSON, and a connection's
-    close line carries its fields (client, code) as well as its text."""
+    """--log-format json: each stdout line is JSON; a close line has client and code fields."""
     server = wschat_server("--log-format", "json")
     chat = Chat(server.ws_url)
     chat.join("lobby", "alice")
@@ -57,8 +56,7 @@ def request(port: int, path: str) -> None:
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_the_daemon_log_rotates_on_sigusr1_and_at_1_mb(tmp_path: Path, log_format: str) -> None:
-    """A daemon's --logfile moves to .1 on SIGUSR1 and goes on in a new file, and rotates by
-    itself at 1 MB (the older files moving on to .2), in either format."""
+    """A daemon's --logfile rotates on SIGUSR1 and by itself at 1 MB, in text and in JSON."""
     pidfile, logfile, port = tmp_path / "wschat.pid", tmp_path / "wschat.log", free_port()
     done = subprocess.run(
         [

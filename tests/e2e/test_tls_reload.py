@@ -77,9 +77,7 @@ def sighup(server: ServerProcess) -> str:
 def test_sighup_gives_new_connections_the_new_certificate_and_keeps_old_ones(
     wschat_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """A broken or missing pair keeps certificate A (one error line each); then B's files
-    and SIGHUP: Python's ssl and `openssl s_client` see B, a wss:// client opened under A
-    stays open and keeps chatting with the new ones; the server never stops serving."""
+    """SIGHUP: broken pairs keep A, then B reaches new clients while a wss client of A chats on."""
     server = wschat_server(tls=True)
     assert server.cert_path is not None and server.tls_port is not None
     port = server.tls_port
@@ -130,8 +128,7 @@ def test_sighup_gives_new_connections_the_new_certificate_and_keeps_old_ones(
 def test_the_chain_in_the_certificate_file_is_sent(
     wschat_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """With a fullchain.pem (leaf + intermediate) given to --tls-listen, a client that trusts
-    only the root verifies the server: the intermediate is sent, as browsers need."""
+    """A fullchain.pem's intermediate is sent: a client trusting only the root verifies."""
     root, pair = chain(tmp_path / "ca")
     port = free_port()
     wschat_server(
@@ -149,8 +146,7 @@ def test_the_chain_in_the_certificate_file_is_sent(
 def test_the_certbot_deploy_hook_installs_the_pair_and_reloads(
     wschat_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """contrib/certbot/wschat-deploy-hook, run as certbot runs it, puts the renewed pair in
-    wschat's directory (key readable by its group only) and SIGHUPs it: new connections get it."""
+    """The certbot deploy hook installs the renewed pair (key 0640) and SIGHUPs it in."""
     tls_dir = tmp_path / "etc-wschat-tls"
     first = self_signed(tmp_path / "first", "first.localhost")
     tls_dir.mkdir()
