@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from .abuse import run_async
 from .client import Chat
 from .conftest import ServerFactory
 from .process import CLEAN_STOP_CODES, ServerProcess
@@ -137,7 +138,7 @@ def test_sigterm_drains_200_clients_with_1012_spread_over_the_window(
     """SIGTERM: 200 clients get 1012 spread over the drain, 503s meanwhile, every ack kept."""
     server = wschat_server("--history-size", "1000", "--drain-seconds", str(DRAIN_S))
     clients = [Client(f"user{i}", f"room{i % ROOMS}") for i in range(CLIENTS)]
-    sigterm_at, polls, refused = asyncio.run(drain_under_load(server, clients))
+    sigterm_at, polls, refused = run_async(drain_under_load(server, clients))
     assert server.stop() in CLEAN_STOP_CODES
 
     assert [c.close for c in clients] == [(1012, "service restart")] * CLIENTS
