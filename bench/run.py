@@ -230,6 +230,9 @@ class Server:
                 "1000000",
                 "--burst",
                 "1000000",
+                # Stop at once, as before the drain existed (stop_process waits 3 s).
+                "--drain-seconds",
+                "0",
                 *o.wschat_extra,
                 *self.extra_args,
             ]

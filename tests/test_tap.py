@@ -9,17 +9,21 @@ import pytest
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from wschat.certs import write_dev_cert
 from wschat.service import ChatService
 from wschat.tap import Options, makeService
+from wschat.tlsreload import TlsFiles, TlsListen
 
 
 def parse(*args: str) -> Options:
@@ -34,19 +38,54 @@ def test_default_is_plain_tcp_8080() -> None:
     assert parse("--port", "9000")["listen"] == ["tcp:9000"]
 
 
+def test_drain_defaults() -> None:
+    """SIGTERM drains over 5 s by default, bounded by a 30 s shutdown timeout; 0 is allowed."""
+    options = parse()
+    assert (options["drain-seconds"], options["shutdown-timeout"]) == (5.0, 30.0)
+    assert parse("--drain-seconds", "0")["drain-seconds"] == 0.0
+
+
 def test_listen_is_repeatable_and_replaces_port() -> None:
     """--listen endpoints are used as given, and --port is then ignored."""
     options = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "tcp6:2", "--port", "3")
     assert options["listen"] == ["tcp:1:interface=127.0.0.1", "tcp6:2"]
 
 
-def test_tls_shorthand_becomes_an_ssl_endpoint(tmp_path: Path) -> None:
-    """--tls-port/--tls-cert/--tls-key add a quoted ssl: endpoint (and no plain port)."""
+def test_tls_shorthand_becomes_a_reloadable_tls_endpoint(tmp_path: Path) -> None:
+    """--tls-port/--tls-cert/--tls-key give TLS over tcp:PORT (and no plain port)."""
     cert, key = write_dev_cert(tmp_path / "a:b")
     options = parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(key))
-    [endpoint] = options["listen"]
-    assert endpoint.startswith("ssl:8443:privateKey=")
-    assert "a\\:b" in endpoint
+    assert options["listen"] == []
+    assert options["tls"] == [TlsListen("tcp:8443", TlsFiles(str(cert), str(key)), "tcp:8443")]
+
+
+def test_ssl_listen_strings_and_tls_listen_are_tls_endpoints(tmp_path: Path) -> None:
+    """--listen ssl:... and --tls-listen become reloadable TLS endpoints; both need a pair."""
+    cert, key = write_dev_cert(tmp_path / "a:b")
+    quoted_key, quoted_cert = quoteStringArgument(str(key)), quoteStringArgument(str(cert))
+    ssl = f"ssl:8443:privateKey={quoted_key}:certKey={quoted_cert}"
+    options = parse(
+        "--listen",
+        "tcp:8080",
+        "--listen",
+        ssl,
+        "--tls-listen",
+        "systemd:domain=INET6:name=https",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    assert options["listen"] == ["tcp:8080"]
+    files = TlsFiles(str(cert), str(key))
+    assert options["tls"] == [
+        TlsListen("systemd:domain=INET6:name=https", files, "systemd:domain=INET6:name=https"),
+        TlsListen("tcp:8443", files, ssl),
+    ]
+    with pytest.raises(usage.UsageError, match="--tls-listen ENDPOINT with --tls-cert"):
+        parse("--tls-listen", "tcp:8443")
+    with pytest.raises(usage.UsageError, match="do not take sslmethod"):
+        parse("--listen", ssl + ":sslmethod=TLSv1_2_METHOD")
 
 
 def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
@@ -69,6 +108,9 @@ def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
         ("--max-message-bytes", "-5"),
         ("--max-members", "-1"),
         ("--port", "http"),
+        ("--drain-seconds", "-1"),
+        ("--shutdown-timeout", "0"),
+        ("--drain-seconds", "30"),  # not shorter than the default --shutdown-timeout
     ],
 )
 def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:
@@ -125,13 +167,21 @@ class ThreadedMemoryReactor(MemoryReactorClock):
 
 
 def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
-    """makeService listens on every endpoint; stopping closes every port before the chat."""
+    """makeService listens on every endpoint (TLS ones wrapping the site); stopping closes
+    every port before the chat."""
     reactor = ThreadedMemoryReactor()
+    cert, key = write_dev_cert(tmp_path / "certs")
     options = parse(
         "--listen",
         "tcp:8081:interface=127.0.0.1",
         "--listen",
         "tcp:8082",
+        "--tls-port",
+        "8443",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
         "--history-db",
         str(tmp_path / "h.sqlite3"),
     )
@@ -140,8 +190,11 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     services = list(top)
     assert isinstance(services[0], ChatService)
     top.startService()
-    assert [(port[0], port[3]) for port in reactor.tcpServers] == [(8081, "127.0.0.1"), (8082, "")]
-    assert [port.listening for port in reactor.ports] == [True, True]
+    ports = [(port[0], port[3]) for port in reactor.tcpServers]
+    assert ports == [(8081, "127.0.0.1"), (8082, ""), (8443, "")]
+    plain, tls = reactor.tcpServers[0][1], reactor.tcpServers[2][1]
+    assert isinstance(tls, TLSMemoryBIOFactory) and tls.wrappedFactory is plain
+    assert [port.listening for port in reactor.ports] == [True, True, True]
 
     @provider(ILogObserver)
     def chat_stopped(event: LogEvent) -> None:
@@ -150,19 +203,21 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
 
     globalLogPublisher.addObserver(chat_stopped)
     try:
-        stopped = top.stopService()
-        assert not stopped.called, "stopService must wait for the ports to close"
+        done: list[object] = []
+        top.stopService().addBoth(done.append)
+        assert not done, "stopService must wait for the ports to close"
         reactor.advance(0)
     finally:
         globalLogPublisher.removeObserver(chat_stopped)
     # The ports go first: no new connections while the clients get 1001 and the database
     # closes (ChatService is added first so that it is stopped last).
     assert reactor.events == [
+        "stop listening on 8443",
         "stop listening on 8082",
         "stop listening on 8081",
         "chat service stopped",
     ]
-    assert [port.listening for port in reactor.ports] == [False, False]
+    assert [port.listening for port in reactor.ports] == [False, False, False]
     assert not services[0].running
-    assert stopped.called
+    assert len(done) == 1 and not isinstance(done[0], Failure)
     assert reactor.getDelayedCalls() == []

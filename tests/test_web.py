@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IResponse
 
+import wschat
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
@@ -31,7 +32,7 @@ from .chatkit import Peer, run
 from .wsframes import handshake
 
 
-def make() -> tuple[StubTreq, Hub]:
+def make() -> tuple[StubTreq, Hub, ChatFactory]:
     clock = Clock()
     factory = ChatFactory(WsSettings(), clock)
     clock.advance(100)
@@ -45,7 +46,7 @@ def make() -> tuple[StubTreq, Hub]:
     )
     factory.attach(hub)
     site = make_site(factory, hub, lambda: 12.5)
-    return StubTreq(site.resource), hub
+    return StubTreq(site.resource), hub, factory
 
 
 def body(stub: StubTreq, response: IResponse) -> bytes:
@@ -65,17 +66,35 @@ def get(stub: StubTreq, url: str) -> tuple[int, bytes, IResponse]:
 
 
 def test_healthz_reports_connections_rooms_uptime() -> None:
-    """/healthz is 200 JSON with live counts, never cached."""
-    stub, hub = make()
+    """/healthz is 200 JSON with the version and live counts, never cached."""
+    stub, hub, _ = make()
     peer = Peer("p")
     session = hub.connect(peer, peer.events.append, lambda: None)
     run(hub.join(session, Join("lobby", "alice")))
     code, data, response = get(stub, "http://chat.example/healthz")
     assert code == 200
-    assert json.loads(data) == {"status": "ok", "connections": 1, "rooms": 1, "uptime_s": 12.5}
+    assert json.loads(data) == {
+        "status": "ok",
+        "version": wschat.__version__,
+        "draining": False,
+        "connections": 1,
+        "rooms": 1,
+        "uptime_s": 12.5,
+    }
     headers = response.headers
     assert headers.getRawHeaders("content-type") == ["application/json"]
     assert headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+def test_healthz_is_503_draining_while_the_server_drains() -> None:
+    """While draining, /healthz answers 503 with the same JSON saying so (readiness)."""
+    stub, _, factory = make()
+    factory.draining = True
+    code, data, _ = get(stub, "http://chat.example/healthz")
+    status = json.loads(data)
+    assert code == 503
+    assert (status["status"], status["draining"]) == ("draining", True)
+    assert status["version"] == wschat.__version__
 
 
 class TCPLikeTransport(StringTransport):

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from .chat.history import HistoryStore
+from .drain import DrainingService
 from .ws import ChatFactory
+
+
+class WschatService(DrainingService):
+    """What makeService returns: the drain first on stop (drain.py), then the children.
+
+    twistd parents it to the application it makes for a plugin, then asks that application for
+    an ILogObserver component before it begins logging; with --log-format json this service
+    puts its observer there (logs.py)."""
+
+    def __init__(
+        self, drain: Callable[[], Deferred[None]], log_observer: ILogObserver | None = None
+    ) -> None:
+        super().__init__(drain)
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
 
 
 class ChatService(Service):
     """Owns the factory and the store. Added to the MultiService before the listening ports,
-    so it stops after them: no new connections, then 1001 to every client, then the database."""
+    so it stops after them (and after the drain, wschat/drain.py): no new connections, then
+    1001 to any client still open, then the database."""
 
     _log = Logger()
 

@@ -7,10 +7,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
 
 from .chat.broker import Broker, LocalBroker
@@ -18,12 +19,24 @@ from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
 from .chat.limits import Limits
 from .chat.model import new_resume_token
+from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
 from .echo import add_echo
+from .logs import check_twistd_options, log_format, observer_for
 from .redis_broker import RedisBroker
 from .redis_history import RedisHistory
 from .redis_link import RedisLink, parse_redis_url
-from .service import ChatService
+from .service import ChatService, WschatService
 from .sqlite_history import MEMORY, SqliteHistory
+from .tlsreload import (
+    ReloadableTls,
+    TlsEndpoint,
+    TlsFiles,
+    TlsFilesError,
+    TlsListen,
+    TlsReloader,
+    load_tls,
+    tls_from_ssl_description,
+)
 from .web import HealthCheck, make_site
 from .ws import ChatFactory, WsSettings
 
@@ -52,12 +65,20 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value} is not a number >= 0")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the wschat chat server: the browser client at /, the WebSocket at /ws and a "
-        "health check at /healthz, all on each listening endpoint. Without --listen or "
-        "--tls-port it listens on plain TCP --port."
+        "health check at /healthz, all on each listening endpoint. Without --listen, "
+        "--tls-port or --tls-listen it listens on plain TCP --port. SIGHUP reloads the TLS "
+        "certificates from their files."
     )
 
     optParameters = [
@@ -75,8 +96,13 @@ class Options(usage.Options):
             "Serve https/wss on this port (needs --tls-cert and --tls-key).",
             int,
         ],
-        ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
-        ["tls-key", None, None, "PEM private key for --tls-port."],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate, then its intermediates (fullchain.pem), for --tls-port/--tls-listen.",
+        ],
+        ["tls-key", None, None, "PEM private key for --tls-port/--tls-listen."],
         ["history-db", None, DEFAULT_DB, "SQLite history file; ':memory:' keeps nothing."],
         ["history-size", None, 100, "Messages kept per room and sent on join.", _positive_int],
         [
@@ -174,6 +200,29 @@ class Options(usage.Options):
             _non_negative_int,
         ],
         [
+            "drain-seconds",
+            None,
+            DEFAULT_DRAIN_S,
+            "On SIGTERM, close the WebSocket connections (1012) spread over this many seconds "
+            "(0: all at once) while refusing new ones (503).",
+            _non_negative_float,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT_S,
+            "Seconds after SIGTERM at which connections still open are aborted.",
+            _positive_float,
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text: twistd's log lines; json: one JSON object per line, in the same place "
+            "(--logfile or stdout), rotated the same way.",
+            log_format,
+        ],
+        [
             "trust-proxies",
             None,
             0,
@@ -192,47 +241,72 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["tls_listen"] = []
+        self["tls"] = []
         self["allowed_origins"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
         self["listen"].append(endpoint)
 
+    def opt_tls_listen(self, endpoint: str) -> None:
+        """Endpoint to serve https/wss on with --tls-cert/--tls-key, e.g.
+        systemd:domain=INET6:name=https (repeatable)."""
+        self["tls_listen"].append(endpoint)
+
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
         self["allowed_origins"].append(origin)
 
     def postOptions(self) -> None:
-        tls_given = [self[k] is not None for k in ("tls-port", "tls-cert", "tls-key")]
-        if any(tls_given) and not all(tls_given):
-            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together")
+        twistd = getattr(self, "parent", None)  # twistd's own options, when run by twistd
+        if twistd is not None:
+            check_twistd_options(self["log-format"], twistd)
+        if self["drain-seconds"] >= self["shutdown-timeout"]:
+            raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
+        pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
+        tls_endpoints = list(self["tls_listen"])
         if self["tls-port"] is not None:
-            check_tls_files(self["tls-cert"], self["tls-key"])
-            self["listen"].append(
-                "ssl:{}:privateKey={}:certKey={}".format(
-                    self["tls-port"],
-                    quoteStringArgument(self["tls-key"]),
-                    quoteStringArgument(self["tls-cert"]),
-                )
+            tls_endpoints.append(f"tcp:{self['tls-port']}")
+        if (tls_endpoints or any(pair_given)) and not (tls_endpoints and all(pair_given)):
+            raise usage.UsageError(
+                "--tls-port, --tls-cert and --tls-key go together "
+                "(or --tls-listen ENDPOINT with --tls-cert and --tls-key)"
             )
-        if not self["listen"]:
-            self["listen"].append(f"tcp:{self['port']}")
+        tls = [
+            TlsListen(endpoint, TlsFiles(self["tls-cert"], self["tls-key"]), endpoint)
+            for endpoint in tls_endpoints
+        ]
+        plain = []
+        for endpoint in self["listen"]:
+            if endpoint.split(":", 1)[0] != "ssl":
+                plain.append(endpoint)
+                continue
+            try:
+                tls.append(tls_from_ssl_description(endpoint))
+            except ValueError as exc:
+                raise usage.UsageError(str(exc)) from None
+        for listen in tls:
+            check_tls_files(listen.files)
+        if not plain and not tls:
+            plain.append(f"tcp:{self['port']}")
+        self["listen"] = plain
+        self["tls"] = tls
 
 
-def check_tls_files(cert: str, key: str) -> None:
+def check_tls_files(files: TlsFiles) -> None:
     """Refuse to start on a missing or mismatched pair, instead of failing every handshake."""
-    for label, path in (("certificate", cert), ("private key", key)):
-        if not os.path.isfile(path):
-            raise usage.UsageError(f"TLS {label} file not found: {path}")
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
-        context.use_certificate_chain_file(cert)
-        context.use_privatekey_file(key)
-        context.check_privatekey()
-    except SSL.Error as exc:
-        raise usage.UsageError(
-            f"TLS certificate {cert} and key {key} are unreadable or do not match: {exc}"
-        ) from None
+        load_tls(files)
+    except TlsFilesError as exc:
+        raise usage.UsageError(str(exc)) from None
+
+
+def listen_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+    service = StreamServerEndpointService(endpoint, factory)
+    # As strports.service does: a port that cannot be bound stops twistd at start-up.
+    service._raiseSynchronously = True
+    return service
 
 
 def make_store(options: Options, reactor: Any) -> HistoryStore:
@@ -314,11 +388,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["conformance-echo"]:
         add_echo(site, settings)
 
-    top = MultiService()
+    drain = Drain(factory, reactor, options["drain-seconds"], options["shutdown-timeout"])
+    log_observer = observer_for(options["log-format"], getattr(options, "parent", None), reactor)
+    top = WschatService(drain.run, log_observer)
     # Started first and stopped last: the connections close before Redis goes.
     for service in backend.services:
         service.setServiceParent(top)
     ChatService(factory, backend.store, reactor).setServiceParent(top)
+    reloadable = [ReloadableTls(listen) for listen in options["tls"]]
+    TlsReloader(reloadable, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    for tls in reloadable:
+        inner = serverFromString(reactor, tls.listen.endpoint)
+        listen_service(TlsEndpoint(inner, tls, reactor), site).setServiceParent(top)
     return top

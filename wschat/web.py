@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
+from . import __version__
 from .chat.hub import Hub
 from .ws import SERVER_NAME, ChatFactory
 
@@ -38,21 +39,32 @@ HealthCheck = Callable[[], tuple[dict[str, object], bool]]
 
 
 class Health(Resource):
+    """Liveness and readiness in one: 200 while serving, 503 while draining (a load balancer
+    stops sending clients), the same JSON either way."""
+
     isLeaf = True
 
     def __init__(
-        self, hub: Hub, uptime_s: Callable[[], float], checks: Sequence[HealthCheck] = ()
+        self,
+        hub: Hub,
+        uptime_s: Callable[[], float],
+        draining: Callable[[], bool],
+        checks: Sequence[HealthCheck] = (),
     ) -> None:
         super().__init__()
         self._hub = hub
         self._uptime_s = uptime_s
+        self._draining = draining
         self._checks = tuple(checks)
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        draining = self._draining()
         status: dict[str, object] = {
-            "status": "ok",
+            "status": "draining" if draining else "ok",
+            "version": __version__,
+            "draining": draining,
             "connections": self._hub.connection_count,
             "rooms": self._hub.room_count,
             "uptime_s": round(self._uptime_s(), 3),
@@ -60,7 +72,7 @@ class Health(Resource):
         for check in self._checks:
             fields, healthy = check()
             status.update(fields)
-            if not healthy:
+            if not healthy and not draining:
                 status["status"] = "degraded"
         if status["status"] != "ok":
             request.setResponseCode(503)
@@ -158,7 +170,7 @@ def make_site(
 ) -> ChatSite:
     root = File(str(static_dir()))
     root.putChild(b"ws", UpgradeResource(factory))
-    root.putChild(b"healthz", Health(hub, uptime_s, checks))
+    root.putChild(b"healthz", Health(hub, uptime_s, lambda: factory.draining, checks))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.head_timeout_s = factory.settings.open_handshake_timeout_s
     site.displayTracebacks = False

@@ -34,6 +34,7 @@ from .timers import BucketTimer
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_REPLACED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 
@@ -149,6 +150,9 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _admit(self, request: ConnectionRequest) -> str | None:
         self._client = str(self.peer)
+        if self.factory.draining:
+            # Stopping (wschat/drain.py): the client should come back to the next instance.
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server is restarting")
         origin = request.headers.get("origin")
         host = request.headers.get("host")
         allowed = self.factory.settings.allowed_origins
@@ -352,6 +356,9 @@ class ChatProtocol(WebSocketServerProtocol):
     def go_away(self) -> None:
         self._close_with(CLOSE_GOING_AWAY, "server going away")
 
+    def restart(self) -> None:
+        self._close_with(CLOSE_SERVICE_RESTART, "service restart")
+
     # IPushProducer: the transport tells us when its buffer is over its high-water mark.
 
     def pauseProducing(self) -> None:
@@ -382,6 +389,8 @@ class ChatFactory(WebSocketServerFactory):
         self.output = Output(clock)
         self.addresses = AddressCap(settings.max_connections_per_ip)
         self.protocols: set[ChatProtocol] = set()
+        # Set by the drain at shutdown: new upgrades are refused with 503.
+        self.draining = False
         self._hub: Hub | None = None
 
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:

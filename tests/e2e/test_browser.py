@@ -341,6 +341,85 @@ def test_reconnects_after_the_server_is_killed_and_shows_missed_messages_once(
     expect(bob.locator("#users li")).to_have_count(2)
 
 
+# Records the close code of every WebSocket the page opens (the client keeps its socket private).
+RECORD_CLOSE_CODES = """
+(() => {
+  const Native = window.WebSocket;
+  window.wsCloseCodes = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('close', (event) => window.wsCloseCodes.push(event.code));
+    }
+  };
+})();
+"""
+
+
+def test_the_page_comes_back_by_itself_after_a_graceful_restart(
+    wschat_server: ServerFactory, open_chat: OpenChat
+) -> None:
+    """After a drain's 1012 the page comes back by itself in seconds and rejoins with since."""
+    srv = wschat_server("--drain-seconds", "0.5")
+    url = f"{srv.http_url}/#/lobby"
+    alice = open_chat(url, "alice", outage=True)
+    alice.add_init_script(RECORD_CLOSE_CODES)
+    alice.reload()
+    expect(status(alice)).to_have_attribute("data-state", "online")
+    send(alice, "before the restart")
+    expect(delivered(alice, "before the restart")).to_have_count(1)
+
+    srv.stop()  # SIGTERM, and wait for the drained process to exit
+    expect(status(alice)).to_have_text(re.compile(r"^reconnecting in [1-5] s$"))
+    assert alice.evaluate("window.wsCloseCodes")[0] == 1012
+    srv.start()
+    expect(status(alice)).to_have_attribute("data-state", "online")
+    bot = Chat(srv.ws_url)
+    try:
+        bot.join("lobby", "bot")
+        bot_say(bot, "after the restart")
+    finally:
+        bot.close()
+    expect(delivered(alice, "after the restart")).to_have_count(1)
+    assert texts(alice) == ["before the restart", "after the restart"]
+    joins = [f for f in map(_json, alice.sent_frames) if f.get("type") == "join"]
+    assert joins[-1]["since"] == message_ids(alice)[0] and joins[-1]["token"]
+
+
+def test_close_codes_decide_whether_the_page_comes_back_by_itself(
+    wschat_server: ServerFactory, open_chat: OpenChat
+) -> None:
+    """After 1008 the page stays offline until asked; after 1013 it comes back by itself."""
+    srv = wschat_server()
+    sockets: list[Any] = []
+
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+        server.on_message(ws.send)
+        sockets.append(ws)
+
+    alice = open_chat(f"{srv.http_url}/#/lobby", "alice")
+    alice.route_web_socket(re.compile(r"/ws$"), route)
+    alice.reload()  # the route applies to new sockets
+    expect(status(alice)).to_have_attribute("data-state", "online")
+    assert len(sockets) == 1
+
+    sockets[-1].close(code=1008, reason="test: policy violation")
+    expect(status(alice)).to_have_text(re.compile(r"^offline: .*policy violation"))
+    expect(alice.locator("#reconnect-now")).to_be_visible()
+    alice.wait_for_timeout(6000)  # longer than any reconnect delay after 1001/1012/1013
+    assert len(sockets) == 1, "the page reconnected by itself after 1008"
+    alice.click("#reconnect-now")
+    expect(status(alice)).to_have_attribute("data-state", "online")
+    assert len(sockets) == 2
+
+    sockets[-1].close(code=1013, reason="test: try again later")
+    expect(status(alice)).to_have_text(re.compile(r"^reconnecting in [1-5] s$"))
+    expect(status(alice)).to_have_attribute("data-state", "online")
+    assert len(sockets) == 3
+
+
 def test_a_gap_larger_than_the_kept_history_replaces_the_list(
     wschat_server: ServerFactory, open_chat: OpenChat
 ) -> None:

@@ -201,9 +201,9 @@ def test_dead_peer_found_by_ping(wschat_server: ServerFactory) -> None:
     assert health(server)["connections"] == 1
 
 
-def test_sigterm_closes_1001(wschat_server: ServerFactory) -> None:
-    """SIGTERM: every client gets 1001, twistd stops cleanly, no WAL left, history intact."""
-    server = wschat_server()
+def test_sigterm_closes_1012(wschat_server: ServerFactory) -> None:
+    """SIGTERM with --drain-seconds 0: 1012 to all at once, clean exit, no WAL, history intact."""
+    server = wschat_server("--drain-seconds", "0")
     clients = [Chat(server.ws_url) for _ in range(3)]
     for i, chat in enumerate(clients):
         chat.join("lobby", f"user{i}")
@@ -220,9 +220,9 @@ def test_sigterm_closes_1001(wschat_server: ServerFactory) -> None:
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     for chat in [*clients, writer]:
-        assert chat.expect_close() == (1001, "server going away")
-    assert raw.recv_close() == (1001, "server going away")
-    raw.send_frame(OP_CLOSE, (1001).to_bytes(2, "big"))
+        assert chat.expect_close() == (1012, "service restart")
+    assert raw.recv_close() == (1012, "service restart")
+    raw.send_frame(OP_CLOSE, (1012).to_bytes(2, "big"))
     assert server.stop() in CLEAN_STOP_CODES
     log = server.log()
     assert "stopped: connections closed, history database closed" in log

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import wschat
 from wschat.web import static_dir
 
 from .client import Chat
@@ -35,13 +36,14 @@ def test_static_index(server: ServerProcess) -> None:
 
 
 def test_healthz(server: ServerProcess) -> None:
-    """/healthz is 200 JSON with status, connections, rooms, uptime_s that follow the state."""
+    """/healthz is 200 JSON with status, version, draining and counts that follow the state."""
     status, headers, body = get(server.http_url + "/healthz")
     assert status == 200
     assert headers["content-type"] == "application/json"
     health = json.loads(body)
-    assert set(health) == {"status", "connections", "rooms", "uptime_s"}
-    assert health["status"] == "ok"
+    assert set(health) == {"status", "version", "draining", "connections", "rooms", "uptime_s"}
+    assert (health["status"], health["draining"]) == ("ok", False)
+    assert health["version"] == wschat.__version__
     assert (health["connections"], health["rooms"]) == (0, 0)
     assert isinstance(health["uptime_s"], float | int) and health["uptime_s"] >= 0
 

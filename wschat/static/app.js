@@ -28,7 +28,22 @@
   const UNAVAILABLE_RETRY_MS = 2000;
   // Closer than this to the bottom counts as "reading the newest messages": keep following.
   const STICKY_BOTTOM_PX = 48;
+  // Close codes (docs/protocol.md): 4001 and CLOSE_STAY_AWAY mean the server would refuse this
+  // page again the same way, so reconnecting would only repeat it; CLOSE_COME_BACK_SOON means
+  // the server is restarting or busy: reconnect within a few seconds, at a random moment, so that
+  // the clients of a drained server do not all return at once. Anything else is a failure:
+  // reconnect with backoff.
   const CLOSE_REPLACED = 4001;
+  const CLOSE_STAY_AWAY = new Map([
+    [1002, 'protocol error'],
+    [1003, 'data the server does not accept'],
+    [1007, 'invalid text'],
+    [1008, 'policy violation'],
+    [1009, 'message too large'],
+  ]);
+  const CLOSE_COME_BACK_SOON = new Set([1001, 1012, 1013]);
+  const SOON_MIN_MS = 1000;
+  const SOON_JITTER_MS = 4000;
   const WHO_PAGE = 200; // names per page of the member panel in a big room
   const WHO_MAX_LIMIT = 1000;
 
@@ -67,7 +82,7 @@
     retryTimer: 0,
     retryAt: 0,
     countdownTimer: 0,
-    replaced: false,
+    stayAway: false, // the server closed us with a code that says not to reconnect by ourselves
     rooms: new Map(), // room name -> Room, in tab order
     active: null,
     // Joins and leaves carry no ref, so an error with ref null answers the oldest of them: the
@@ -259,7 +274,7 @@
       return;
     }
     dropSocket();
-    state.replaced = false;
+    state.stayAway = false;
     state.awaiting = [];
     // Same scheme family and host as the page: works unchanged behind TLS and a reverse proxy.
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -309,22 +324,38 @@
     }
     renderOutboxStates();
     if (code === CLOSE_REPLACED) {
-      state.replaced = true;
+      state.stayAway = true;
       setConn('offline', 'offline: you joined from another tab or device');
+      return;
+    }
+    if (CLOSE_STAY_AWAY.has(code)) {
+      state.stayAway = true;
+      setConn('offline', `offline: the server closed the connection (${CLOSE_STAY_AWAY.get(code)})`);
+      return;
+    }
+    if (CLOSE_COME_BACK_SOON.has(code)) {
+      scheduleReconnect(SOON_MIN_MS + Math.random() * SOON_JITTER_MS);
       return;
     }
     scheduleReconnect();
   }
 
-  function scheduleReconnect() {
+  // soonMs: a planned restart rather than a failure, so no backoff yet; should the server not
+  // be back by then, the next failure backs off as usual.
+  function scheduleReconnect(soonMs) {
     clearRetry();
     if (navigator.onLine === false) {
       setConn('offline');
       return;
     }
-    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-    state.attempt += 1;
+    let delay = soonMs;
+    if (delay === undefined) {
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+      delay = ceiling / 2 + Math.random() * (ceiling / 2);
+      state.attempt += 1;
+    } else {
+      state.attempt = Math.max(state.attempt, 1);
+    }
     state.retryAt = Date.now() + delay;
     state.retryTimer = setTimeout(connect, delay);
     state.countdownTimer = setInterval(renderStatus, 250);
@@ -833,7 +864,7 @@
     }
     ui.status.dataset.state = state.conn;
     if (ui.status.textContent !== text) ui.status.textContent = text;
-    ui.reconnectNow.hidden = !(state.conn === 'reconnecting' && state.retryAt) && !state.replaced;
+    ui.reconnectNow.hidden = !(state.conn === 'reconnecting' && state.retryAt) && !state.stayAway;
   }
 
   function renderTitle() {
@@ -981,7 +1012,7 @@
       ui.input.focus();
     });
     window.addEventListener('online', () => {
-      if (!state.ws && !state.replaced) reconnectNow();
+      if (!state.ws && !state.stayAway) reconnectNow();
     });
     document.addEventListener('visibilitychange', () => {
       // Background tabs have their timers throttled: don't make a returning person wait it out.
