@@ -115,7 +115,7 @@ def test_sighup_gives_new_connections_the_new_certificate_and_keeps_old_ones(
     new = Chat(server.wss_url)
     assert new.ws.socket.getpeercert(binary_form=True) == b.der  # type: ignore[attr-defined]
     assert new.join("lobby", "new")["users"] == ["new", "old"]
-    assert old.expect("presence")["name"] == "new"
+    old.expect_presence(joined=["new"])
     ack = old.say("lobby", "still on the old certificate")
     assert old.expect("message")["id"] == ack["id"]
     assert new.expect("message")["text"] == "still on the old certificate"
