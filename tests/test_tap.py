@@ -22,7 +22,7 @@ from zope.interface import implementer, provider
 
 from wschat.certs import write_dev_cert
 from wschat.service import ChatService
-from wschat.tap import Options, makeService
+from wschat.tap import DEFAULT_BACKLOG, Options, makeService
 from wschat.tlsreload import TlsFiles, TlsListen
 
 
@@ -175,7 +175,7 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
         "--listen",
         "tcp:8081:interface=127.0.0.1",
         "--listen",
-        "tcp:8082",
+        "tcp:8082:backlog=100",
         "--tls-port",
         "8443",
         "--tls-cert",
@@ -192,6 +192,8 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     top.startService()
     ports = [(port[0], port[3]) for port in reactor.tcpServers]
     assert ports == [(8081, "127.0.0.1"), (8082, ""), (8443, "")]
+    # A reconnect storm must not overflow the accept queue: a deep one, unless asked otherwise.
+    assert [port[2] for port in reactor.tcpServers] == [DEFAULT_BACKLOG, 100, DEFAULT_BACKLOG]
     plain, tls = reactor.tcpServers[0][1], reactor.tcpServers[2][1]
     assert isinstance(tls, TLSMemoryBIOFactory) and tls.wrappedFactory is plain
     assert [port.listening for port in reactor.ports] == [True, True, True]

@@ -41,6 +41,12 @@ from .web import HealthCheck, make_site
 from .ws import ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
+# Twisted listens with a backlog of 50. When a restarted server's clients all reconnect at
+# once, a full accept queue drops their SYNs, and the kernel resends them 1, 3, 7, 15, 31 s
+# later: with 10,000 clients in one room the last was back 37 s after the kill at 50, and
+# (bench/run.py, bigroom_storm) much sooner with this. The kernel caps it at somaxconn.
+DEFAULT_BACKLOG = 4096
+_BACKLOG_TYPES = ("tcp:", "tcp6:", "ssl:", "unix:")
 DEFAULT_DB = "wschat.sqlite3"
 
 
@@ -302,6 +308,13 @@ def check_tls_files(files: TlsFiles) -> None:
         raise usage.UsageError(str(exc)) from None
 
 
+def with_backlog(description: str) -> str:
+    """A listening endpoint string with wschat's backlog, unless it names one itself."""
+    if description.startswith(_BACKLOG_TYPES) and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
 def listen_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
     service = StreamServerEndpointService(endpoint, factory)
     # As strports.service does: a port that cannot be bound stops twistd at start-up.
@@ -398,8 +411,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     reloadable = [ReloadableTls(listen) for listen in options["tls"]]
     TlsReloader(reloadable, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+        strports.service(with_backlog(endpoint), site, reactor=reactor).setServiceParent(top)
     for tls in reloadable:
-        inner = serverFromString(reactor, tls.listen.endpoint)
+        inner = serverFromString(reactor, with_backlog(tls.listen.endpoint))
         listen_service(TlsEndpoint(inner, tls, reactor), site).setServiceParent(top)
     return top
