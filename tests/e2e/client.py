@@ -16,8 +16,14 @@ RECV_TIMEOUT_S = 10.0
 class Chat:
     def __init__(self, url: str, **kwargs: Any) -> None:
         kwargs.setdefault("max_size", None)
-        if url.startswith("wss:") and "ssl" not in kwargs:
-            kwargs["ssl"] = insecure_context()
+        if url.startswith("wss:"):
+            context = kwargs.setdefault("ssl", insecure_context())
+            # websockets' threading client reads in a thread while the caller writes, and
+            # CPython's ssl lets both into one OpenSSL connection at once (CPython issue 143756).
+            # When TLS 1.3's session tickets arrive just after the handshake, the upgrade
+            # request can be lost: a handshake timeout about once in a hundred connections.
+            # TLS 1.2 sends nothing after its handshake.
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
         # legacy=True: a plain connection object, not a context manager (websockets >= 15).
         self.ws: ClientConnection = connect(url, open_timeout=10, legacy=True, **kwargs)
 
