@@ -25,9 +25,11 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def test_static_index(server: ServerProcess) -> None:
-    """GET / serves wschat/static/index.html as HTML, and the files next to it."""
+    """GET / serves wschat/static/index.html as HTML, and the files next to it; the Server
+    header names wschat without a version (nor Twisted's)."""
     status, headers, body = get(server.http_url + "/")
     assert status == 200
+    assert headers["server"] == "wschat"
     assert headers["content-type"].startswith("text/html")
     assert body == (static_dir() / "index.html").read_bytes()
     for path in sorted(Path(static_dir()).iterdir()):
@@ -40,6 +42,7 @@ def test_healthz(server: ServerProcess) -> None:
     status, headers, body = get(server.http_url + "/healthz")
     assert status == 200
     assert headers["content-type"] == "application/json"
+    assert headers["server"] == "wschat"
     health = json.loads(body)
     assert set(health) == {"status", "version", "draining", "connections", "rooms", "uptime_s"}
     assert (health["status"], health["draining"]) == ("ok", False)
