@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
@@ -11,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from wschat.chat.broker import LocalBroker
@@ -73,14 +71,6 @@ def factory(clock: Clock) -> ChatFactory:
     )
     factory.attach(hub)
     return factory
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    events = EventLoggingObserver()
-    globalLogPublisher.addObserver(events)
-    yield events
-    globalLogPublisher.removeObserver(events)
 
 
 def peers(factory: ChatFactory, clock: Clock, count: int) -> list[Peer]:

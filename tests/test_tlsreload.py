@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -86,14 +86,6 @@ def listen_on(pair: Pair) -> TlsListen:
 @pytest.fixture
 def pairs(tmp_path: Path) -> Callable[[str], Pair]:
     return lambda name: self_signed(tmp_path / name, name)
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    events = EventLoggingObserver()
-    globalLogPublisher.addObserver(events)
-    yield events
-    globalLogPublisher.removeObserver(events)
 
 
 def test_a_matching_pair_loads_with_its_intermediates(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from wschat.chat.broker import LocalBroker
@@ -45,6 +43,15 @@ from .wsframes import (
 )
 
 
+class TcpLikeTransport(StringTransport):
+    """A StringTransport that, like a TCP transport, lets a protocol unregister a producer it
+    never registered (Autobahn does when it refuses a handshake)."""
+
+    def unregisterProducer(self) -> None:
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
 class Client:
     """One connection: a ChatProtocol on a StringTransport, driven by hand."""
 
@@ -61,7 +68,7 @@ class Client:
         assert isinstance(protocol, ChatProtocol)
         assert isinstance(factory.clock, Clock)
         self.protocol: ChatProtocol = protocol
-        self.transport = StringTransport()
+        self.transport = TcpLikeTransport()
         self.clock: Clock = factory.clock
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(handshake(origin, protocols, extensions))
@@ -117,14 +124,6 @@ def make_factory(
 @pytest.fixture
 def factory(clock: Clock) -> ChatFactory:
     return make_factory(clock)
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    events = EventLoggingObserver()
-    globalLogPublisher.addObserver(events)
-    yield events
-    globalLogPublisher.removeObserver(events)
 
 
 def test_handshake_selects_our_subprotocol_when_offered(factory: ChatFactory) -> None:
