@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from .browser import import_playwright, require_chromium
 from .process import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Any]:
+    """One Playwright driver for the whole session: its sync API cannot be started again in a
+    thread where it runs (test_browser keeps one browser open for the session)."""
+    require_chromium()
+    with import_playwright().sync_playwright() as driver:
+        yield driver
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from .browser import (
     artifacts_dir,
     import_playwright,
     message_ids,
-    require_chromium,
     say_frames,
     texts,
 )
@@ -48,15 +47,13 @@ OpenChat = Callable[..., Any]
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
+def chromium(playwright: Any) -> Iterator[Any]:
     """One headless Debian Chromium for the whole session (contexts isolate the tests)."""
-    require_chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser
+    browser.close()
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ from .browser import (
     PageWatch,
     artifacts_dir,
     import_playwright,
-    require_chromium,
 )
 from .client import Chat
 from .conftest import ServerFactory
@@ -238,54 +237,49 @@ def wait_for_log(server: ServerProcess, pattern: str) -> re.Match[str]:
 
 
 @pytest.mark.browser
-def test_browser_chats_through_nginx(behind_nginx: ProxyFactory) -> None:
+def test_browser_chats_through_nginx(behind_nginx: ProxyFactory, playwright: Any) -> None:
     """The page loads from nginx over https, its wss:// passes the Origin check, and it chats."""
-    require_chromium()
-    sync_api = import_playwright()
-    expect = sync_api.expect
+    expect = import_playwright().expect
     proxied = behind_nginx()
     # No Origin (not a browser), so only the page's own socket depends on the Origin check.
     bot = proxied.chat(origin=None)
     bot.join("room", "bot")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM_PATH,
-            headless=True,
-            # localhost without trying ::1 first: nginx listens on 127.0.0.1 only.
-            args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP localhost 127.0.0.1"],
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM_PATH,
+        headless=True,
+        # localhost without trying ::1 first: nginx listens on 127.0.0.1 only.
+        args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP localhost 127.0.0.1"],
+    )
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(EXPECT_TIMEOUT_MS)
+    page = context.new_page()
+    watch = PageWatch("alice")
+    page.on("console", watch.on_console)
+    page.on("pageerror", watch.on_page_error)
+    page.on("dialog", watch.on_dialog)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        page.goto(f"https://localhost:{proxied.port}/#/room")
+        expect(page.locator("#name-dialog")).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
+        page.fill("#name-input", "alice")
+        page.press("#name-input", "Enter")
+        expect(page.locator("#status")).to_have_attribute(
+            "data-state", "online", timeout=EXPECT_TIMEOUT_MS
         )
-        context = browser.new_context(ignore_https_errors=True)
-        context.set_default_timeout(EXPECT_TIMEOUT_MS)
-        page = context.new_page()
-        watch = PageWatch("alice")
-        page.on("console", watch.on_console)
-        page.on("pageerror", watch.on_page_error)
-        page.on("dialog", watch.on_dialog)
-        sockets: list[str] = []
-        page.on("websocket", lambda ws: sockets.append(ws.url))
-        try:
-            page.goto(f"https://localhost:{proxied.port}/#/room")
-            expect(page.locator("#name-dialog")).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
-            page.fill("#name-input", "alice")
-            page.press("#name-input", "Enter")
-            expect(page.locator("#status")).to_have_attribute(
-                "data-state", "online", timeout=EXPECT_TIMEOUT_MS
-            )
-            bot.expect_presence(joined=["alice"])
+        bot.expect_presence(joined=["alice"])
 
-            page.fill("#input", "hello from the page")
-            page.press("#input", "Enter")
-            assert bot.expect("message")["text"] == "hello from the page"
-            bot.say("room", "hello from python")
-            shown = page.locator("#messages li[data-id] .text", has_text="hello from python")
-            expect(shown).to_have_count(1, timeout=EXPECT_TIMEOUT_MS)
-        finally:
-            page.screenshot(path=artifacts_dir() / "test_browser_chats_through_nginx.png")
-            browser.close()
-            # Shown by pytest if the test failed: why the server turned the page away.
-            print(
-                "\n".join(line for line in proxied.server.log().splitlines() if "refused" in line)
-            )
+        page.fill("#input", "hello from the page")
+        page.press("#input", "Enter")
+        assert bot.expect("message")["text"] == "hello from the page"
+        bot.say("room", "hello from python")
+        shown = page.locator("#messages li[data-id] .text", has_text="hello from python")
+        expect(shown).to_have_count(1, timeout=EXPECT_TIMEOUT_MS)
+    finally:
+        page.screenshot(path=artifacts_dir() / "test_browser_chats_through_nginx.png")
+        browser.close()
+        # Shown by pytest if the test failed: why the server turned the page away.
+        print("\n".join(line for line in proxied.server.log().splitlines() if "refused" in line))
     bot.close()
     assert sockets == [f"wss://localhost:{proxied.port}/ws"]
     assert not watch.problems(), "\n".join(watch.problems())
