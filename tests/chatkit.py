@@ -72,10 +72,10 @@ class World:
         """Let one presence interval pass: every room with changes sends its batch."""
         self.clock.advance(self.limits.presence_interval_s)
 
-    def connect(self, label: str = "peer") -> tuple[Session, Peer]:
+    def connect(self, label: str = "peer", address: str | None = None) -> tuple[Session, Peer]:
         peer = Peer(label)
 
         def replaced() -> None:
             peer.replaced = True
 
-        return self.hub.connect(peer, peer.events.append, replaced), peer
+        return self.hub.connect(peer, peer.events.append, replaced, address), peer

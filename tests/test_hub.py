@@ -197,6 +197,38 @@ def test_rate_limit_refuses_beyond_burst_and_recovers() -> None:
     assert [m.text for m in run(world.store.latest("lobby", 10))] == ["1", "2", "3"]
 
 
+def test_rate_per_ip_is_shared_by_the_connections_of_one_address() -> None:
+    """--rate-per-ip: one address's connections share a burst and a rate; another address,
+    and a connection without one, are not held back; the bucket goes with the connections."""
+    world = World(Limits(rate_per_s=10.0, burst=10, rate_per_ip_s=1.0, burst_per_ip=3))
+    sessions = [world.connect(address="10.0.0.9")[0] for _ in range(3)]
+    other, _ = world.connect(address="10.0.0.1")
+    for index, session in enumerate([*sessions, other]):
+        run(world.hub.join(session, Join("lobby", f"user{index}")))
+    for session in sessions:
+        run(world.hub.say(session, Say("lobby", "ok")))
+    with pytest.raises(errors.RateLimited, match="your address"):
+        run(world.hub.say(sessions[0], Say("lobby", "over")))
+    run(world.hub.say(other, Say("lobby", "still fine")))
+    world.now_s += 1.0
+    run(world.hub.say(sessions[1], Say("lobby", "one more a second")))
+    assert world.hub.address_count == 2
+    for session in sessions:
+        world.hub.disconnect(session)
+    assert world.hub.address_count == 1
+
+
+def test_a_takeover_releases_the_replaced_connections_address() -> None:
+    """A connection replaced by a reconnect with its token no longer holds its address."""
+    world = World(Limits(rate_per_ip_s=1.0, burst_per_ip=3))
+    old, _ = world.connect(address="10.0.0.9")
+    run(world.hub.join(old, Join("lobby", "alice")))
+    assert old.resume_token is not None
+    new, _ = world.connect(address="10.0.0.7")
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    assert world.hub.address_count == 1
+
+
 def test_room_and_member_limits() -> None:
     """--max-rooms and --max-members refuse joins beyond them."""
     world = World(Limits(max_rooms=2, max_members=1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wschat.chat.limits import AddressCap, RefusalLog
+from wschat.chat.limits import AddressCap, AddressRates, RefusalLog
 
 
 def test_the_cap_counts_per_address_and_frees_on_release() -> None:
@@ -54,3 +54,26 @@ def test_only_the_first_of_a_run_of_rate_limit_refusals_is_logged() -> None:
     log.served()
     assert log.refused("rate_limited")
     assert not log.refused("rate_limited")
+
+
+def test_address_rates_share_one_bucket_while_connections_hold_it() -> None:
+    """Connections from one address get the same bucket; it goes with the last of them."""
+    rates = AddressRates(2.0, 3)
+    first = rates.hold("10.0.0.1", 0.0)
+    second = rates.hold("10.0.0.1", 0.0)
+    other = rates.hold("10.0.0.2", 0.0)
+    assert first is second and first is not other and len(rates) == 2
+    assert [first is not None and first.take(0.0) for _ in range(4)] == [True] * 3 + [False]
+    rates.release("10.0.0.1")
+    assert rates.hold("10.0.0.1", 0.0) is first
+    for _ in range(2):
+        rates.release("10.0.0.1")
+    rates.release("10.0.0.1")  # more releases than holds: nothing to forget, no error
+    assert len(rates) == 1
+
+
+def test_address_rates_off_by_default() -> None:
+    """With no per-address rate there is no bucket and nothing is kept."""
+    rates = AddressRates(0.0, 100)
+    assert rates.hold("10.0.0.1", 0.0) is None
+    assert len(rates) == 0

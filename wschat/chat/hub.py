@@ -12,7 +12,7 @@ a second, not one frame per member per join.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .broker import Broker, RoomEvent
@@ -26,7 +26,7 @@ from .errors import (
     TooManyRooms,
 )
 from .history import HistoryStore
-from .limits import Limits
+from .limits import AddressRates, Limits
 from .model import (
     Ack,
     Event,
@@ -47,7 +47,7 @@ from .model import (
 from .ratelimit import TokenBucket
 from .room import Room
 
-Fanout = Callable[[Iterable["Session"], RoomEvent], None]
+Fanout = Callable[[Collection["Session"], RoomEvent], None]
 # reactor.callLater, or task.Clock's in tests.
 Schedule = Callable[[float, Callable[[], None]], object]
 
@@ -55,7 +55,17 @@ Schedule = Callable[[float, Callable[[], None]], object]
 class Session:
     """One connection as the hub sees it."""
 
-    __slots__ = ("bucket", "close_replaced", "name", "outbox", "resume_token", "rooms", "send")
+    __slots__ = (
+        "address",
+        "address_bucket",
+        "bucket",
+        "close_replaced",
+        "name",
+        "outbox",
+        "resume_token",
+        "rooms",
+        "send",
+    )
 
     def __init__(
         self,
@@ -63,6 +73,8 @@ class Session:
         send: Callable[[Event], None],
         close_replaced: Callable[[], None],
         bucket: TokenBucket,
+        address: str | None = None,
+        address_bucket: TokenBucket | None = None,
     ) -> None:
         self.outbox = outbox
         self.send = send
@@ -71,6 +83,9 @@ class Session:
         self.resume_token: str | None = None
         self.rooms: set[str] = set()
         self.bucket = bucket
+        # The client's address and the bucket all of its connections share (limits.py).
+        self.address = address
+        self.address_bucket = address_bucket
 
 
 class Hub:
@@ -96,6 +111,7 @@ class Hub:
         # Rooms with presence changes not yet sent; a room that empties is dropped from
         # _rooms at once but stays here until its batch has been taken.
         self._marked: dict[str, Room[Session]] = {}
+        self._address_rates = AddressRates(limits.rate_per_ip_s, limits.burst_per_ip)
         broker.attach(self._deliver, self._resync)
 
     @property
@@ -106,15 +122,27 @@ class Hub:
     def room_count(self) -> int:
         return len(self._rooms)
 
+    @property
+    def address_count(self) -> int:
+        """Client addresses with a shared message-rate bucket (0 without --rate-per-ip)."""
+        return len(self._address_rates)
+
     def members(self, room: str) -> list[str]:
         found = self._rooms.get(room)
         return list(found.names) if found is not None else []
 
     def connect(
-        self, outbox: Any, send: Callable[[Event], None], close_replaced: Callable[[], None]
+        self,
+        outbox: Any,
+        send: Callable[[Event], None],
+        close_replaced: Callable[[], None],
+        address: str | None = None,
     ) -> Session:
-        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, self._now_s())
-        session = Session(outbox, send, close_replaced, bucket)
+        """A new connection; `address` is its client's, for the per-address message rate."""
+        now_s = self._now_s()
+        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, now_s)
+        shared = self._address_rates.hold(address, now_s) if address is not None else None
+        session = Session(outbox, send, close_replaced, bucket, address, shared)
         self._sessions.add(session)
         return session
 
@@ -142,10 +170,18 @@ class Hub:
         if cmd.room not in session.rooms:
             raise NotInRoom(f"join {cmd.room!r} before saying something there", cmd.ref)
         check_text(cmd.text, cmd.ref)
-        if not session.bucket.take(self._now_s()):
+        now_s = self._now_s()
+        if not session.bucket.take(now_s):
             raise RateLimited(
                 f"at most {self.limits.rate_per_s:g} messages a second "
                 f"(burst {self.limits.burst}); slow down",
+                cmd.ref,
+            )
+        shared = session.address_bucket
+        if shared is not None and not shared.take(now_s):
+            raise RateLimited(
+                f"your address may send at most {self.limits.rate_per_ip_s:g} messages a "
+                f"second over all its connections (burst {self.limits.burst_per_ip}); slow down",
                 cmd.ref,
             )
         name = session.name
@@ -176,7 +212,13 @@ class Hub:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""
         for room in list(session.rooms):
             self._exit(session, room)
+        self._forget(session)
+
+    def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
+        if session.address_bucket is not None and session.address is not None:
+            self._address_rates.release(session.address)
+            session.address_bucket = None
 
     def _name_for(self, session: Session, cmd: Join) -> str:
         if session.name is None:
@@ -221,7 +263,7 @@ class Hub:
         old.rooms.clear()
         if new.resume_token is None:
             new.resume_token = old.resume_token
-        self._sessions.discard(old)
+        self._forget(old)
         old.close_replaced()
 
     def _exit(self, session: Session, room: str) -> None:

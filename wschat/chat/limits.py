@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .ratelimit import TokenBucket
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -18,6 +20,11 @@ class Limits:
     # batches only the count: the cost of a join must not grow with the room.
     member_list_limit: int = 1000
     presence_interval_s: float = 0.25
+    # Messages a second one client address may send over all its connections (0: no limit),
+    # and the burst above that: without it, one address with --max-connections-per-ip
+    # connections may say 256 times `rate_per_s`.
+    rate_per_ip_s: float = 0.0
+    burst_per_ip: int = 100
 
 
 class AddressCap:
@@ -62,6 +69,43 @@ class AddressCap:
             self._hinted = True
             return True
         return False
+
+
+class AddressRates:
+    """One token bucket per client address, shared by all of its connections: the policy
+    behind `rate_per_ip_s`. A bucket lives while its address holds a connection, so what is
+    kept is bounded by the connections, not by every address ever seen. (An address that
+    closes all of its connections and comes back starts with a full burst: it has paid a
+    handshake per connection, which the per-address connection cap also bounds.)"""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._held: dict[str, tuple[TokenBucket, int]] = {}
+
+    def hold(self, address: str, now_s: float) -> TokenBucket | None:
+        """The bucket a new connection from `address` shares (None: no per-address limit)."""
+        if not self.rate_per_s:
+            return None
+        bucket, count = self._held.get(address, (None, 0))
+        if bucket is None:
+            bucket = TokenBucket(self.rate_per_s, self.burst, now_s)
+        self._held[address] = (bucket, count + 1)
+        return bucket
+
+    def release(self, address: str) -> None:
+        """A connection from `address` is gone; its bucket goes with the last one."""
+        held = self._held.get(address)
+        if held is None:
+            return
+        bucket, count = held
+        if count > 1:
+            self._held[address] = (bucket, count - 1)
+        else:
+            del self._held[address]
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 class RefusalLog:
