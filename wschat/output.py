@@ -16,7 +16,7 @@ The rules, kept here and nowhere else:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from twisted.internet import tcp
@@ -85,10 +85,16 @@ class Output:
         self._clock = clock
         self._dirty: list[Outbox] = []
         self._flush_call: IDelayedCall | None = None
+        # What was queued, for /metrics (wschat/metrics.py reads them when scraped): added
+        # once per broadcast, not per recipient.
+        self.frames_queued = 0
+        self.bytes_queued = 0
 
-    def broadcast(self, addressees: Iterable[Addressee], frame: bytes) -> None:
-        """Queue the same framed bytes for each addressee (one is a broadcast of one)."""
+    def broadcast(self, addressees: Collection[Addressee], frame: bytes) -> int:
+        """Queue the same framed bytes for each addressee (one is a broadcast of one);
+        returns to how many it was queued."""
         dirty = self._dirty
+        queued = len(addressees)
         # This loop runs once per recipient of every message: the common case, a member
         # whose socket keeps up (fd >= 0), costs no call at all.
         for addressee in addressees:
@@ -96,6 +102,7 @@ class Output:
             if out.fd < 0:
                 sink = out.sink
                 if sink is None or not sink.admit_output(len(frame)):
+                    queued -= 1
                     continue
             pending = out.pending
             if pending is None:
@@ -107,6 +114,9 @@ class Output:
                 pending.append(frame)
         if dirty and self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush_all)
+        self.frames_queued += queued
+        self.bytes_queued += queued * len(frame)
+        return queued
 
     def _flush_all(self) -> None:
         self._flush_call = None

@@ -7,7 +7,7 @@ as the same bytes by the write path (wschat/output.py).
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from .chat.hub import Hub, Session
 from .chat.limits import AddressCap, RefusalLog
 from .chat.model import Command, Error, Event, Join, Leave, Say, Who
 from .codec import SUBPROTOCOL, decode, encode
+from .counts import Counts
 from .output import Outbox, Output
 from .timers import BucketTimer
 
@@ -131,6 +132,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._client = "?"
         self._counted_ip: str | None = None
         self._opened_at = 0.0
+        self._was_open = False
         self.outbox = Outbox(self)
 
     # The handshake.
@@ -195,8 +197,12 @@ class ChatProtocol(WebSocketServerProtocol):
         self._opened_at = self.factory.clock.seconds()
         try:
             self._forget_handshake()
-            self._session = self.factory.hub.connect(self.outbox, self.send_event, self._replaced)
+            self._session = self.factory.hub.connect(
+                self.outbox, self.send_event, self._replaced, self._counted_ip
+            )
             self.factory.protocols.add(self)
+            self._was_open = True
+            self.factory.counts.opened += 1
             # twisted.web's HTTPChannel registered itself as the transport's producer; after
             # the upgrade we are the one that must hear about a full send buffer.
             consumer = IConsumer(self.transport)
@@ -224,6 +230,9 @@ class ChatProtocol(WebSocketServerProtocol):
         if self._counted_ip is not None:
             self.factory.addresses.release(self._counted_ip)
             self._counted_ip = None
+        if self._was_open:
+            self._was_open = False
+            self.factory.counts.closed["none" if code is None else str(code)] += 1
         if self._session is None:
             return
         session, self._session = self._session, None
@@ -256,6 +265,7 @@ class ChatProtocol(WebSocketServerProtocol):
         return self.factory.hub.join(session, cmd)
 
     def handle_say(self, session: Session, cmd: Say) -> Coroutine[Any, Any, None]:
+        self.factory.counts.messages_received += 1
         return self.factory.hub.say(session, cmd)
 
     def handle_leave(self, session: Session, cmd: Leave) -> None:
@@ -269,9 +279,11 @@ class ChatProtocol(WebSocketServerProtocol):
             self._refuse(failure.value)
             return
         self._log.failure("request from {client} failed", failure, client=self._client)
+        self.factory.counts.errors["internal"] += 1
         self.send_event(Error("internal", "the server failed on this request"))
 
     def _refuse(self, exc: ChatError) -> None:
+        self.factory.counts.errors[exc.code] += 1
         if self._refusals.refused(exc.code):
             self._log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
         self.send_event(Error(exc.code, exc.message, exc.ref))
@@ -332,6 +344,8 @@ class ChatProtocol(WebSocketServerProtocol):
                 client=self._client,
                 limit=self.factory.settings.max_output_bytes,
             )
+            if self.state == STATE_OPEN:
+                self.factory.counts.slow_consumer_closes += 1
             # The close frame waits behind the backlog; Autobahn aborts the TCP connection
             # if the closing handshake does not finish in closeHandshakeTimeout.
             self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: too much output waiting")
@@ -387,6 +401,7 @@ class ChatFactory(WebSocketServerFactory):
         self.clock = clock
         self._batched_timer = BucketTimer(clock)
         self.output = Output(clock)
+        self.counts = Counts()
         self.addresses = AddressCap(settings.max_connections_per_ip)
         self.protocols: set[ChatProtocol] = set()
         # Set by the drain at shutdown: new upgrades are refused with 503.
@@ -423,8 +438,9 @@ class ChatFactory(WebSocketServerFactory):
     def attach(self, hub: Hub) -> None:
         self._hub = hub
 
-    def fanout(self, sessions: Iterable[Session], event: RoomEvent) -> None:
-        self.output.broadcast(sessions, self.prepareMessage(encode(event)).payloadHybi)
+    def fanout(self, sessions: Collection[Session], event: RoomEvent) -> None:
+        frame = self.prepareMessage(encode(event)).payloadHybi
+        self.counts.delivered += self.output.broadcast(sessions, frame)
 
     def go_away(self) -> None:
         for protocol in list(self.protocols):
