@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 
 from twisted.logger import Logger
@@ -14,7 +16,7 @@ from .chat.errors import StorageUnavailable
 from .chat.history import recovery
 from .chat.model import Message, Recovery
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _log = Logger()
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
@@ -50,6 +52,7 @@ class SqliteHistory:
         path: str,
         keep: int,
         in_thread: Callable[[Callable[[], None]], object] | None = None,
+        track_rooms: bool = False,
     ) -> None:
         # The checkpoint thread opens the file again later: twistd may have changed directory.
         self._path = path if path == MEMORY else os.path.abspath(path)
@@ -66,6 +69,17 @@ class SqliteHistory:
         self._migrate()
         self._last_id: dict[str, int] = {}
         self._since_trim: dict[str, int] = {}
+        (self._forgotten_high_id,) = self._db.execute("SELECT high_id FROM forgotten").fetchone()
+        # Each room's newest timestamp, least recently written first: kept only for the
+        # sweeps (track_rooms), read from the file once at start.
+        self._recent: OrderedDict[str, str] | None = None
+        if track_rooms:
+            self._recent = OrderedDict()
+            for room, last_id, last_ts in self._db.execute(
+                "SELECT room, max(id), max(ts) FROM messages GROUP BY room ORDER BY 3"
+            ):
+                self._recent[room] = last_ts
+                self._last_id[room] = last_id
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -84,7 +98,12 @@ class SqliteHistory:
             (found,) = self._db.execute(
                 "SELECT max(id) FROM messages WHERE room = ?", (room,)
             ).fetchone()
-            last = self._last_id[room] = found or 0
+            if not found:
+                # A room without messages starts above every room the sweeps forgot (it may be
+                # one of them coming back); not cached, so that joins of rooms nobody writes
+                # to cost no memory.
+                return int(self._forgotten_high_id)
+            last = self._last_id[room] = found
         return last
 
     async def append(
@@ -105,6 +124,10 @@ class SqliteHistory:
                 f"the message was not stored ({exc}); retry later", ref
             ) from None
         self._last_id[room] = msg_id
+        recent = self._recent
+        if recent is not None:
+            recent[room] = ts
+            recent.move_to_end(room)
         count = self._since_trim.get(room, 0) + 1
         if count >= TRIM_EVERY_MESSAGES:
             count = 0
@@ -154,6 +177,69 @@ class SqliteHistory:
             # Trimming is housekeeping; a failed one is retried after the next batch.
             pass
 
+    # The sweeps (wschat/sweep.py), each a small transaction on the reactor thread.
+
+    @property
+    def room_count(self) -> int:
+        """Rooms with messages kept (needs track_rooms)."""
+        assert self._recent is not None, "SqliteHistory(track_rooms=True) counts its rooms"
+        return len(self._recent)
+
+    def expire(self, before_ts: str, batch: int) -> Swept:
+        """Delete up to `batch` of the oldest messages stamped before `before_ts`; once none
+        is left, forget the rooms that had no newer one. `done` when nothing is left."""
+        deleted = self._db.execute(
+            "DELETE FROM messages WHERE (room, id) IN "
+            "(SELECT room, id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+            (before_ts, batch),
+        ).rowcount
+        if deleted >= batch:
+            return Swept(deleted, 0, done=False)
+        rooms = []
+        recent = self._recent
+        while recent and next(iter(recent.values())) < before_ts:
+            rooms.append(recent.popitem(last=False)[0])
+        self._forget(rooms)
+        return Swept(deleted, len(rooms), done=True)
+
+    def evict(self, max_rooms: int, batch: int) -> Swept:
+        """Forget the histories of up to `batch` rooms, least recently written first, while
+        more than `max_rooms` have one. `done` when no more than `max_rooms` are left."""
+        recent = self._recent
+        assert recent is not None, "SqliteHistory(track_rooms=True) can evict"
+        taken = [recent.popitem(last=False) for _ in range(min(batch, len(recent) - max_rooms))]
+        rooms = [room for room, _ in taken]
+        deleted = 0
+        if rooms:
+            try:
+                self._db.execute("BEGIN")
+                for room in rooms:
+                    deleted += self._db.execute(
+                        "DELETE FROM messages WHERE room = ?", (room,)
+                    ).rowcount
+                self._forget(rooms)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                # Still there: first in line for the next sweep.
+                for room, ts in reversed(taken):
+                    recent[room] = ts
+                    recent.move_to_end(room, last=False)
+                raise
+        return Swept(deleted, len(rooms), done=len(recent) <= max_rooms)
+
+    def _forget(self, rooms: list[str]) -> None:
+        if not rooms:
+            return
+        high = self._forgotten_high_id
+        for room in rooms:
+            high = max(high, self._last_id.pop(room, 0))
+            self._since_trim.pop(room, None)
+        if high != self._forgotten_high_id:
+            self._db.execute("UPDATE forgotten SET high_id = ?", (high,))
+            self._forgotten_high_id = high
+
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         row = self._read(
             "SELECT id, name, text, ts, ref FROM messages "
@@ -199,6 +285,15 @@ class SqliteHistory:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What one batch of a sweep did."""
+
+    messages: int
+    rooms: int
+    done: bool
 
 
 def _message(room: str, row: tuple[object, ...]) -> Message:
