@@ -18,12 +18,15 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 from zope.interface import implementer, provider
 
 from wschat.certs import write_dev_cert
 from wschat.service import ChatService
+from wschat.sweep import HistorySweeper
 from wschat.tap import DEFAULT_BACKLOG, Options, makeService
 from wschat.tlsreload import TlsFiles, TlsListen
+from wschat.web import ChatSite
 
 
 def parse(*args: str) -> Options:
@@ -111,6 +114,11 @@ def test_tls_refuses_missing_or_mismatched_files(tmp_path: Path) -> None:
         ("--drain-seconds", "-1"),
         ("--shutdown-timeout", "0"),
         ("--drain-seconds", "30"),  # not shorter than the default --shutdown-timeout
+        ("--rate-per-ip", "-1"),
+        ("--burst-per-ip", "0"),
+        ("--history-ttl", "0d"),
+        ("--history-ttl", "soon"),
+        ("--max-history-rooms", "-1"),
     ],
 )
 def test_bad_numbers_are_refused(args: tuple[str, ...]) -> None:
@@ -223,3 +231,52 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     assert not services[0].running
     assert len(done) == 1 and not isinstance(done[0], Failure)
     assert reactor.getDelayedCalls() == []
+
+
+def test_durations_take_units() -> None:
+    """--history-ttl reads 30d, 12h, 90m, 45s and plain seconds."""
+    assert parse("--history-ttl", "30d")["history-ttl"] == 30 * 86400
+    assert parse("--history-ttl", "12h")["history-ttl"] == 12 * 3600
+    assert parse("--history-ttl", "90m")["history-ttl"] == 90 * 60
+    assert parse("--history-ttl", "45s")["history-ttl"] == 45
+    assert parse("--history-ttl", "7.5")["history-ttl"] == 7.5
+    assert parse()["history-ttl"] is None and parse()["max-history-rooms"] == 0
+
+
+def test_sweeps_need_the_sqlite_history() -> None:
+    """--history-ttl and --max-history-rooms are refused with --redis or ':memory:'."""
+    for sweep in (("--history-ttl", "1d"), ("--max-history-rooms", "10")):
+        with pytest.raises(usage.UsageError, match="SQLite"):
+            parse(*sweep, "--redis", "redis://127.0.0.1:6379/0")
+        with pytest.raises(usage.UsageError, match="SQLite"):
+            parse(*sweep, "--history-db", ":memory:")
+
+
+def test_make_service_adds_the_sweeper_and_the_metrics_listener(tmp_path: Path) -> None:
+    """With --history-ttl the sweeper runs beside the chat (stopped before the database is
+    closed); with --metrics-listen a second site listens on that endpoint only."""
+    reactor = ThreadedMemoryReactor()
+    options = parse(
+        "--listen",
+        "tcp:8081",
+        "--metrics-listen",
+        "tcp:9108:interface=127.0.0.1",
+        "--history-ttl",
+        "30d",
+        "--history-db",
+        str(tmp_path / "h.sqlite3"),
+    )
+    top = makeService(options, reactor=reactor)
+    assert isinstance(top, MultiService)
+    services = list(top)
+    chat = next(i for i, s in enumerate(services) if isinstance(s, ChatService))
+    sweeper = next(i for i, s in enumerate(services) if isinstance(s, HistorySweeper))
+    assert sweeper > chat  # stopped first
+    top.startService()
+    ports = [(port[0], port[3]) for port in reactor.tcpServers]
+    assert ports == [(8081, ""), (9108, "127.0.0.1")]
+    metrics_site = reactor.tcpServers[1][1]
+    assert isinstance(metrics_site, Site) and not isinstance(metrics_site, ChatSite)
+    assert metrics_site.resource.getStaticEntity(b"metrics") is not None
+    top.stopService()
+    reactor.advance(10)

@@ -22,11 +22,13 @@ from .chat.model import new_resume_token
 from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
 from .echo import add_echo
 from .logs import check_twistd_options, log_format, observer_for
+from .metrics import Metrics
 from .redis_broker import RedisBroker
 from .redis_history import RedisHistory
 from .redis_link import RedisLink, parse_redis_url
 from .service import ChatService, WschatService
 from .sqlite_history import MEMORY, SqliteHistory
+from .sweep import HistorySweeper
 from .tlsreload import (
     ReloadableTls,
     TlsEndpoint,
@@ -78,6 +80,19 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> float:
+    """'30d', '12h', '90m', '45s' or plain seconds."""
+    text = value.strip().lower()
+    scale = _DURATION_UNITS_S.get(text[-1:], None)
+    number = float(text[:-1] if scale is not None else text)
+    if not number > 0:
+        raise ValueError(f"{value} is not a positive duration")
+    return number * (scale or 1)
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -126,6 +141,37 @@ class Options(usage.Options):
             _positive_float,
         ],
         ["burst", None, 20, "Messages a connection may send at once above --rate.", _positive_int],
+        [
+            "rate-per-ip",
+            None,
+            0.0,
+            "Messages per second one client address may send over all its connections "
+            "(0: no limit).",
+            _non_negative_float,
+        ],
+        [
+            "burst-per-ip",
+            None,
+            100,
+            "Messages one address may send at once above --rate-per-ip.",
+            _positive_int,
+        ],
+        [
+            "history-ttl",
+            None,
+            None,
+            "Delete stored messages older than this (e.g. 30d, 12h, 90m, 3600s; default: "
+            "kept until trimmed by --history-size); rooms left with none are forgotten.",
+            parse_duration,
+        ],
+        [
+            "max-history-rooms",
+            None,
+            0,
+            "Rooms the history may hold (0: no limit); beyond, the rooms written to least "
+            "recently are forgotten first.",
+            _non_negative_int,
+        ],
         [
             "ping-interval",
             None,
@@ -250,6 +296,7 @@ class Options(usage.Options):
         self["tls_listen"] = []
         self["tls"] = []
         self["allowed_origins"] = []
+        self["metrics_listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
@@ -260,6 +307,11 @@ class Options(usage.Options):
         systemd:domain=INET6:name=https (repeatable)."""
         self["tls_listen"].append(endpoint)
 
+    def opt_metrics_listen(self, endpoint: str) -> None:
+        """Serve Prometheus /metrics on this endpoint, e.g. tcp:9108:interface=127.0.0.1
+        (repeatable; default: no metrics). Keep it off the internet."""
+        self["metrics_listen"].append(endpoint)
+
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
         self["allowed_origins"].append(origin)
@@ -268,6 +320,14 @@ class Options(usage.Options):
         twistd = getattr(self, "parent", None)  # twistd's own options, when run by twistd
         if twistd is not None:
             check_twistd_options(self["log-format"], twistd)
+        if (self["history-ttl"] is not None or self["max-history-rooms"]) and (
+            self["redis"] is not None or self["history-db"] == MEMORY
+        ):
+            raise usage.UsageError(
+                "--history-ttl and --max-history-rooms apply to the SQLite history file: "
+                "with --redis, --history-size bounds each room (docs/deployment.md), and "
+                "':memory:' keeps nothing anyway"
+            )
         if self["drain-seconds"] >= self["shutdown-timeout"]:
             raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
         pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
@@ -322,11 +382,20 @@ def listen_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -
     return service
 
 
+def sweeps_wanted(options: Options) -> bool:
+    return options["history-ttl"] is not None or options["max-history-rooms"] > 0
+
+
 def make_store(options: Options, reactor: Any) -> HistoryStore:
     path = options["history-db"]
     if path == MEMORY:
         return MemoryHistory(options["history-size"])
-    return SqliteHistory(path, options["history-size"], in_thread=reactor.callInThread)
+    return SqliteHistory(
+        path,
+        options["history-size"],
+        in_thread=reactor.callInThread,
+        track_rooms=sweeps_wanted(options),
+    )
 
 
 @dataclass
@@ -383,11 +452,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_members=options["max-members"],
         member_list_limit=options["member-list-limit"],
         presence_interval_s=options["presence-interval"],
+        rate_per_ip_s=options["rate-per-ip"],
+        burst_per_ip=options["burst-per-ip"],
     )
     backend = make_backend(options, reactor)
     factory = ChatFactory(settings, reactor)
+    metrics = Metrics(factory) if options["metrics_listen"] else None
     hub = Hub(
-        backend.store,
+        backend.store if metrics is None else metrics.timed(backend.store),
         backend.broker,
         factory.fanout,
         reactor.seconds,
@@ -396,6 +468,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         limits,
     )
     factory.attach(hub)
+    if metrics is not None:
+        metrics.attach(hub)
     started_s = reactor.seconds()
     site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor, backend.checks)
     if options["conformance-echo"]:
@@ -408,6 +482,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for service in backend.services:
         service.setServiceParent(top)
     ChatService(factory, backend.store, reactor).setServiceParent(top)
+    if isinstance(backend.store, SqliteHistory) and sweeps_wanted(options):
+        # After ChatService, so stopped before it closes the database.
+        HistorySweeper(
+            backend.store, reactor, options["history-ttl"], options["max-history-rooms"]
+        ).setServiceParent(top)
     reloadable = [ReloadableTls(listen) for listen in options["tls"]]
     TlsReloader(reloadable, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
@@ -415,4 +494,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for tls in reloadable:
         inner = serverFromString(reactor, with_backlog(tls.listen.endpoint))
         listen_service(TlsEndpoint(inner, tls, reactor), site).setServiceParent(top)
+    if metrics is not None:
+        metrics_site = metrics.site(reactor)
+        for endpoint in options["metrics_listen"]:
+            strports.service(endpoint, metrics_site, reactor=reactor).setServiceParent(top)
     return top
