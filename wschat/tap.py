@@ -395,6 +395,7 @@ def make_store(options: Options, reactor: Any) -> HistoryStore:
         options["history-size"],
         in_thread=reactor.callInThread,
         track_rooms=sweeps_wanted(options),
+        expiring=options["history-ttl"] is not None,
     )
 
 

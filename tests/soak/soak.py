@@ -408,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--metrics-out",
+        type=Path,
+        help="start the server with --metrics-listen and write a scrape of /metrics a second "
+        "to this file (JSON lines; bench/tools/plot_metrics.py draws them)",
+    )
+    parser.add_argument(
         "--url", help="soak a running server (started with " + " ".join(SERVER_ARGS) + ")"
     )
     args = parser.parse_args(argv)
@@ -429,14 +435,70 @@ def main(argv: list[str] | None = None) -> int:
     from tests.e2e.process import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="wschat-soak-") as workdir:
-        server = ServerProcess(Path(workdir), *SERVER_ARGS).start()
+        from tests.e2e.process import free_port
+
+        extra: tuple[str, ...] = ()
+        metrics_port = free_port()
+        if args.metrics_out is not None:
+            extra = ("--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1")
+        server = ServerProcess(Path(workdir), *SERVER_ARGS, *extra).start()
+        scraper = None
+        if args.metrics_out is not None:
+            scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics", args.metrics_out)
+            scraper.start()
         try:
             report = asyncio.run(soak(server.ws_url, config))
             print(report.summary())
             print(f"  server: {server_summary(server)}")
         finally:
+            if scraper is not None:
+                scraper.stop()
             server.stop()
     return 0 if report.ok else 1
+
+
+class Scraper:
+    """Scrapes /metrics once a second in a thread, as Prometheus would, into JSON lines of
+    {"t": seconds since the first scrape, "samples": {"name{labels}": value}}."""
+
+    def __init__(self, url: str, out: Path, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.url = url
+        self.out = out
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        started = time.monotonic()
+        with self.out.open("w") as out:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    with urllib.request.urlopen(self.url, timeout=5) as resp:
+                        text = resp.read().decode()
+                except OSError:
+                    continue
+                samples = {}
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                        key = f"{sample.name}{{{labels}}}" if labels else sample.name
+                        samples[key] = sample.value
+                line = {"t": round(time.monotonic() - started, 3), "samples": samples}
+                out.write(json.dumps(line) + "\n")
+                out.flush()
 
 
 def server_summary(server: ServerProcess) -> str:
