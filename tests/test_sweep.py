@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 
 from wschat.chat.model import format_ts
 from wschat.sqlite_history import MEMORY, SqliteHistory, Swept
@@ -19,14 +16,6 @@ from .chatkit import run
 
 DAY_S = 86400.0
 NOW_S = 1_800_000_000.0
-
-
-@pytest.fixture
-def log_events() -> Iterator[EventLoggingObserver]:
-    events = EventLoggingObserver()
-    globalLogPublisher.addObserver(events)
-    yield events
-    globalLogPublisher.removeObserver(events)
 
 
 def say(store: SqliteHistory, room: str, at_s: float, text: str = "x") -> int:
