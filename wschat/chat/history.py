@@ -11,8 +11,19 @@ from .model import Message, Recovery
 class HistoryStore(Protocol):
     """Durable, ordered per-room history. Methods are coroutines so a networked store fits."""
 
-    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
-        """Store a message under the room's next id; StorageUnavailable if it was not stored."""
+    async def append(
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
+    ) -> Message:
+        """Store a message under the room's next id; StorageUnavailable if it was not stored.
+        `user` is the signed sender's sub; `guest` marks a guest's message."""
 
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         """The kept message `name` stored in `room` with this `ref`, if any."""
@@ -52,10 +63,20 @@ class MemoryHistory:
         self._rooms: dict[str, deque[Message]] = {}
         self._last_id: dict[str, int] = {}
 
-    async def append(self, room: str, name: str, text: str, ts: str, ref: str | None) -> Message:
+    async def append(
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
+    ) -> Message:
         msg_id = self._last_id.get(room, 0) + 1
         self._last_id[room] = msg_id
-        msg = Message(room, msg_id, name, text, ts, ref)
+        msg = Message(room, msg_id, name, text, ts, ref, user, guest)
         kept = self._rooms.get(room)
         if kept is None:
             kept = self._rooms[room] = deque(maxlen=self._keep)

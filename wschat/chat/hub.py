@@ -11,6 +11,7 @@ a second, not one frame per member per join.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,10 +23,12 @@ from .errors import (
     NameTaken,
     NotInRoom,
     RateLimited,
+    RoomForbidden,
     RoomFull,
     TooManyRooms,
 )
 from .history import HistoryStore
+from .identity import Companions, Identity, guest_name
 from .limits import Limits
 from .model import (
     Ack,
@@ -54,7 +57,17 @@ Schedule = Callable[[float, Callable[[], None]], object]
 class Session:
     """One connection as the hub sees it."""
 
-    __slots__ = ("bucket", "close_replaced", "name", "outbox", "resume_token", "rooms", "send")
+    __slots__ = (
+        "bucket",
+        "close_replaced",
+        "guest",
+        "identity",
+        "name",
+        "outbox",
+        "resume_token",
+        "rooms",
+        "send",
+    )
 
     def __init__(
         self,
@@ -70,6 +83,14 @@ class Session:
         self.resume_token: str | None = None
         self.rooms: set[str] = set()
         self.bucket = bucket
+        # Signed in (chat/identity.py sign_in), or a guest of --auth optional; neither in the
+        # open chat of --auth off.
+        self.identity: Identity | None = None
+        self.guest = False
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.sub if self.identity is not None else None
 
 
 class Hub:
@@ -95,6 +116,11 @@ class Hub:
         # Rooms with presence changes not yet sent; a room that empties is dropped from
         # _rooms at once but stays here until its batch has been taken.
         self._marked: dict[str, Room[Session]] = {}
+        # Further connections of signed users whose name a connection of theirs holds.
+        self._companions: Companions[Session] = Companions()
+        # Set by the first signed or guest join: until then (--auth off) lists carry no
+        # `subs`/`guests` and cost nothing more to build.
+        self._identities = False
         broker.attach(self._deliver)
 
     @property
@@ -119,6 +145,8 @@ class Hub:
 
     async def join(self, session: Session, cmd: Join) -> None:
         room = check_room(cmd.room)
+        if session.identity is not None and not session.identity.may_join(room):
+            raise RoomForbidden(f"your token does not allow the room {room!r}")
         name = self._name_for(session, cmd)
         entered = room not in session.rooms
         if entered:
@@ -151,7 +179,15 @@ class Hub:
             if stored is not None:
                 session.send(Ack(cmd.room, cmd.ref, stored.id))
                 return
-        msg = await self._store.append(cmd.room, name, cmd.text, format_ts(self._now_s()), cmd.ref)
+        msg = await self._store.append(
+            cmd.room,
+            name,
+            cmd.text,
+            format_ts(self._now_s()),
+            cmd.ref,
+            user=session.user,
+            guest=session.guest,
+        )
         # Store, then ack, then broadcast: an ack always means "it is in the history".
         session.send(Ack(cmd.room, cmd.ref, msg.id))
         self._broker.publish(cmd.room, msg)
@@ -167,7 +203,8 @@ class Hub:
         if room is None or cmd.room not in session.rooms:
             raise NotInRoom(f"join {cmd.room!r} to see who is there")
         names, after = room.page(cmd.after, cmd.limit)
-        session.send(Members(cmd.room, names, after, len(room)))
+        subs, guests = self._who_is_who(room, names)
+        session.send(Members(cmd.room, names, after, len(room), subs, guests))
 
     def disconnect(self, session: Session) -> None:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""
@@ -176,20 +213,38 @@ class Hub:
         self._sessions.discard(session)
 
     def _name_for(self, session: Session, cmd: Join) -> str:
+        # A signed connection was named by its token (identity.sign_in) before any join.
         if session.name is None:
             if cmd.name is None:
                 raise NameRequired("the first join of a connection needs a name")
-            session.name = check_name(cmd.name)
+            name = check_name(cmd.name)
+            session.name = guest_name(name) if session.guest else name
         elif cmd.name is not None and cmd.name != session.name:
-            raise NameInvalid(f"this connection is named {session.name!r}; reconnect to rename")
+            if session.identity is not None:
+                raise NameInvalid(f"your token names you {session.name!r}")
+            if not session.guest or guest_name(check_name(cmd.name)) != session.name:
+                raise NameInvalid(f"this connection is named {session.name!r}; reconnect to rename")
+        if session.identity is not None or session.guest:
+            self._identities = True
         return session.name
 
     def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> None:
         members = self._rooms.get(room)
         holder = members.get(name) if members is not None else None
         if holder is not None:
+            if holder.user is not None and holder.user == session.user:
+                # One person, two tabs: this connection shares the name; nobody sees a change.
+                if len(session.rooms) >= self.limits.max_rooms:
+                    raise TooManyRooms(
+                        f"a connection may be in at most {self.limits.max_rooms} rooms"
+                    )
+                self._companions.add(room, name, session)
+                session.rooms.add(room)
+                return
             if (
-                resume_token is not None
+                holder.identity is None
+                and session.identity is None
+                and resume_token is not None
                 and holder.resume_token is not None
                 and hmac.compare_digest(resume_token.encode(), holder.resume_token.encode())
             ):
@@ -224,8 +279,17 @@ class Hub:
     def _exit(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
         members = self._rooms.get(room)
-        if members is None or session.name is None or members.get(session.name) is not session:
+        if members is None or session.name is None:
             return
+        if members.get(session.name) is not session:
+            self._companions.discard(room, session.name, session)
+            return
+        if session.identity is not None:
+            heir = self._companions.pop(room, session.name)
+            if heir is not None:
+                # Another connection of the same user keeps the name: no change anyone sees.
+                members.replace(session.name, heir)
+                return
         members.remove(session.name)
         if not members:
             del self._rooms[room]
@@ -247,7 +311,8 @@ class Hub:
                     continue
                 batch = Presence(name, None, None, count)
             elif joined or left:
-                batch = Presence(name, joined, left, count)
+                subs, guests = self._who_is_who(room, joined)
+                batch = Presence(name, joined, left, count, subs, guests)
             else:
                 continue
             room.sent_count = count
@@ -268,12 +333,37 @@ class Hub:
         names = members.names if members is not None else []
         count = len(names)
         users = list(names) if count <= self.limits.member_list_limit else None
-        return Welcome(room, name, users, count, history, session.resume_token, recovered)
+        subs, guests = self._who_is_who(members, users) if members is not None else (None, None)
+        return Welcome(
+            room, name, users, count, history, session.resume_token, recovered, subs, guests
+        )
+
+    def _who_is_who(
+        self, room: Room[Session], names: list[str] | None
+    ) -> tuple[dict[str, str] | None, list[str] | None]:
+        """Of `names`, the sub of each signed member and the guests (None, None if neither)."""
+        if not self._identities or not names:
+            return None, None
+        subs: dict[str, str] = {}
+        guests: list[str] = []
+        for name in names:
+            member = room.get(name)
+            if member is None:
+                continue
+            if member.identity is not None:
+                subs[name] = member.identity.sub
+            elif member.guest:
+                guests.append(name)
+        return subs or None, guests or None
 
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)
         if not members:
             return
+        if self._companions.has_room(room):
+            # Companions get every batch whole: its changes are idempotent to apply, so the
+            # ones their own welcome already showed do no harm.
+            self._fanout(self._companions.in_room(room), event)
         if isinstance(event, Presence) and event.joined:
             # A member who joined during the interval knows from its welcome of itself and of
             # the changes before it: its copy of the batch has only the later ones.
@@ -282,9 +372,18 @@ class Hub:
                 assert subject.name is not None
                 joined, left = members.since_join(subject.name, event.joined, event.left or [])
                 if joined or left:
-                    self._fanout((subject,), Presence(room, joined, left, event.count))
+                    self._fanout((subject,), _part_of(event, joined, left))
             if subjects:
                 skip = set(map(id, subjects))
                 self._fanout([s for s in members.sessions() if id(s) not in skip], event)
                 return
         self._fanout(members.sessions(), event)
+
+
+def _part_of(batch: Presence, joined: list[str], left: list[str]) -> Presence:
+    """The batch with only these changes, and only their `subs` and `guests`."""
+    subs = {n: batch.subs[n] for n in joined if n in batch.subs} if batch.subs else None
+    guests = [n for n in joined if n in batch.guests] if batch.guests else None
+    return dataclasses.replace(
+        batch, joined=joined, left=left, subs=subs or None, guests=guests or None
+    )

@@ -16,6 +16,8 @@ MAX_ROOM_CHARS = 64
 MAX_TEXT_CHARS = 2000
 MAX_REF_CHARS = 64
 MAX_RESUME_TOKEN_CHARS = 128
+# A JWT with a long `rooms` claim is a few KiB; this is far above any sane one.
+MAX_AUTH_TOKEN_CHARS = 16384
 RESUME_TOKEN_BYTES = 24
 WHO_DEFAULT_LIMIT = 200
 WHO_MAX_LIMIT = 1000
@@ -103,7 +105,23 @@ class Who:
     limit: int = WHO_DEFAULT_LIMIT
 
 
-Command = Join | Say | Leave | Who
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The first frame of a connection that signs in (see chat/identity.py)."""
+
+    kind: ClassVar[str] = "auth"
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A fresh token for the same identity, before the current one expires."""
+
+    kind: ClassVar[str] = "refresh"
+    token: str
+
+
+Command = Join | Say | Leave | Who | Auth | Refresh
 
 
 # Events: what the server tells a client.
@@ -117,6 +135,9 @@ class Message:
     text: str
     ts: str
     ref: str | None = None
+    # The sender's `sub` when it was signed in; guest: it was a guest (--auth optional).
+    user: str | None = None
+    guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +150,9 @@ class Welcome:
     history: list[Message]
     resume_token: str
     recovered: bool | None = None
+    # Of the names in `users`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +171,9 @@ class Presence:
     joined: list[str] | None
     left: list[str] | None
     count: int
+    # Of the names in `joined`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +184,24 @@ class Members:
     names: list[str]
     next: str | None
     count: int
+    # Of the names in `names`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Left:
     room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authed:
+    """The answer to `auth` and `refresh`."""
+
+    name: str
+    user: str
+    expires_in_s: int
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +211,7 @@ class Error:
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Members | Left | Error
+Event = Message | Welcome | Ack | Presence | Members | Left | Authed | Error
 
 
 @dataclass(slots=True)
