@@ -11,8 +11,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from wschat.certs import write_dev_cert
+from wschat.chat.identity import AuthMode
 from wschat.service import ChatService
 from wschat.tap import Options, makeService
+
+from .jwtkit import rsa_pair, write_public_key, write_secret
 
 
 def parse(*args: str) -> Options:
@@ -96,3 +99,69 @@ def test_make_service_listens_on_every_endpoint(tmp_path: Path) -> None:
     assert [(port[0], port[3]) for port in reactor.tcpServers] == [(8081, "127.0.0.1"), (8082, "")]
     top.stopService()
     reactor.advance(10)
+
+
+def test_auth_defaults_follow_the_key_options(tmp_path: Path) -> None:
+    """Without a key the chat is open (--auth off); with one, auth is required unless
+    --auth says optional; the key is loaded at start-up."""
+    assert parse()["auth"] is AuthMode.OFF
+    secret = str(write_secret(tmp_path))
+    assert parse("--jwt-secret-file", secret)["auth"] is AuthMode.REQUIRED
+    optional = parse("--jwt-secret-file", secret, "--auth", "optional")
+    assert optional["auth"] is AuthMode.OPTIONAL and optional["jwt-key"].algorithms == ("HS256",)
+    public = str(write_public_key(tmp_path, rsa_pair()))
+    assert parse("--jwt-public-key-file", public)["jwt-key"].algorithms == ("RS256",)
+    assert parse("--jwks-url", "https://app.example/jwks")["auth"] is AuthMode.REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--auth", "required"), "needs --jwt-secret-file"),
+        (("--auth", "sometimes"), "not one of"),
+        (("--jwks-url", "file:///etc/keys"), "http"),
+        (("--jwt-secret-file", "SECRET", "--jwks-url", "https://a/j"), "one of"),
+        (("--jwt-secret-file", "SHORT"), "at least 32"),
+        (("--jwt-public-key-file", "SECRET"), "not a PEM"),
+        (("--jwt-grace", "-1"), "negative"),
+    ],
+)
+def test_auth_options_are_checked_at_start_up(
+    tmp_path: Path, args: tuple[str, ...], match: str
+) -> None:
+    """Inconsistent or unusable auth options stop twistd with a message saying why."""
+    secret = str(write_secret(tmp_path))
+    short = tmp_path / "short"
+    short.write_bytes(b"too short")
+    paths = {"SECRET": secret, "SHORT": str(short)}
+    with pytest.raises(usage.UsageError, match=match):
+        parse(*(paths.get(a, a) for a in args))
+
+
+def test_make_service_wires_the_verifier(tmp_path: Path) -> None:
+    """The factory gets the mode, the verifier with the --jwt-* settings, and the grace."""
+    options = parse(
+        "--history-db",
+        ":memory:",
+        "--jwt-secret-file",
+        str(write_secret(tmp_path)),
+        "--jwt-audience",
+        "chat",
+        "--jwt-issuer",
+        "https://app.example",
+        "--jwt-leeway",
+        "5",
+        "--jwt-grace",
+        "40",
+    )
+    top = makeService(options, reactor=ThreadedMemoryReactor())
+    service = next(iter(top))
+    assert isinstance(service, ChatService)
+    auth = service.factory.auth
+    assert auth.mode is AuthMode.REQUIRED and auth.grace_s == 40
+    assert auth.verifier is not None
+    assert (auth.verifier.audience, auth.verifier.issuer, auth.verifier.leeway_s) == (
+        "chat",
+        "https://app.example",
+        5,
+    )

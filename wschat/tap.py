@@ -14,13 +14,23 @@ from twisted.python import usage
 from .chat.broker import LocalBroker
 from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
+from .chat.identity import AuthMode
 from .chat.limits import Limits
 from .chat.model import new_resume_token
 from .echo import add_echo
 from .service import ChatService
 from .sqlite_history import MEMORY, SqliteHistory
+from .tokens import (
+    JwksKeys,
+    KeyConfigError,
+    KeySource,
+    TokenVerifier,
+    http_fetch,
+    load_public_key,
+    load_secret,
+)
 from .web import make_site
-from .ws import ChatFactory, WsSettings
+from .ws import AuthSettings, ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
 DEFAULT_DB = "wschat.sqlite3"
@@ -45,6 +55,20 @@ def _positive_float(value: str) -> float:
     if not number > 0:
         raise ValueError(f"{value} is not a positive number")
     return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value} is negative")
+    return number
+
+
+def _auth_mode(value: str) -> AuthMode:
+    try:
+        return AuthMode(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of off, optional, required") from None
 
 
 class Options(usage.Options):
@@ -149,6 +173,51 @@ class Options(usage.Options):
             "Reverse proxies in front whose X-Forwarded-For is trusted.",
             _non_negative_int,
         ],
+        [
+            "auth",
+            None,
+            None,
+            "Signed identities: off (the open chat), optional (guests beside signed users) or "
+            "required (the first frame must be a valid 'auth'). Default: required when a "
+            "--jwt-*/--jwks-url key is given, else off.",
+            _auth_mode,
+        ],
+        [
+            "jwt-secret-file",
+            None,
+            None,
+            "File holding the shared secret of HS256 tokens (at least 32 bytes).",
+        ],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "PEM public key of RS256 (RSA) or ES256 (EC P-256) tokens.",
+        ],
+        [
+            "jwks-url",
+            None,
+            None,
+            "URL of the issuer's JWKS (RS256/ES256 keys), fetched and cached; fetched again "
+            "for an unknown kid.",
+        ],
+        ["jwt-audience", None, None, "The 'aud' tokens must carry (default: tokens have none)."],
+        ["jwt-issuer", None, None, "The 'iss' tokens must carry (default: not checked)."],
+        [
+            "jwt-leeway",
+            None,
+            0.0,
+            "Seconds of clock difference allowed when checking 'exp' and 'nbf'.",
+            _non_negative_float,
+        ],
+        [
+            "jwt-grace",
+            None,
+            25.0,
+            "Seconds a connection stays open after its token expired, for a 'refresh' to "
+            "come (then close 4440).",
+            _non_negative_float,
+        ],
     ]
     optFlags = [
         [
@@ -186,6 +255,33 @@ class Options(usage.Options):
             )
         if not self["listen"]:
             self["listen"].append(f"tcp:{self['port']}")
+        self._check_auth()
+
+    def _check_auth(self) -> None:
+        """Load the key now: a bad key file stops start-up instead of every sign-in."""
+        sources = [k for k in ("jwt-secret-file", "jwt-public-key-file", "jwks-url") if self[k]]
+        if len(sources) > 1:
+            raise usage.UsageError(
+                "give one of --jwt-secret-file, --jwt-public-key-file and --jwks-url"
+            )
+        if self["auth"] is None:
+            self["auth"] = AuthMode.REQUIRED if sources else AuthMode.OFF
+        if self["auth"] is not AuthMode.OFF and not sources:
+            raise usage.UsageError(
+                f"--auth {self['auth'].value} needs --jwt-secret-file, --jwt-public-key-file "
+                "or --jwks-url"
+            )
+        self["jwt-key"] = None
+        try:
+            if self["jwt-secret-file"]:
+                self["jwt-key"] = load_secret(self["jwt-secret-file"])
+            elif self["jwt-public-key-file"]:
+                self["jwt-key"] = load_public_key(self["jwt-public-key-file"])
+        except KeyConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        url = self["jwks-url"]
+        if url and not url.startswith(("https://", "http://")):
+            raise usage.UsageError(f"--jwks-url must be an http(s) URL, not {url!r}")
 
 
 def check_tls_files(cert: str, key: str) -> None:
@@ -209,6 +305,25 @@ def make_store(options: Options, reactor: Any) -> HistoryStore:
     if path == MEMORY:
         return MemoryHistory(options["history-size"])
     return SqliteHistory(path, options["history-size"], in_thread=reactor.callInThread)
+
+
+def make_auth(options: Options, reactor: Any) -> AuthSettings:
+    mode: AuthMode = options["auth"]
+    if mode is AuthMode.OFF:
+        return AuthSettings()
+    keys: KeySource
+    if options["jwks-url"]:
+        keys = JwksKeys(options["jwks-url"], http_fetch(reactor), reactor.seconds)
+    else:
+        keys = options["jwt-key"]
+    verifier = TokenVerifier(
+        keys,
+        reactor.seconds,
+        audience=options["jwt-audience"],
+        issuer=options["jwt-issuer"],
+        leeway_s=options["jwt-leeway"],
+    )
+    return AuthSettings(mode, verifier, options["jwt-grace"])
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -235,7 +350,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         presence_interval_s=options["presence-interval"],
     )
     store = make_store(options, reactor)
-    factory = ChatFactory(settings, reactor)
+    factory = ChatFactory(settings, reactor, make_auth(options, reactor))
     hub = Hub(
         store,
         LocalBroker(),
