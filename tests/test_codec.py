@@ -193,3 +193,24 @@ def test_every_close_code_is_documented() -> None:
     assert len(codes) >= 8
     for code in codes:
         assert f"| {code} |" in doc or f"| **{code}** |" in doc, code
+
+
+def test_kick_and_its_answers() -> None:
+    """kick needs a room and a name; left may carry a reason; kicked counts connections."""
+    from wschat.chat.model import Kick, Kicked
+
+    assert decode(b'{"type":"kick","room":"lobby","name":"bob"}') == Kick("lobby", "bob")
+    for bad in ({"room": "lobby"}, {"room": "lobby", "name": ""}, {"room": "lobby", "name": 3}):
+        with pytest.raises(errors.InvalidField):
+            decode(json.dumps({"type": "kick", **bad}).encode())
+    assert json.loads(encode(Left("lobby", "kicked"))) == {
+        "type": "left",
+        "room": "lobby",
+        "reason": "kicked",
+    }
+    assert json.loads(encode(Kicked("lobby", "bob", 2))) == {
+        "type": "kicked",
+        "room": "lobby",
+        "name": "bob",
+        "connections": 2,
+    }

@@ -165,3 +165,34 @@ def test_make_service_wires_the_verifier(tmp_path: Path) -> None:
         "https://app.example",
         5,
     )
+
+
+def test_the_api_options_go_together(tmp_path: Path) -> None:
+    """--api-listen needs --api-key-file (and the other way round); the keys are loaded at
+    start-up, and makeService adds one listener per --api-listen."""
+    keys = tmp_path / "api.keys"
+    keys.write_text("k" * 32 + "\n")
+    with pytest.raises(usage.UsageError, match="go together"):
+        parse("--api-listen", "tcp:8081")
+    with pytest.raises(usage.UsageError, match="go together"):
+        parse("--api-key-file", str(keys))
+    short = tmp_path / "short.keys"
+    short.write_text("abc\n")
+    with pytest.raises(usage.UsageError, match="at least"):
+        parse("--api-listen", "tcp:8081", "--api-key-file", str(short))
+    reactor = ThreadedMemoryReactor()
+    options = parse(
+        "--listen",
+        "tcp:8080:interface=127.0.0.1",
+        "--api-listen",
+        "tcp:8081:interface=127.0.0.1",
+        "--api-key-file",
+        str(keys),
+        "--history-db",
+        ":memory:",
+    )
+    top = makeService(options, reactor=reactor)
+    top.startService()
+    assert [(p[0], p[3]) for p in reactor.tcpServers] == [(8080, "127.0.0.1"), (8081, "127.0.0.1")]
+    top.stopService()
+    reactor.advance(10)

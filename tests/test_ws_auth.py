@@ -323,3 +323,36 @@ def test_a_long_reason_is_cut_to_fit_a_close_frame(clock: Clock) -> None:
     [(code, reason)] = closes(client)
     assert code == CLOSE_UNAUTHORIZED and len(reason) <= 123
     reason.decode("utf-8")
+
+
+def test_an_admin_kicks_and_others_may_not(clock: Clock) -> None:
+    """`kick` by an admin takes the name out (it is told `left` with reason kicked and the
+    kicker `kicked`); a non-admin is refused with forbidden, an absent name no_such_member."""
+    factory = auth_factory(clock)
+    mod, bob = Client(factory), Client(factory)
+    sign_in(mod, hs256(claims("u-mod", name="mod", admin=True)))
+    sign_in(bob, hs256(claims("u-bob", name="bob")))
+    mod.join("lobby")
+    bob.join("lobby")
+    bob.send(text({"type": "kick", "room": "lobby", "name": "mod"}))
+    assert [e["code"] for e in bob.events()] == ["forbidden"]
+    mod.send(text({"type": "kick", "room": "lobby", "name": "nobody"}))
+    assert [e.get("code") for e in mod.events()] == ["no_such_member"]
+    mod.send(text({"type": "kick", "room": "lobby", "name": "bob"}))
+    assert mod.events() == [{"type": "kicked", "room": "lobby", "name": "bob", "connections": 1}]
+    assert bob.events() == [{"type": "left", "room": "lobby", "reason": "kicked"}]
+    assert factory.hub.members("lobby") == ["mod"]
+
+
+def test_the_application_disconnects_a_user_4403(clock: Clock) -> None:
+    """disconnect_user (the API's) closes every connection of that sub with 4403."""
+    factory = auth_factory(clock)
+    tabs = [Client(factory) for _ in range(2)]
+    other = Client(factory)
+    for tab in tabs:
+        sign_in(tab, hs256(claims()))
+    sign_in(other, hs256(claims("u-bob")))
+    assert factory.disconnect_user("u-alice") == 2
+    for tab in tabs:
+        assert [code for code, _ in closes(tab)] == [4403]
+    assert closes(other) == []

@@ -21,6 +21,8 @@ from .chat.model import (
     Error,
     Event,
     Join,
+    Kick,
+    Kicked,
     Leave,
     Left,
     Members,
@@ -95,6 +97,13 @@ def _refresh(obj: dict[str, Any], ref: str | None) -> Refresh:
     return Refresh(_auth_token(obj, ref))
 
 
+def _kick(obj: dict[str, Any], ref: str | None) -> Kick:
+    name = obj.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InvalidField(f"'name' must be a string of 1-{MAX_NAME_CHARS} characters", ref)
+    return Kick(_room(obj, ref), name)
+
+
 # One entry per request type; ws.ChatProtocol has a handle_<type> for each.
 _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Join.kind: _join,
@@ -103,6 +112,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Who.kind: _who,
     Auth.kind: _auth,
     Refresh.kind: _refresh,
+    Kick.kind: _kick,
 }
 REQUEST_TYPES = tuple(_DECODERS)
 _EXPECTED = ", ".join(REQUEST_TYPES[:-1]) + " or " + REQUEST_TYPES[-1]
@@ -205,7 +215,16 @@ def event_fields(event: Event) -> dict[str, Any]:
             fields["recovered"] = event.recovered
         return _identities(fields, event.subs, event.guests)
     if isinstance(event, Left):
+        if event.reason is not None:
+            return {"type": "left", "room": event.room, "reason": event.reason}
         return {"type": "left", "room": event.room}
+    if isinstance(event, Kicked):
+        return {
+            "type": "kicked",
+            "room": event.room,
+            "name": event.name,
+            "connections": event.connections,
+        }
     if isinstance(event, Authed):
         fields = {
             "type": "authed",

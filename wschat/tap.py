@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import Any
 
 from OpenSSL import SSL
@@ -11,6 +12,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
+from .api import ApiContext, KeyFileError, load_api_keys, make_api_site
 from .chat.broker import LocalBroker
 from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
@@ -201,6 +203,12 @@ class Options(usage.Options):
             "URL of the issuer's JWKS (RS256/ES256 keys), fetched and cached; fetched again "
             "for an unknown kid.",
         ],
+        [
+            "api-key-file",
+            None,
+            None,
+            "File of the server API's keys (one a line), sent as Authorization: Bearer.",
+        ],
         ["jwt-audience", None, None, "The 'aud' tokens must carry (default: tokens have none)."],
         ["jwt-issuer", None, None, "The 'iss' tokens must carry (default: not checked)."],
         [
@@ -231,10 +239,16 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allowed_origins"] = []
+        self["api_listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
         self["listen"].append(endpoint)
+
+    def opt_api_listen(self, endpoint: str) -> None:
+        """Endpoint of the server API for applications, e.g. tcp:8081:interface=127.0.0.1
+        (repeatable; needs --api-key-file). Keep it off the internet."""
+        self["api_listen"].append(endpoint)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
@@ -256,6 +270,14 @@ class Options(usage.Options):
         if not self["listen"]:
             self["listen"].append(f"tcp:{self['port']}")
         self._check_auth()
+        self["api-keys"] = None
+        if self["api_listen"] or self["api-key-file"]:
+            if not (self["api_listen"] and self["api-key-file"]):
+                raise usage.UsageError("--api-listen and --api-key-file go together")
+            try:
+                self["api-keys"] = load_api_keys(self["api-key-file"])
+            except KeyFileError as exc:
+                raise usage.UsageError(str(exc)) from None
 
     def _check_auth(self) -> None:
         """Load the key now: a bad key file stops start-up instead of every sign-in."""
@@ -370,4 +392,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ChatService(factory, store, reactor).setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    if options["api-keys"] is not None:
+
+        def info() -> dict[str, Any]:
+            return {
+                "version": _version(),
+                "auth": factory.auth.mode.value,
+                "connections": hub.connection_count,
+                "rooms": hub.room_count,
+                "uptime_s": round(reactor.seconds() - started_s, 3),
+            }
+
+        context = ApiContext(hub, store, limits.history_size, factory.disconnect_user, info)
+        api_site = make_api_site(options["api-keys"], context, reactor)
+        for endpoint in options["api_listen"]:
+            strports.service(endpoint, api_site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _version() -> str:
+    try:
+        return metadata.version("wschat")
+    except metadata.PackageNotFoundError:
+        return "unknown"

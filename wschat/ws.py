@@ -31,7 +31,20 @@ from .chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvali
 from .chat.hub import Hub, Session
 from .chat.identity import AuthMode, Identity
 from .chat.limits import AddressCap, RefusalLog
-from .chat.model import Auth, Authed, Command, Error, Event, Join, Leave, Refresh, Say, Who
+from .chat.model import (
+    Auth,
+    Authed,
+    Command,
+    Error,
+    Event,
+    Join,
+    Kick,
+    Kicked,
+    Leave,
+    Refresh,
+    Say,
+    Who,
+)
 from .codec import SUBPROTOCOL, decode, encode
 from .output import Outbox, Output
 from .timers import BucketTimer
@@ -44,6 +57,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REPLACED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_DISCONNECTED = 4403
 CLOSE_TOKEN_EXPIRED = 4440
 # RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the code.
 MAX_CLOSE_REASON_BYTES = 123
@@ -327,6 +341,14 @@ class ChatProtocol(WebSocketServerProtocol):
     def handle_who(self, session: Session, cmd: Who) -> None:
         self.factory.hub.who(session, cmd)
 
+    def handle_kick(self, session: Session, cmd: Kick) -> None:
+        identity.require_admin(session)
+        connections = self.factory.hub.kick(cmd.room, cmd.name)
+        self._log.info(
+            "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
+        )
+        session.send(Kicked(cmd.room, cmd.name, connections))
+
     async def handle_auth(self, session: Session, cmd: Auth) -> None:
         verifier = self._verifier()
         if self._auth_deadline is not None and self._auth_deadline.active():
@@ -487,6 +509,14 @@ class ChatProtocol(WebSocketServerProtocol):
     def go_away(self) -> None:
         self._close_with(CLOSE_GOING_AWAY, "server going away")
 
+    @property
+    def user(self) -> str | None:
+        return self._session.user if self._session is not None else None
+
+    def disconnect(self) -> None:
+        """The application asked for this user's connections to be closed (the server API)."""
+        self._close_with(CLOSE_DISCONNECTED, "disconnected by the application")
+
     # IPushProducer: the transport tells us when its buffer is over its high-water mark.
 
     def pauseProducing(self) -> None:
@@ -558,3 +588,10 @@ class ChatFactory(WebSocketServerFactory):
     def go_away(self) -> None:
         for protocol in list(self.protocols):
             protocol.go_away()
+
+    def disconnect_user(self, sub: str) -> int:
+        """Close every connection signed in as `sub` (4403); how many there were."""
+        found = [p for p in self.protocols if p.user == sub]
+        for protocol in found:
+            protocol.disconnect()
+        return len(found)

@@ -101,6 +101,16 @@ class KeysUnavailable(ChatError):
     code = "auth_unavailable"
 
 
+class Forbidden(ChatError):
+    """`kick` by a connection whose token does not say `admin: true`."""
+
+    code = "forbidden"
+
+
+class NoSuchMember(ChatError):
+    code = "no_such_member"
+
+
 class RoomForbidden(ChatError):
     """The token's `rooms` claim does not cover the room."""
 
@@ -128,4 +138,6 @@ ALL_ERRORS: tuple[type[ChatError], ...] = (
     AuthMismatch,
     KeysUnavailable,
     RoomForbidden,
+    Forbidden,
+    NoSuchMember,
 )

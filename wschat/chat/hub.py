@@ -21,6 +21,7 @@ from .errors import (
     NameInvalid,
     NameRequired,
     NameTaken,
+    NoSuchMember,
     NotInRoom,
     RateLimited,
     RoomForbidden,
@@ -37,6 +38,7 @@ from .model import (
     Leave,
     Left,
     Members,
+    Message,
     Presence,
     Say,
     Welcome,
@@ -211,6 +213,53 @@ class Hub:
         for room in list(session.rooms):
             self._exit(session, room)
         self._sessions.discard(session)
+
+    # What the server API (wschat/api.py) and admins may do besides the chat itself.
+
+    async def publish(
+        self, room: str, name: str, text: str, ref: str | None, user: str | None = None
+    ) -> tuple[Message, bool]:
+        """Post as the application: stored, then broadcast exactly like a `say`; a `ref`
+        already stored under this name in the room returns that message (and False)."""
+        check_room(room, ref)
+        check_name(name, ref)
+        check_text(text, ref)
+        if ref is not None:
+            stored = await self._store.find_ref(room, name, ref)
+            if stored is not None:
+                return stored, False
+        msg = await self._store.append(room, name, text, format_ts(self._now_s()), ref, user=user)
+        self._broker.publish(room, msg)
+        return msg, True
+
+    def rooms(self) -> list[tuple[str, int]]:
+        """Every room with members here, and how many, sorted by name."""
+        return sorted((name, len(room)) for name, room in self._rooms.items())
+
+    def roster(self, room: str) -> list[tuple[str, Session, int]]:
+        """A room's members: name, the connection holding it, and how many connections do."""
+        members = self._rooms.get(room)
+        if members is None:
+            return []
+        companions = self._companions
+        return [
+            (name, session, 1 + len(companions.of(room, name)))
+            for name in members.names
+            if (session := members.get(name)) is not None
+        ]
+
+    def kick(self, room: str, name: str) -> int:
+        """Take the name out of the room, all its connections; each is told `left` with the
+        reason `kicked`, the others see it leave. Not a ban: it may join again."""
+        members = self._rooms.get(room)
+        holder = members.get(name) if members is not None else None
+        if holder is None:
+            raise NoSuchMember(f"{name!r} is not in {room!r}")
+        kicked = [*self._companions.of(room, name), holder]
+        for session in kicked:
+            self._exit(session, room)
+            session.send(Left(room, "kicked"))
+        return len(kicked)
 
     def _name_for(self, session: Session, cmd: Join) -> str:
         # A signed connection was named by its token (identity.sign_in) before any join.

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import AuthMismatch, AuthUnexpected, NameInvalid, TokenInvalid
+from .errors import AuthMismatch, AuthUnexpected, Forbidden, NameInvalid, TokenInvalid
 from .model import MAX_NAME_CHARS, check_name, check_room
 
 GUEST_MARK = " (guest)"
@@ -141,6 +141,12 @@ def refresh(session: Signable, identity: Identity) -> None:
             f"{current.sub!r} named {current.name!r} (reconnect to change)"
         )
     session.identity = identity
+
+
+def require_admin(session: Signable) -> None:
+    """Only a token that says `admin: true` may kick."""
+    if session.identity is None or not session.identity.admin:
+        raise Forbidden("only an admin (a token with admin: true) may kick")
 
 
 def guest_name(name: str) -> str:

@@ -121,7 +121,16 @@ class Refresh:
     token: str
 
 
-Command = Join | Say | Leave | Who | Auth | Refresh
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """An admin takes a name out of a room (see Hub.kick)."""
+
+    kind: ClassVar[str] = "kick"
+    room: str
+    name: str
+
+
+Command = Join | Say | Leave | Who | Auth | Refresh | Kick
 
 
 # Events: what the server tells a client.
@@ -192,6 +201,17 @@ class Members:
 @dataclass(frozen=True, slots=True)
 class Left:
     room: str
+    # None: the connection asked to leave; "kicked": an admin or the application removed it.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kicked:
+    """The answer to `kick`: how many connections held the name."""
+
+    room: str
+    name: str
+    connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +231,7 @@ class Error:
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Members | Left | Authed | Error
+Event = Message | Welcome | Ack | Presence | Members | Left | Kicked | Authed | Error
 
 
 @dataclass(slots=True)
