@@ -25,14 +25,14 @@ run: $(VENV)/.installed
 	$(VENV)/bin/twistd -n wschat --port $(PORT)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check wschat tests twisted
-	$(VENV)/bin/ruff format --check wschat tests twisted
+	$(VENV)/bin/ruff check wschat tests twisted docs/examples
+	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wschat tests twisted
-	$(VENV)/bin/ruff format --check wschat tests twisted
+	$(VENV)/bin/ruff check wschat tests twisted docs/examples
+	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

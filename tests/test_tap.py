@@ -124,6 +124,8 @@ def test_auth_defaults_follow_the_key_options(tmp_path: Path) -> None:
         (("--jwt-secret-file", "SHORT"), "at least 32"),
         (("--jwt-public-key-file", "SECRET"), "not a PEM"),
         (("--jwt-grace", "-1"), "negative"),
+        (("--client-token-url", "https://app.example/t"), "needs signed identities"),
+        (("--jwt-secret-file", "SECRET", "--client-token-url", "javascript:alert(1)"), "http"),
     ],
 )
 def test_auth_options_are_checked_at_start_up(

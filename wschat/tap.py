@@ -31,7 +31,7 @@ from .tokens import (
     load_public_key,
     load_secret,
 )
-from .web import make_site
+from .web import ClientConfig, make_site
 from .ws import AuthSettings, ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
@@ -204,6 +204,13 @@ class Options(usage.Options):
             "for an unknown kid.",
         ],
         [
+            "client-token-url",
+            None,
+            None,
+            "Where the browser client gets its token (the application's endpoint, fetched "
+            'with the user\'s cookies; answers {"token": "<jwt>"}).',
+        ],
+        [
             "api-key-file",
             None,
             None,
@@ -301,9 +308,12 @@ class Options(usage.Options):
                 self["jwt-key"] = load_public_key(self["jwt-public-key-file"])
         except KeyConfigError as exc:
             raise usage.UsageError(str(exc)) from None
-        url = self["jwks-url"]
-        if url and not url.startswith(("https://", "http://")):
-            raise usage.UsageError(f"--jwks-url must be an http(s) URL, not {url!r}")
+        for option in ("jwks-url", "client-token-url"):
+            url = self[option]
+            if url and not url.startswith(("https://", "http://")):
+                raise usage.UsageError(f"--{option} must be an http(s) URL, not {url!r}")
+        if self["client-token-url"] and self["auth"] is AuthMode.OFF:
+            raise usage.UsageError("--client-token-url needs signed identities (a --jwt-* key)")
 
 
 def check_tls_files(cert: str, key: str) -> None:
@@ -384,7 +394,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     factory.attach(hub)
     started_s = reactor.seconds()
-    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor)
+    client = ClientConfig(options["auth"].value, options["client-token-url"])
+    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor, client)
     if options["conformance-echo"]:
         add_echo(site, settings)
 

@@ -351,6 +351,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     async def handle_auth(self, session: Session, cmd: Auth) -> None:
         verifier = self._verifier()
+        identity.check_may_sign_in(session)
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
         self._auth_deadline = None

@@ -122,10 +122,15 @@ class Signable(Protocol):
     guest: bool
 
 
-def sign_in(session: Signable, identity: Identity) -> None:
-    """The connection is now `identity`, named by its token, for as long as it lasts."""
+def check_may_sign_in(session: Signable) -> None:
+    """Only a connection that has done nothing else yet may sign in."""
     if session.identity is not None or session.name is not None or session.guest:
         raise AuthUnexpected("'auth' must be the first frame of a connection")
+
+
+def sign_in(session: Signable, identity: Identity) -> None:
+    """The connection is now `identity`, named by its token, for as long as it lasts."""
+    check_may_sign_in(session)
     session.identity = identity
     session.name = identity.name
 
