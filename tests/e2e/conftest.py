@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,19 @@ def wschat_server(tmp_path: Path) -> Iterator[ServerFactory]:
 def server(wschat_server: ServerFactory) -> ServerProcess:
     """A server with default options (quick pings so dead peers are found within the test)."""
     return wschat_server()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Debian Chromium for the whole session (contexts isolate the tests); here
+    so that every browser test module shares it (Playwright's sync API runs one at a time)."""
+    from .browser import CHROMIUM_ARGS, CHROMIUM_PATH, import_playwright, require_chromium
+
+    require_chromium()
+    sync_api = import_playwright()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()

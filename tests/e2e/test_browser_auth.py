@@ -21,7 +21,6 @@ from .browser import EXPECT_TIMEOUT_MS, REPO_ROOT, PageWatch, artifacts_dir, imp
 from .client import Chat
 from .conftest import ServerFactory
 from .process import ServerProcess, free_port
-from .test_browser import chromium  # noqa: F401  (the session's browser)
 
 sync_api = import_playwright()
 expect = sync_api.expect
@@ -38,7 +37,7 @@ OpenPage = Callable[..., Any]
 
 
 @pytest.fixture
-def open_page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[OpenPage]:  # noqa: F811
+def open_page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[OpenPage]:
     """`open_page(url, cookie=None)`: a page in its own context (with the application's session
     cookie, if given) that records the frames it sends; failing on console errors, uncaught
     exceptions and dialogs, screenshotted at the end."""
