@@ -9,6 +9,8 @@ import pytest
 from wschat.chat import errors
 from wschat.chat.model import (
     Ack,
+    Auth,
+    Authed,
     Error,
     Join,
     Leave,
@@ -16,6 +18,7 @@ from wschat.chat.model import (
     Members,
     Message,
     Presence,
+    Refresh,
     Say,
     Welcome,
     Who,
@@ -141,3 +144,73 @@ def test_every_error_code_is_documented() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     for error in errors.ALL_ERRORS:
         assert f"`{error.code}`" in doc, error.code
+
+
+def test_auth_and_refresh_carry_a_token() -> None:
+    """auth and refresh need a token string of 1-16384 characters."""
+    assert decode(b'{"type":"auth","token":"a.b.c"}') == Auth("a.b.c")
+    assert decode(b'{"type":"refresh","token":"a.b.c"}') == Refresh("a.b.c")
+    for bad in ({}, {"token": ""}, {"token": 5}, {"token": "x" * 16385}):
+        with pytest.raises(errors.InvalidField):
+            decode(json.dumps({"type": "auth", **bad}).encode())
+
+
+def test_identities_are_encoded_only_when_there_are_any() -> None:
+    """authed has name, user, expires_in (admin only when true); messages carry user/guest,
+    and lists carry subs/guests, only when set: the open chat's frames are as before."""
+    assert json.loads(encode(Authed("Ann", "u1", 60))) == {
+        "type": "authed",
+        "name": "Ann",
+        "user": "u1",
+        "expires_in": 60,
+    }
+    assert json.loads(encode(Authed("Ann", "u1", 60, True)))["admin"] is True
+    signed = json.loads(encode(Message("l", 1, "Ann", "hi", "t", None, "u1")))
+    assert signed["user"] == "u1" and "guest" not in signed
+    guest = json.loads(encode(Message("l", 2, "zed (guest)", "hi", "t", None, None, True)))
+    assert guest["guest"] is True and "user" not in guest
+    plain = json.loads(encode(Message("l", 3, "bob", "hi", "t")))
+    assert "user" not in plain and "guest" not in plain
+    batch = json.loads(
+        encode(Presence("l", ["Ann", "z (guest)"], [], 2, {"Ann": "u1"}, ["z (guest)"]))
+    )
+    assert batch["subs"] == {"Ann": "u1"} and batch["guests"] == ["z (guest)"]
+    assert "subs" not in json.loads(encode(Presence("l", ["b"], [], 1)))
+    welcome = json.loads(encode(Welcome("l", "Ann", ["Ann"], 1, [], "t", None, subs={"Ann": "u1"})))
+    assert welcome["subs"] == {"Ann": "u1"} and "guests" not in welcome
+    page = json.loads(encode(Members("l", ["Ann"], None, 1, {"Ann": "u1"})))
+    assert page["subs"] == {"Ann": "u1"}
+
+
+def test_every_close_code_is_documented() -> None:
+    """docs/protocol.md's close-code table lists every code the server closes with."""
+    from pathlib import Path
+
+    from wschat import ws
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    codes = [v for k, v in vars(ws).items() if k.startswith("CLOSE_") and isinstance(v, int)]
+    assert len(codes) >= 8
+    for code in codes:
+        assert f"| {code} |" in doc or f"| **{code}** |" in doc, code
+
+
+def test_kick_and_its_answers() -> None:
+    """kick needs a room and a name; left may carry a reason; kicked counts connections."""
+    from wschat.chat.model import Kick, Kicked
+
+    assert decode(b'{"type":"kick","room":"lobby","name":"bob"}') == Kick("lobby", "bob")
+    for bad in ({"room": "lobby"}, {"room": "lobby", "name": ""}, {"room": "lobby", "name": 3}):
+        with pytest.raises(errors.InvalidField):
+            decode(json.dumps({"type": "kick", **bad}).encode())
+    assert json.loads(encode(Left("lobby", "kicked"))) == {
+        "type": "left",
+        "room": "lobby",
+        "reason": "kicked",
+    }
+    assert json.loads(encode(Kicked("lobby", "bob", 2))) == {
+        "type": "kicked",
+        "room": "lobby",
+        "name": "bob",
+        "connections": 2,
+    }

@@ -249,3 +249,39 @@ def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> Non
     fill(store, "lobby", 2_000)
     assert rows_in_main_file(path, tmp_path / "copy") > 0
     store.close()
+
+
+def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> None:
+    """A signed sender's sub and a guest's mark are stored and read back with the message."""
+    store = make_store(10)
+    run(store.append("lobby", "alice", "signed", "t", "r1", user="u-alice"))
+    run(store.append("lobby", "zed (guest)", "guest", "t", None, guest=True))
+    run(store.append("lobby", "bob", "open", "t", None))
+    kept = run(store.latest("lobby", 10))
+    assert [(m.user, m.guest) for m in kept] == [("u-alice", False), (None, True), (None, False)]
+    found = run(store.find_ref("lobby", "alice", "r1"))
+    assert found is not None and found.user == "u-alice"
+    recovered = run(store.after("lobby", 0, 10))
+    assert [m.user for m in recovered.messages] == ["u-alice", None, None]
+
+
+def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
+    """A history written by the schema-1 wschat gains the sender columns; old messages have
+    no user and are no guest's."""
+    from importlib import resources
+
+    path = str(tmp_path / "h.sqlite3")
+    db = sqlite3.connect(path)
+    db.executescript(resources.files("wschat").joinpath("schema/v1.sql").read_text("utf-8"))
+    db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', 't', NULL)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SqliteHistory(path, 10)
+    [old] = run(store.latest("lobby", 10))
+    assert (old.text, old.user, old.guest) == ("old", None, False)
+    assert run(store.append("lobby", "bob", "new", "t", None, user="u-bob"))[0].id == 2
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    db.close()

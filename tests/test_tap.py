@@ -22,11 +22,14 @@ from twisted.web.server import Site
 from zope.interface import implementer, provider
 
 from wschat.certs import write_dev_cert
+from wschat.chat.identity import AuthMode
 from wschat.service import ChatService
 from wschat.sweep import HistorySweeper
 from wschat.tap import DEFAULT_BACKLOG, Options, makeService
 from wschat.tlsreload import TlsFiles, TlsListen
 from wschat.web import ChatSite
+
+from .jwtkit import rsa_pair, write_public_key, write_secret
 
 
 def parse(*args: str) -> Options:
@@ -278,5 +281,105 @@ def test_make_service_adds_the_sweeper_and_the_metrics_listener(tmp_path: Path) 
     metrics_site = reactor.tcpServers[1][1]
     assert isinstance(metrics_site, Site) and not isinstance(metrics_site, ChatSite)
     assert metrics_site.resource.getStaticEntity(b"metrics") is not None
+    top.stopService()
+    reactor.advance(10)
+
+
+def test_auth_defaults_follow_the_key_options(tmp_path: Path) -> None:
+    """Without a key the chat is open (--auth off); with one, auth is required unless
+    --auth says optional; the key is loaded at start-up."""
+    assert parse()["auth"] is AuthMode.OFF
+    secret = str(write_secret(tmp_path))
+    assert parse("--jwt-secret-file", secret)["auth"] is AuthMode.REQUIRED
+    optional = parse("--jwt-secret-file", secret, "--auth", "optional")
+    assert optional["auth"] is AuthMode.OPTIONAL and optional["jwt-key"].algorithms == ("HS256",)
+    public = str(write_public_key(tmp_path, rsa_pair()))
+    assert parse("--jwt-public-key-file", public)["jwt-key"].algorithms == ("RS256",)
+    assert parse("--jwks-url", "https://app.example/jwks")["auth"] is AuthMode.REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--auth", "required"), "needs --jwt-secret-file"),
+        (("--auth", "sometimes"), "not one of"),
+        (("--jwks-url", "file:///etc/keys"), "http"),
+        (("--jwt-secret-file", "SECRET", "--jwks-url", "https://a/j"), "one of"),
+        (("--jwt-secret-file", "SHORT"), "at least 32"),
+        (("--jwt-public-key-file", "SECRET"), "not a PEM"),
+        (("--jwt-grace", "-1"), "not a number >= 0"),
+        (("--client-token-url", "https://app.example/t"), "needs signed identities"),
+        (("--jwt-secret-file", "SECRET", "--client-token-url", "javascript:alert(1)"), "http"),
+    ],
+)
+def test_auth_options_are_checked_at_start_up(
+    tmp_path: Path, args: tuple[str, ...], match: str
+) -> None:
+    """Inconsistent or unusable auth options stop twistd with a message saying why."""
+    secret = str(write_secret(tmp_path))
+    short = tmp_path / "short"
+    short.write_bytes(b"too short")
+    paths = {"SECRET": secret, "SHORT": str(short)}
+    with pytest.raises(usage.UsageError, match=match):
+        parse(*(paths.get(a, a) for a in args))
+
+
+def test_make_service_wires_the_verifier(tmp_path: Path) -> None:
+    """The factory gets the mode, the verifier with the --jwt-* settings, and the grace."""
+    options = parse(
+        "--history-db",
+        ":memory:",
+        "--jwt-secret-file",
+        str(write_secret(tmp_path)),
+        "--jwt-audience",
+        "chat",
+        "--jwt-issuer",
+        "https://app.example",
+        "--jwt-leeway",
+        "5",
+        "--jwt-grace",
+        "40",
+    )
+    top = makeService(options, reactor=ThreadedMemoryReactor())
+    assert isinstance(top, MultiService)
+    service = next(iter(top))
+    assert isinstance(service, ChatService)
+    auth = service.factory.auth
+    assert auth.mode is AuthMode.REQUIRED and auth.grace_s == 40
+    assert auth.verifier is not None
+    assert (auth.verifier.audience, auth.verifier.issuer, auth.verifier.leeway_s) == (
+        "chat",
+        "https://app.example",
+        5,
+    )
+
+
+def test_the_api_options_go_together(tmp_path: Path) -> None:
+    """--api-listen needs --api-key-file (and the other way round); the keys are loaded at
+    start-up, and makeService adds one listener per --api-listen."""
+    keys = tmp_path / "api.keys"
+    keys.write_text("k" * 32 + "\n")
+    with pytest.raises(usage.UsageError, match="go together"):
+        parse("--api-listen", "tcp:8081")
+    with pytest.raises(usage.UsageError, match="go together"):
+        parse("--api-key-file", str(keys))
+    short = tmp_path / "short.keys"
+    short.write_text("abc\n")
+    with pytest.raises(usage.UsageError, match="at least"):
+        parse("--api-listen", "tcp:8081", "--api-key-file", str(short))
+    reactor = ThreadedMemoryReactor()
+    options = parse(
+        "--listen",
+        "tcp:8080:interface=127.0.0.1",
+        "--api-listen",
+        "tcp:8081:interface=127.0.0.1",
+        "--api-key-file",
+        str(keys),
+        "--history-db",
+        ":memory:",
+    )
+    top = makeService(options, reactor=reactor)
+    top.startService()
+    assert [(p[0], p[3]) for p in reactor.tcpServers] == [(8080, "127.0.0.1"), (8081, "127.0.0.1")]
     top.stopService()
     reactor.advance(10)

@@ -138,3 +138,21 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     gone = weakref.ref(channel)
     del channel
     assert gone() is None
+
+
+def test_config_tells_the_page_how_to_sign_in() -> None:
+    """/config.json says the --auth mode and the token URL; the CSP allows only that URL's
+    origin besides the page's own (and WebSockets)."""
+    from wschat.web import ClientConfig, Config
+
+    stub = StubTreq(Config(ClientConfig("required", "https://app.example/chat-token")))
+    code, data, response = get(stub, "http://chat.example/config.json")
+    assert code == 200
+    assert json.loads(data) == {"auth": "required", "token_url": "https://app.example/chat-token"}
+    assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+    csp = ClientConfig("required", "https://app.example/chat-token").csp()
+    assert "connect-src 'self' ws: wss: https://app.example;" in csp
+    assert "connect-src 'self' ws: wss:;" in ClientConfig().csp()
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    code, data, _ = get(make()[0], "http://chat.example/config.json")
+    assert json.loads(data) == {"auth": "off", "token_url": None}

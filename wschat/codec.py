@@ -8,21 +8,27 @@ from typing import Any
 
 from .chat.errors import BadJson, InvalidField, UnknownType
 from .chat.model import (
+    MAX_AUTH_TOKEN_CHARS,
     MAX_NAME_CHARS,
     MAX_REF_CHARS,
     MAX_RESUME_TOKEN_CHARS,
     WHO_DEFAULT_LIMIT,
     WHO_MAX_LIMIT,
     Ack,
+    Auth,
+    Authed,
     Command,
     Error,
     Event,
     Join,
+    Kick,
+    Kicked,
     Leave,
     Left,
     Members,
     Message,
     Presence,
+    Refresh,
     Resync,
     Say,
     Welcome,
@@ -79,12 +85,37 @@ def _who(obj: dict[str, Any], ref: str | None) -> Who:
     return Who(_room(obj, ref), _optional_str(obj, "after", MAX_NAME_CHARS, ref), limit)
 
 
+def _auth_token(obj: dict[str, Any], ref: str | None) -> str:
+    token = obj.get("token")
+    if not isinstance(token, str) or not 1 <= len(token) <= MAX_AUTH_TOKEN_CHARS:
+        raise InvalidField(f"'token' must be a string of 1-{MAX_AUTH_TOKEN_CHARS} characters", ref)
+    return token
+
+
+def _auth(obj: dict[str, Any], ref: str | None) -> Auth:
+    return Auth(_auth_token(obj, ref))
+
+
+def _refresh(obj: dict[str, Any], ref: str | None) -> Refresh:
+    return Refresh(_auth_token(obj, ref))
+
+
+def _kick(obj: dict[str, Any], ref: str | None) -> Kick:
+    name = obj.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InvalidField(f"'name' must be a string of 1-{MAX_NAME_CHARS} characters", ref)
+    return Kick(_room(obj, ref), name)
+
+
 # One entry per request type; ws.ChatProtocol has a handle_<type> for each.
 _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Join.kind: _join,
     Say.kind: _say,
     Leave.kind: _leave,
     Who.kind: _who,
+    Auth.kind: _auth,
+    Refresh.kind: _refresh,
+    Kick.kind: _kick,
 }
 REQUEST_TYPES = tuple(_DECODERS)
 _EXPECTED = ", ".join(REQUEST_TYPES[:-1]) + " or " + REQUEST_TYPES[-1]
@@ -128,7 +159,7 @@ def _optional_id(obj: dict[str, Any], key: str, ref: str | None) -> int | None:
 
 
 def message_fields(msg: Message) -> dict[str, Any]:
-    return {
+    fields = {
         "type": "message",
         "room": msg.room,
         "id": msg.id,
@@ -136,6 +167,22 @@ def message_fields(msg: Message) -> dict[str, Any]:
         "text": msg.text,
         "ts": msg.ts,
     }
+    if msg.user is not None:
+        fields["user"] = msg.user
+    if msg.guest:
+        fields["guest"] = True
+    return fields
+
+
+def _identities(
+    fields: dict[str, Any], subs: dict[str, str] | None, guests: list[str] | None
+) -> dict[str, Any]:
+    """Who of a list of names is signed (and as whom) and who is a guest: only when any is."""
+    if subs:
+        fields["subs"] = subs
+    if guests:
+        fields["guests"] = guests
+    return fields
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -150,15 +197,16 @@ def event_fields(event: Event) -> dict[str, Any]:
         if event.left is not None:
             fields["left"] = event.left
         fields["count"] = event.count
-        return fields
+        return _identities(fields, event.subs, event.guests)
     if isinstance(event, Members):
-        return {
+        fields = {
             "type": "members",
             "room": event.room,
             "names": event.names,
             "next": event.next,
             "count": event.count,
         }
+        return _identities(fields, event.subs, event.guests)
     if isinstance(event, Welcome):
         fields = {"type": "welcome", "room": event.room, "name": event.name}
         if event.users is not None:
@@ -170,11 +218,30 @@ def event_fields(event: Event) -> dict[str, Any]:
             fields["recovered"] = event.recovered
         if event.epoch is not None:
             fields["epoch"] = event.epoch
-        return fields
+        return _identities(fields, event.subs, event.guests)
     if isinstance(event, Resync):
         return {"type": "resync", "room": event.room}
     if isinstance(event, Left):
+        if event.reason is not None:
+            return {"type": "left", "room": event.room, "reason": event.reason}
         return {"type": "left", "room": event.room}
+    if isinstance(event, Kicked):
+        return {
+            "type": "kicked",
+            "room": event.room,
+            "name": event.name,
+            "connections": event.connections,
+        }
+    if isinstance(event, Authed):
+        fields = {
+            "type": "authed",
+            "name": event.name,
+            "user": event.user,
+            "expires_in": event.expires_in_s,
+        }
+        if event.admin:
+            fields["admin"] = True
+        return fields
     if isinstance(event, Error):
         return {"type": "error", "code": event.code, "message": event.message, "ref": event.ref}
     raise TypeError(f"not an event: {event!r}")

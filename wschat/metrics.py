@@ -127,11 +127,19 @@ class TimedHistory:
         self._timer = timer
 
     async def append(
-        self, room: str, name: str, text: str, ts: str, ref: str | None
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
     ) -> tuple[Message, bool]:
         started = self._timer()
         try:
-            return await self._store.append(room, name, text, ts, ref)
+            return await self._store.append(room, name, text, ts, ref, user=user, guest=guest)
         finally:
             self._observe(self._timer() - started)
 

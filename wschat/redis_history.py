@@ -28,8 +28,9 @@ from .redis_link import RedisLink, Script
 APPEND = Script(
     """
 local seq, log, refs, refz, epoch_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local name, text, ts, ref, keep, channel, new_epoch, node =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local name, text, ts, ref, keep, channel, new_epoch, node, user, guest =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  ARGV[10]
 local epoch = redis.call('GET', epoch_key)
 if not epoch then
   epoch = new_epoch
@@ -43,7 +44,9 @@ if ref ~= '' then
   end
 end
 local id = redis.call('INCR', seq)
-redis.call('XADD', log, 'MAXLEN', '~', keep, id .. '-0', 'n', name, 't', text, 'ts', ts, 'r', ref)
+redis.call(
+  'XADD', log, 'MAXLEN', '~', keep, id .. '-0',
+  'n', name, 't', text, 'ts', ts, 'r', ref, 'u', user, 'g', guest)
 if ref ~= '' then
   redis.call('HSET', refs, ref_key, id)
   redis.call('ZADD', refz, id, ref_key)
@@ -57,7 +60,8 @@ if #oldest > 0 then
     redis.call('ZREMRANGEBYSCORE', refz, '-inf', '(' .. first)
   end
 end
-local announced = cjson.encode({id = id, n = name, t = text, ts = ts, r = ref, o = node})
+local announced = cjson.encode(
+  {id = id, n = name, t = text, ts = ts, r = ref, o = node, u = user, g = guest})
 redis.call('PUBLISH', channel, announced)
 return {1, id, epoch}
 """
@@ -111,13 +115,25 @@ def message_from_entry(room: str, entry: list[Any]) -> Message:
         values["t"],
         values["ts"],
         values["r"] or None,
+        values.get("u") or None,
+        values.get("g") == "1",
     )
 
 
 def message_from_channel(room: str, payload: str) -> tuple[Message, str]:
     """A channel announcement: the message and the node that stored it."""
     obj = json.loads(payload)
-    return Message(room, int(obj["id"]), obj["n"], obj["t"], obj["ts"], obj["r"] or None), obj["o"]
+    msg = Message(
+        room,
+        int(obj["id"]),
+        obj["n"],
+        obj["t"],
+        obj["ts"],
+        obj["r"] or None,
+        obj.get("u") or None,
+        obj.get("g") == "1",
+    )
+    return msg, obj["o"]
 
 
 class RedisHistory:
@@ -132,7 +148,15 @@ class RedisHistory:
         self._new_epoch = new_epoch
 
     async def append(
-        self, room: str, name: str, text: str, ts: str, ref: str | None
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
     ) -> tuple[Message, bool]:
         keys = room_keys(room)
         try:
@@ -148,12 +172,14 @@ class RedisHistory:
                     keys["ch"],
                     self._new_epoch(),
                     self._link.node,
+                    user or "",
+                    "1" if guest else "0",
                 ],
             )
         except Unavailable as exc:
             raise Unavailable(exc.message, ref) from None
         if int(stored) == 1:
-            return Message(room, int(msg_id), name, text, ts, ref), True
+            return Message(room, int(msg_id), name, text, ts, ref, user, guest), True
         kept = await self.range(room, int(msg_id), int(msg_id))
         return (kept[0] if kept else Message(room, int(msg_id), name, text, ts, ref)), False
 

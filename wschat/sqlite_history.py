@@ -16,12 +16,13 @@ from .chat.errors import StorageUnavailable
 from .chat.history import recovery
 from .chat.model import Message, Recovery
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _log = Logger()
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
 MEMORY = ":memory:"
+_COLUMNS = "id, name, text, ts, ref, user, guest"
 # Every statement runs on the reactor thread, so SQLite's busy wait (5 s by default in Python)
 # would stall every connection while another process holds a lock on the database. Wait only
 # long enough for someone else's short transaction, then refuse with storage_unavailable.
@@ -113,15 +114,24 @@ class SqliteHistory:
         return last
 
     async def append(
-        self, room: str, name: str, text: str, ts: str, ref: str | None
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
     ) -> tuple[Message, bool]:
         if ref is not None and (kept := await self.find_ref(room, name, ref)) is not None:
             return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
             self._db.execute(
-                "INSERT INTO messages (room, id, name, text, ts, ref) VALUES (?, ?, ?, ?, ?, ?)",
-                (room, msg_id, name, text, ts, ref),
+                "INSERT INTO messages (room, id, name, text, ts, ref, user, guest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (room, msg_id, name, text, ts, ref, user, int(guest)),
             )
         except sqlite3.Error as exc:
             # Re-read the room's last id next time: we don't know what the failure left.
@@ -152,7 +162,7 @@ class SqliteHistory:
                 # The message is stored; the backstop checkpoint keeps the WAL bounded.
                 self._checkpointing.release()
                 _log.failure("could not start a checkpoint thread")
-        return Message(room, msg_id, name, text, ts, ref), True
+        return Message(room, msg_id, name, text, ts, ref, user, guest), True
 
     def _checkpoint(self) -> None:
         """Runs in another thread, on a connection of its own; a PASSIVE checkpoint never
@@ -248,8 +258,7 @@ class SqliteHistory:
 
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         row = self._read(
-            "SELECT id, name, text, ts, ref FROM messages "
-            "WHERE room = ? AND name = ? AND ref = ? LIMIT 1",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND name = ? AND ref = ? LIMIT 1",
             (room, name, ref),
             ref,
         )
@@ -257,15 +266,14 @@ class SqliteHistory:
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         rows = self._read(
-            "SELECT id, name, text, ts, ref FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
             (room, limit),
         )
         return [_message(room, r) for r in reversed(rows)]
 
     async def after(self, room: str, since: int, limit: int) -> Recovery:
         rows = self._read(
-            "SELECT id, name, text, ts, ref FROM messages WHERE room = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
             (room, since, limit + 1),
         )
         oldest = self._read("SELECT min(id) FROM messages WHERE room = ?", (room,))[0][0]
@@ -303,7 +311,8 @@ class Swept:
 
 
 def _message(room: str, row: tuple[object, ...]) -> Message:
-    msg_id, name, text, ts, ref = row
+    msg_id, name, text, ts, ref, user, guest = row
     assert isinstance(msg_id, int) and isinstance(name, str) and isinstance(text, str)
     assert isinstance(ts, str) and (ref is None or isinstance(ref, str))
-    return Message(room, msg_id, name, text, ts, ref)
+    assert (user is None or isinstance(user, str)) and isinstance(guest, int)
+    return Message(room, msg_id, name, text, ts, ref, user, bool(guest))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from twisted.application import strports
@@ -14,9 +15,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
 
+from .api import ApiContext, KeyFileError, load_api_keys, make_api_site
 from .chat.broker import Broker, LocalBroker
 from .chat.history import HistoryStore, MemoryHistory
 from .chat.hub import Hub
+from .chat.identity import AuthMode
 from .chat.limits import Limits
 from .chat.model import new_resume_token
 from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
@@ -39,8 +42,17 @@ from .tlsreload import (
     load_tls,
     tls_from_ssl_description,
 )
-from .web import HealthCheck, make_site
-from .ws import ChatFactory, WsSettings
+from .tokens import (
+    JwksKeys,
+    KeyConfigError,
+    KeySource,
+    TokenVerifier,
+    http_fetch,
+    load_public_key,
+    load_secret,
+)
+from .web import ClientConfig, HealthCheck, make_site
+from .ws import AuthSettings, ChatFactory, WsSettings
 
 DEFAULT_PORT = 8080
 # Twisted listens with a backlog of 50. When a restarted server's clients all reconnect at
@@ -91,6 +103,13 @@ def parse_duration(value: str) -> float:
     if not number > 0:
         raise ValueError(f"{value} is not a positive duration")
     return number * (scale or 1)
+
+
+def _auth_mode(value: str) -> AuthMode:
+    try:
+        return AuthMode(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of off, optional, required") from None
 
 
 class Options(usage.Options):
@@ -281,6 +300,64 @@ class Options(usage.Options):
             "Reverse proxies in front whose X-Forwarded-For is trusted.",
             _non_negative_int,
         ],
+        [
+            "auth",
+            None,
+            None,
+            "Signed identities: off (the open chat), optional (guests beside signed users) or "
+            "required (the first frame must be a valid 'auth'). Default: required when a "
+            "--jwt-*/--jwks-url key is given, else off.",
+            _auth_mode,
+        ],
+        [
+            "jwt-secret-file",
+            None,
+            None,
+            "File holding the shared secret of HS256 tokens (at least 32 bytes).",
+        ],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "PEM public key of RS256 (RSA) or ES256 (EC P-256) tokens.",
+        ],
+        [
+            "jwks-url",
+            None,
+            None,
+            "URL of the issuer's JWKS (RS256/ES256 keys), fetched and cached; fetched again "
+            "for an unknown kid.",
+        ],
+        [
+            "client-token-url",
+            None,
+            None,
+            "Where the browser client gets its token (the application's endpoint, fetched "
+            'with the user\'s cookies; answers {"token": "<jwt>"}).',
+        ],
+        [
+            "api-key-file",
+            None,
+            None,
+            "File of the server API's keys (one a line), sent as Authorization: Bearer.",
+        ],
+        ["jwt-audience", None, None, "The 'aud' tokens must carry (default: tokens have none)."],
+        ["jwt-issuer", None, None, "The 'iss' tokens must carry (default: not checked)."],
+        [
+            "jwt-leeway",
+            None,
+            0.0,
+            "Seconds of clock difference allowed when checking 'exp' and 'nbf'.",
+            _non_negative_float,
+        ],
+        [
+            "jwt-grace",
+            None,
+            25.0,
+            "Seconds a connection stays open after its token expired, for a 'refresh' to "
+            "come (then close 4440).",
+            _non_negative_float,
+        ],
     ]
     optFlags = [
         [
@@ -297,6 +374,7 @@ class Options(usage.Options):
         self["tls"] = []
         self["allowed_origins"] = []
         self["metrics_listen"] = []
+        self["api_listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
@@ -311,6 +389,11 @@ class Options(usage.Options):
         """Serve Prometheus /metrics on this endpoint, e.g. tcp:9108:interface=127.0.0.1
         (repeatable; default: no metrics). Keep it off the internet."""
         self["metrics_listen"].append(endpoint)
+
+    def opt_api_listen(self, endpoint: str) -> None:
+        """Endpoint of the server API for applications, e.g. tcp:8081:interface=127.0.0.1
+        (repeatable; needs --api-key-file). Keep it off the internet."""
+        self["api_listen"].append(endpoint)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
@@ -358,6 +441,44 @@ class Options(usage.Options):
             plain.append(f"tcp:{self['port']}")
         self["listen"] = plain
         self["tls"] = tls
+        self._check_auth()
+        self["api-keys"] = None
+        if self["api_listen"] or self["api-key-file"]:
+            if not (self["api_listen"] and self["api-key-file"]):
+                raise usage.UsageError("--api-listen and --api-key-file go together")
+            try:
+                self["api-keys"] = load_api_keys(self["api-key-file"])
+            except KeyFileError as exc:
+                raise usage.UsageError(str(exc)) from None
+
+    def _check_auth(self) -> None:
+        """Load the key now: a bad key file stops start-up instead of every sign-in."""
+        sources = [k for k in ("jwt-secret-file", "jwt-public-key-file", "jwks-url") if self[k]]
+        if len(sources) > 1:
+            raise usage.UsageError(
+                "give one of --jwt-secret-file, --jwt-public-key-file and --jwks-url"
+            )
+        if self["auth"] is None:
+            self["auth"] = AuthMode.REQUIRED if sources else AuthMode.OFF
+        if self["auth"] is not AuthMode.OFF and not sources:
+            raise usage.UsageError(
+                f"--auth {self['auth'].value} needs --jwt-secret-file, --jwt-public-key-file "
+                "or --jwks-url"
+            )
+        self["jwt-key"] = None
+        try:
+            if self["jwt-secret-file"]:
+                self["jwt-key"] = load_secret(self["jwt-secret-file"])
+            elif self["jwt-public-key-file"]:
+                self["jwt-key"] = load_public_key(self["jwt-public-key-file"])
+        except KeyConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        for option in ("jwks-url", "client-token-url"):
+            url = self[option]
+            if url and not url.startswith(("https://", "http://")):
+                raise usage.UsageError(f"--{option} must be an http(s) URL, not {url!r}")
+        if self["client-token-url"] and self["auth"] is AuthMode.OFF:
+            raise usage.UsageError("--client-token-url needs signed identities (a --jwt-* key)")
 
 
 def check_tls_files(files: TlsFiles) -> None:
@@ -431,6 +552,25 @@ def make_backend(options: Options, reactor: Any) -> Backend:
     return Backend(store, broker, [link], [redis_health])
 
 
+def make_auth(options: Options, reactor: Any) -> AuthSettings:
+    mode: AuthMode = options["auth"]
+    if mode is AuthMode.OFF:
+        return AuthSettings()
+    keys: KeySource
+    if options["jwks-url"]:
+        keys = JwksKeys(options["jwks-url"], http_fetch(reactor), reactor.seconds)
+    else:
+        keys = options["jwt-key"]
+    verifier = TokenVerifier(
+        keys,
+        reactor.seconds,
+        audience=options["jwt-audience"],
+        issuer=options["jwt-issuer"],
+        leeway_s=options["jwt-leeway"],
+    )
+    return AuthSettings(mode, verifier, options["jwt-grace"])
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -457,7 +597,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         burst_per_ip=options["burst-per-ip"],
     )
     backend = make_backend(options, reactor)
-    factory = ChatFactory(settings, reactor)
+    factory = ChatFactory(settings, reactor, make_auth(options, reactor))
     metrics = Metrics(factory) if options["metrics_listen"] else None
     hub = Hub(
         backend.store if metrics is None else metrics.timed(backend.store),
@@ -472,7 +612,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if metrics is not None:
         metrics.attach(hub)
     started_s = reactor.seconds()
-    site = make_site(factory, hub, lambda: reactor.seconds() - started_s, reactor, backend.checks)
+    client = ClientConfig(options["auth"].value, options["client-token-url"])
+    site = make_site(
+        factory,
+        hub,
+        lambda: reactor.seconds() - started_s,
+        reactor,
+        backend.checks,
+        client,
+    )
     if options["conformance-echo"]:
         add_echo(site, settings)
 
@@ -499,4 +647,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics_site = metrics.site(reactor)
         for endpoint in options["metrics_listen"]:
             strports.service(endpoint, metrics_site, reactor=reactor).setServiceParent(top)
+    if options["api-keys"] is not None:
+
+        def info() -> dict[str, Any]:
+            return {
+                "version": _version(),
+                "auth": factory.auth.mode.value,
+                "connections": hub.connection_count,
+                "rooms": hub.room_count,
+                "uptime_s": round(reactor.seconds() - started_s, 3),
+            }
+
+        context = ApiContext(hub, backend.store, limits.history_size, factory.disconnect_user, info)
+        api_site = make_api_site(options["api-keys"], context, reactor)
+        for endpoint in options["api_listen"]:
+            strports.service(endpoint, api_site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _version() -> str:
+    try:
+        return metadata.version("wschat")
+    except metadata.PackageNotFoundError:
+        return "unknown"

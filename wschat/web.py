@@ -1,11 +1,14 @@
-"""One port, three things: the static client at /, the WebSocket at /ws, a health check."""
+"""One port, four things: the static client at /, the WebSocket at /ws, a health check, and
+the client's configuration (/config.json: whether to sign in, and where to get a token)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
@@ -27,6 +30,29 @@ HTTP_IDLE_TIMEOUT_S = 30
 # connecting or of the previous request finishing: a slowloris client trickling bytes would
 # otherwise hold the connection open forever, since every byte resets the idle timeout.
 REQUEST_HEAD_TIMEOUT_S = 10.0
+# Everything the page needs is served by wschat itself; only a --client-token-url on another
+# origin is added to connect-src (the page fetches its token there).
+CSP_TEMPLATE = (
+    "default-src 'self'; connect-src 'self' ws: wss:{token_origin}; img-src 'self'; "
+    "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What /config.json tells the browser client: the --auth mode and --client-token-url."""
+
+    auth: str = "off"
+    token_url: str | None = None
+
+    def csp(self) -> str:
+        origin = ""
+        if self.token_url is not None:
+            parts = urlsplit(self.token_url)
+            if parts.scheme and parts.netloc:
+                origin = f" {parts.scheme}://{parts.netloc}"
+        return CSP_TEMPLATE.format(token_origin=origin)
 
 
 def static_dir() -> Path:
@@ -77,6 +103,19 @@ class Health(Resource):
         if status["status"] != "ok":
             request.setResponseCode(503)
         return json.dumps(status).encode()
+
+
+class Config(Resource):
+    isLeaf = True
+
+    def __init__(self, config: ClientConfig) -> None:
+        super().__init__()
+        self._body = json.dumps({"auth": config.auth, "token_url": config.token_url}).encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return self._body
 
 
 class HeadDeadlineChannel(HTTPChannel):
@@ -142,10 +181,14 @@ class UpgradeResource(WebSocketResource):
 
 
 class ChatRequest(Request):
-    """A request whose response names the server without its version (as the handshake's)."""
+    """A request whose response names the server without its version (as the handshake's)
+    and carries the page's Content-Security-Policy."""
 
     def render(self, resrc: Resource) -> None:
         self.setHeader(b"server", SERVER_NAME.encode())
+        csp = getattr(self.site, "csp", None)
+        if csp:
+            self.setHeader(b"content-security-policy", csp.encode())
         super().render(resrc)
 
 
@@ -156,6 +199,7 @@ class ChatSite(Site):
     protocol = HeadDeadlineChannel  # type: ignore[assignment]
     requestFactory = ChatRequest
     head_timeout_s = REQUEST_HEAD_TIMEOUT_S
+    csp = ClientConfig().csp()
 
     def acceptableProtocols(self) -> list[bytes]:
         return [b"http/1.1"]
@@ -167,11 +211,14 @@ def make_site(
     uptime_s: Callable[[], float],
     reactor: object = None,
     checks: Sequence[HealthCheck] = (),
+    client: ClientConfig = ClientConfig(),
 ) -> ChatSite:
     root = File(str(static_dir()))
     root.putChild(b"ws", UpgradeResource(factory))
     root.putChild(b"healthz", Health(hub, uptime_s, lambda: factory.draining, checks))
+    root.putChild(b"config.json", Config(client))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+    site.csp = client.csp()
     site.head_timeout_s = factory.settings.open_handshake_timeout_s
     site.displayTracebacks = False
     return site

@@ -3,6 +3,9 @@
 Each request type has one `handle_<type>` method; every refused request leaves through
 `_refuse`; every broadcast is framed once in `ChatFactory.fanout` and queued for each member
 as the same bytes by the write path (wschat/output.py).
+
+With --auth optional or required a connection may sign in with its first frame (`auth`): the
+token is verified by wschat/tokens.py, and chat/identity.py says what the identity may do.
 """
 
 from __future__ import annotations
@@ -16,28 +19,50 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .chat import identity
 from .chat.broker import RoomEvent
-from .chat.errors import ChatError
+from .chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
 from .chat.hub import Hub, Session
+from .chat.identity import AuthMode, Identity
 from .chat.limits import AddressCap, RefusalLog
-from .chat.model import Command, Error, Event, Join, Leave, Say, Who
+from .chat.model import (
+    Auth,
+    Authed,
+    Command,
+    Error,
+    Event,
+    Join,
+    Kick,
+    Kicked,
+    Leave,
+    Refresh,
+    Say,
+    Who,
+)
 from .codec import SUBPROTOCOL, decode, encode
 from .counts import Counts
 from .output import Outbox, Output
 from .timers import BucketTimer
+from .tokens import TokenVerifier
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REPLACED = 4001
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_DISCONNECTED = 4403
+CLOSE_TOKEN_EXPIRED = 4440
+# RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the code.
+MAX_CLOSE_REASON_BYTES = 123
 
 # The Server header of the handshake: no version for scanners to match against.
 SERVER_NAME = "wschat"
@@ -69,6 +94,26 @@ class WsSettings:
     # 0: no limit. Many people can share one address (NAT), so this is generous.
     max_connections_per_ip: int = 256
     trusted_proxies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Signed identities: --auth, the verifier of the --jwt-* options, and --jwt-grace."""
+
+    mode: AuthMode = AuthMode.OFF
+    verifier: TokenVerifier | None = None
+    # A connection whose token expired is closed (4440) this long after `exp` (+ leeway)
+    # unless a `refresh` came: long enough for a client that woke from sleep to fetch one.
+    grace_s: float = 25.0
+
+
+class _Close(Exception):
+    """Raised by a request that ends the connection: closed with `code`, not answered."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 def _no_compression(offers: list[Any]) -> None:
@@ -134,6 +179,11 @@ class ChatProtocol(WebSocketServerProtocol):
         self._opened_at = 0.0
         self._was_open = False
         self.outbox = Outbox(self)
+        self._first_frame = True
+        # Frames that arrive while an `auth` is being verified (a JWKS fetch), in order.
+        self._held: list[bytes] | None = None
+        self._auth_deadline: IDelayedCall | None = None
+        self._expiry: IDelayedCall | None = None
 
     # The handshake.
 
@@ -211,6 +261,10 @@ class ChatProtocol(WebSocketServerProtocol):
             except RuntimeError:
                 pass  # no producer was registered (a bare transport, as in tests)
             consumer.registerProducer(self, True)
+            if self.factory.auth.mode is AuthMode.REQUIRED:
+                self._auth_deadline = self.factory.clock.callLater(
+                    self.factory.settings.open_handshake_timeout_s, self._auth_too_slow
+                )
         except Exception:
             self._log.failure("could not open {client}", client=self._client)
             self._close_with(CLOSE_INTERNAL_ERROR, "internal error")
@@ -227,6 +281,11 @@ class ChatProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.protocols.discard(self)
         self.outbox.pending = None
+        self._held = None
+        for timer in (self._auth_deadline, self._expiry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._auth_deadline = self._expiry = None
         if self._counted_ip is not None:
             self.factory.addresses.release(self._counted_ip)
             self._counted_ip = None
@@ -238,12 +297,14 @@ class ChatProtocol(WebSocketServerProtocol):
         session, self._session = self._session, None
         self.factory.hub.disconnect(session)
         self._log.info(
-            "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}",
+            "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}"
+            " user={user}",
             client=self._client,
             duration=self.factory.clock.seconds() - self._opened_at,
             code=code,
             reason=reason,
             clean=wasClean,
+            user=session.user,
         )
 
     # Requests: one handle_<type> per request type of the codec.
@@ -255,11 +316,31 @@ class ChatProtocol(WebSocketServerProtocol):
         session = self._session
         if session is None:
             return
+        if self._held is not None:
+            self._held.append(payload)
+            return
         maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
 
     def _dispatch(self, session: Session, payload: bytes) -> object:
-        command: Command = decode(payload)
+        first, self._first_frame = self._first_frame, False
+        try:
+            command: Command = decode(payload)
+        except ChatError:
+            self._check_signed_in(session, None, first)
+            raise
+        self._check_signed_in(session, command, first)
         return getattr(self, "handle_" + command.kind)(session, command)
+
+    def _check_signed_in(self, session: Session, command: Command | None, first: bool) -> None:
+        """--auth required: nothing but `auth` until signed in. --auth optional: a connection
+        whose first frame is not `auth` is a guest from then on."""
+        mode = self.factory.auth.mode
+        if isinstance(command, Auth) or session.identity is not None:
+            return
+        if mode is AuthMode.REQUIRED:
+            raise _Close(CLOSE_UNAUTHORIZED, "sign in first: the first frame must be 'auth'")
+        if mode is AuthMode.OPTIONAL and first:
+            session.guest = True
 
     def handle_join(self, session: Session, cmd: Join) -> Coroutine[Any, Any, None]:
         return self.factory.hub.join(session, cmd)
@@ -274,7 +355,82 @@ class ChatProtocol(WebSocketServerProtocol):
     def handle_who(self, session: Session, cmd: Who) -> None:
         self.factory.hub.who(session, cmd)
 
+    def handle_kick(self, session: Session, cmd: Kick) -> None:
+        identity.require_admin(session)
+        connections = self.factory.hub.kick(cmd.room, cmd.name)
+        self._log.info(
+            "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
+        )
+        session.send(Kicked(cmd.room, cmd.name, connections))
+
+    async def handle_auth(self, session: Session, cmd: Auth) -> None:
+        verifier = self._verifier()
+        identity.check_may_sign_in(session)
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
+        self._held = []
+        try:
+            try:
+                signed = await verifier.verify(cmd.token)
+            except TokenInvalid as exc:
+                self._log.info("refused auth from {client}: {why}", client=self._client, why=exc)
+                raise _Close(CLOSE_UNAUTHORIZED, exc.message) from None
+            except KeysUnavailable as exc:
+                raise _Close(CLOSE_TRY_AGAIN_LATER, exc.message) from None
+            identity.sign_in(session, signed)
+        except BaseException:
+            self._held = None
+            raise
+        self._arm_expiry(signed)
+        session.send(self._authed(signed))
+        held, self._held = self._held, None
+        for payload in held:
+            self.onMessage(payload, False)
+
+    async def handle_refresh(self, session: Session, cmd: Refresh) -> None:
+        verifier = self._verifier()
+        if session.identity is None:
+            raise AuthUnexpected("'refresh' needs a connection that signed in with 'auth'")
+        signed = await verifier.verify(cmd.token)
+        identity.refresh(session, signed)
+        self._arm_expiry(signed)
+        session.send(self._authed(signed))
+
+    def _verifier(self) -> TokenVerifier:
+        verifier = self.factory.auth.verifier
+        if verifier is None or self.factory.auth.mode is AuthMode.OFF:
+            raise AuthUnexpected("this server has no signed identities (--auth off)")
+        return verifier
+
+    def _authed(self, signed: Identity) -> Authed:
+        now_s = self.factory.clock.seconds()
+        return Authed(signed.name, signed.sub, signed.expires_in_s(now_s), signed.admin)
+
+    def _arm_expiry(self, signed: Identity) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        auth = self.factory.auth
+        assert auth.verifier is not None
+        deadline_s = signed.exp_s + auth.verifier.leeway_s + auth.grace_s
+        delay_s = max(0.0, deadline_s - self.factory.clock.seconds())
+        self._expiry = self.factory.clock.callLater(delay_s, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        self._log.info("closing {client}: its token expired", client=self._client)
+        self._close_with(CLOSE_TOKEN_EXPIRED, "token expired: refresh before exp")
+
+    def _auth_too_slow(self) -> None:
+        self._auth_deadline = None
+        self._log.info("closing {client}: no auth in time", client=self._client)
+        timeout = self.factory.settings.open_handshake_timeout_s
+        self._close_with(CLOSE_UNAUTHORIZED, f"no 'auth' within {timeout:g} s")
+
     def _failed(self, failure: Failure) -> None:
+        if failure.check(_Close):
+            self._close_with(failure.value.code, failure.value.reason)
+            return
         if failure.check(ChatError):
             self._refuse(failure.value)
             return
@@ -365,13 +521,23 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def _close_with(self, code: int, reason: str) -> None:
         # sendClose accepts only 1000 and 3000-4999; protocol codes go through sendCloseFrame.
-        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+        encoded = reason.encode("utf-8")[:MAX_CLOSE_REASON_BYTES]
+        reason_utf8 = encoded.decode("utf-8", errors="ignore").encode("utf-8")
+        self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
 
     def go_away(self) -> None:
         self._close_with(CLOSE_GOING_AWAY, "server going away")
 
     def restart(self) -> None:
         self._close_with(CLOSE_SERVICE_RESTART, "service restart")
+
+    @property
+    def user(self) -> str | None:
+        return self._session.user if self._session is not None else None
+
+    def disconnect(self) -> None:
+        """The application asked for this user's connections to be closed (the server API)."""
+        self._close_with(CLOSE_DISCONNECTED, "disconnected by the application")
 
     # IPushProducer: the transport tells us when its buffer is over its high-water mark.
 
@@ -394,8 +560,11 @@ class ChatProtocol(WebSocketServerProtocol):
 class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol  # type: ignore[assignment]
 
-    def __init__(self, settings: WsSettings, clock: IReactorTime) -> None:
+    def __init__(
+        self, settings: WsSettings, clock: IReactorTime, auth: AuthSettings = AuthSettings()
+    ) -> None:
         self.settings = settings
+        self.auth = auth
         super().__init__(server=SERVER_NAME)
         self.setProtocolOptions(**protocol_options(settings))
         self.clock = clock
@@ -445,3 +614,10 @@ class ChatFactory(WebSocketServerFactory):
     def go_away(self) -> None:
         for protocol in list(self.protocols):
             protocol.go_away()
+
+    def disconnect_user(self, sub: str) -> int:
+        """Close every connection signed in as `sub` (4403); how many there were."""
+        found = [p for p in self.protocols if p.user == sub]
+        for protocol in found:
+            protocol.disconnect()
+        return len(found)

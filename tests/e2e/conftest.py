@@ -44,3 +44,16 @@ def wschat_server(tmp_path: Path) -> Iterator[ServerFactory]:
 def server(wschat_server: ServerFactory) -> ServerProcess:
     """A server with default options (quick pings so dead peers are found within the test)."""
     return wschat_server()
+
+
+@pytest.fixture(scope="session")
+def chromium(playwright: Any) -> Iterator[Any]:
+    """One headless Debian Chromium for the whole session (contexts isolate the tests); here
+    so that every browser test module shares it (Playwright's sync API runs one at a time)."""
+    from .browser import CHROMIUM_ARGS, CHROMIUM_PATH
+
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser
+    browser.close()

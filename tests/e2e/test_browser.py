@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 
 from .browser import (
-    CHROMIUM_ARGS,
-    CHROMIUM_PATH,
     EXPECT_TIMEOUT_MS,
     REPO_ROOT,
     WEBSOCKET_FAILED_RE,
@@ -44,16 +42,6 @@ EVIL_NAME = "<img src=y onerror=alert(2)>"  # names are user data too
 UPDATE_DOCS_SCREENSHOT_ENV = "WSCHAT_UPDATE_DOCS_SCREENSHOT"
 
 OpenChat = Callable[..., Any]
-
-
-@pytest.fixture(scope="session")
-def chromium(playwright: Any) -> Iterator[Any]:
-    """One headless Debian Chromium for the whole session (contexts isolate the tests)."""
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS
-    )
-    yield browser
-    browser.close()
 
 
 @pytest.fixture

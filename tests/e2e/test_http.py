@@ -97,3 +97,12 @@ def test_allowed_origin_option(wschat_server: ServerFactory) -> None:
     chat = Chat(server.ws_url, origin="https://chat.example")
     assert chat.join("lobby", "listed")["name"] == "listed"
     assert Chat(server.ws_url).join("lobby", "no-origin")["name"] == "no-origin"
+
+
+def test_every_response_has_the_content_security_policy(server: ServerProcess) -> None:
+    """The page's CSP comes as a header (on the page and the rest): scripts, styles and
+    connections only from wschat itself."""
+    for path in ("/", "/app.js", "/healthz", "/config.json"):
+        _, headers, _ = get(server.http_url + path)
+        csp = headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "connect-src 'self' ws: wss:;" in csp, path

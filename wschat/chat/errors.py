@@ -80,6 +80,49 @@ class Unavailable(ChatError):
     code = "unavailable"
 
 
+class TokenInvalid(ChatError):
+    """A token failed verification: on `auth` the connection is closed (4401), on `refresh`
+    it stays open under its current token."""
+
+    code = "auth_invalid"
+
+
+class AuthUnexpected(ChatError):
+    """`auth` other than as the first frame, `refresh` without a signed identity, or either
+    on a server with --auth off."""
+
+    code = "auth_unexpected"
+
+
+class AuthMismatch(ChatError):
+    """A `refresh` token names another `sub` or another name than the connection's."""
+
+    code = "auth_mismatch"
+
+
+class KeysUnavailable(ChatError):
+    """The JWKS could not be fetched and no earlier copy holds the token's key: the token may
+    be fine, the server cannot tell now. On `auth` the connection is closed with 1013."""
+
+    code = "auth_unavailable"
+
+
+class Forbidden(ChatError):
+    """`kick` by a connection whose token does not say `admin: true`."""
+
+    code = "forbidden"
+
+
+class NoSuchMember(ChatError):
+    code = "no_such_member"
+
+
+class RoomForbidden(ChatError):
+    """The token's `rooms` claim does not cover the room."""
+
+    code = "room_forbidden"
+
+
 ALL_ERRORS: tuple[type[ChatError], ...] = (
     BadJson,
     UnknownType,
@@ -97,4 +140,11 @@ ALL_ERRORS: tuple[type[ChatError], ...] = (
     RoomFull,
     StorageUnavailable,
     Unavailable,
+    TokenInvalid,
+    AuthUnexpected,
+    AuthMismatch,
+    KeysUnavailable,
+    RoomForbidden,
+    Forbidden,
+    NoSuchMember,
 )

@@ -12,11 +12,20 @@ class HistoryStore(Protocol):
     """Durable, ordered per-room history. Methods are coroutines so a networked store fits."""
 
     async def append(
-        self, room: str, name: str, text: str, ts: str, ref: str | None
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
     ) -> tuple[Message, bool]:
         """Store a message under the room's next id, and say True; but if `name` already
         stored one with this `ref` in `room` (and it is still kept), return that one and False.
-        StorageUnavailable (or Unavailable) if it was not stored."""
+        StorageUnavailable (or Unavailable) if it was not stored. `user` is the signed sender's
+        sub; `guest` marks a guest's message."""
 
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         """The kept message `name` stored in `room` with this `ref`, if any."""
@@ -60,13 +69,21 @@ class MemoryHistory:
         self._last_id: dict[str, int] = {}
 
     async def append(
-        self, room: str, name: str, text: str, ts: str, ref: str | None
+        self,
+        room: str,
+        name: str,
+        text: str,
+        ts: str,
+        ref: str | None,
+        *,
+        user: str | None = None,
+        guest: bool = False,
     ) -> tuple[Message, bool]:
         if ref is not None and (resent := await self.find_ref(room, name, ref)) is not None:
             return resent, False
         msg_id = self._last_id.get(room, 0) + 1
         self._last_id[room] = msg_id
-        msg = Message(room, msg_id, name, text, ts, ref)
+        msg = Message(room, msg_id, name, text, ts, ref, user, guest)
         kept = self._rooms.get(room)
         if kept is None:
             kept = self._rooms[room] = deque(maxlen=self._keep)

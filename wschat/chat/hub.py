@@ -11,6 +11,7 @@ a second, not one frame per member per join.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Callable, Collection
 from typing import Any
@@ -20,12 +21,15 @@ from .errors import (
     NameInvalid,
     NameRequired,
     NameTaken,
+    NoSuchMember,
     NotInRoom,
     RateLimited,
+    RoomForbidden,
     RoomFull,
     TooManyRooms,
 )
 from .history import HistoryStore
+from .identity import Companions, Identity, guest_name
 from .limits import AddressRates, Limits
 from .model import (
     Ack,
@@ -34,6 +38,7 @@ from .model import (
     Leave,
     Left,
     Members,
+    Message,
     Presence,
     Resync,
     Say,
@@ -60,6 +65,8 @@ class Session:
         "address_bucket",
         "bucket",
         "close_replaced",
+        "guest",
+        "identity",
         "name",
         "outbox",
         "resume_token",
@@ -86,6 +93,14 @@ class Session:
         # The client's address and the bucket all of its connections share (limits.py).
         self.address = address
         self.address_bucket = address_bucket
+        # Signed in (chat/identity.py sign_in), or a guest of --auth optional; neither in the
+        # open chat of --auth off.
+        self.identity: Identity | None = None
+        self.guest = False
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.sub if self.identity is not None else None
 
 
 class Hub:
@@ -112,6 +127,11 @@ class Hub:
         # _rooms at once but stays here until its batch has been taken.
         self._marked: dict[str, Room[Session]] = {}
         self._address_rates = AddressRates(limits.rate_per_ip_s, limits.burst_per_ip)
+        # Further connections of signed users whose name a connection of theirs holds.
+        self._companions: Companions[Session] = Companions()
+        # Set by the first signed or guest join: until then (--auth off) lists carry no
+        # `subs`/`guests` and cost nothing more to build.
+        self._identities = False
         broker.attach(self._deliver, self._resync)
 
     @property
@@ -148,6 +168,8 @@ class Hub:
 
     async def join(self, session: Session, cmd: Join) -> None:
         room = check_room(cmd.room)
+        if session.identity is not None and not session.identity.may_join(room):
+            raise RoomForbidden(f"your token does not allow the room {room!r}")
         name = self._name_for(session, cmd)
         entered = room not in session.rooms
         if entered:
@@ -187,7 +209,13 @@ class Hub:
         name = session.name
         assert name is not None  # a session in a room has a name
         msg, new = await self._store.append(
-            cmd.room, name, cmd.text, format_ts(self._now_s()), cmd.ref
+            cmd.room,
+            name,
+            cmd.text,
+            format_ts(self._now_s()),
+            cmd.ref,
+            user=session.user,
+            guest=session.guest,
         )
         # Store, then ack, then broadcast: an ack always means "it is in the history". A resent
         # ref is acked with the id it was stored under, and not broadcast again.
@@ -206,7 +234,8 @@ class Hub:
         if room is None or cmd.room not in session.rooms:
             raise NotInRoom(f"join {cmd.room!r} to see who is there")
         names, after = room.page(cmd.after, cmd.limit)
-        session.send(Members(cmd.room, names, after, len(room)))
+        subs, guests = self._who_is_who(room, names)
+        session.send(Members(cmd.room, names, after, len(room), subs, guests))
 
     def disconnect(self, session: Session) -> None:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""
@@ -220,21 +249,85 @@ class Hub:
             self._address_rates.release(session.address)
             session.address_bucket = None
 
+    # What the server API (wschat/api.py) and admins may do besides the chat itself.
+
+    async def publish(
+        self, room: str, name: str, text: str, ref: str | None, user: str | None = None
+    ) -> tuple[Message, bool]:
+        """Post as the application: stored, then broadcast exactly like a `say`; a `ref`
+        already stored under this name in the room returns that message (and False)."""
+        check_room(room, ref)
+        check_name(name, ref)
+        check_text(text, ref)
+        msg, new = await self._store.append(
+            room, name, text, format_ts(self._now_s()), ref, user=user
+        )
+        if new:
+            self._broker.publish(room, msg)
+        return msg, new
+
+    def rooms(self) -> list[tuple[str, int]]:
+        """Every room with members here, and how many, sorted by name."""
+        return sorted((name, len(room)) for name, room in self._rooms.items())
+
+    def roster(self, room: str) -> list[tuple[str, Session, int]]:
+        """A room's members: name, the connection holding it, and how many connections do."""
+        members = self._rooms.get(room)
+        if members is None:
+            return []
+        companions = self._companions
+        return [
+            (name, session, 1 + len(companions.of(room, name)))
+            for name in members.names
+            if (session := members.get(name)) is not None
+        ]
+
+    def kick(self, room: str, name: str) -> int:
+        """Take the name out of the room, all its connections; each is told `left` with the
+        reason `kicked`, the others see it leave. Not a ban: it may join again."""
+        members = self._rooms.get(room)
+        holder = members.get(name) if members is not None else None
+        if holder is None:
+            raise NoSuchMember(f"{name!r} is not in {room!r}")
+        kicked = [*self._companions.of(room, name), holder]
+        for session in kicked:
+            self._exit(session, room)
+            session.send(Left(room, "kicked"))
+        return len(kicked)
+
     def _name_for(self, session: Session, cmd: Join) -> str:
+        # A signed connection was named by its token (identity.sign_in) before any join.
         if session.name is None:
             if cmd.name is None:
                 raise NameRequired("the first join of a connection needs a name")
-            session.name = check_name(cmd.name)
+            name = check_name(cmd.name)
+            session.name = guest_name(name) if session.guest else name
         elif cmd.name is not None and cmd.name != session.name:
-            raise NameInvalid(f"this connection is named {session.name!r}; reconnect to rename")
+            if session.identity is not None:
+                raise NameInvalid(f"your token names you {session.name!r}")
+            if not session.guest or guest_name(check_name(cmd.name)) != session.name:
+                raise NameInvalid(f"this connection is named {session.name!r}; reconnect to rename")
+        if session.identity is not None or session.guest:
+            self._identities = True
         return session.name
 
     def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> None:
         members = self._rooms.get(room)
         holder = members.get(name) if members is not None else None
         if holder is not None:
+            if holder.user is not None and holder.user == session.user:
+                # One person, two tabs: this connection shares the name; nobody sees a change.
+                if len(session.rooms) >= self.limits.max_rooms:
+                    raise TooManyRooms(
+                        f"a connection may be in at most {self.limits.max_rooms} rooms"
+                    )
+                self._companions.add(room, name, session)
+                session.rooms.add(room)
+                return
             if (
-                resume_token is not None
+                holder.identity is None
+                and session.identity is None
+                and resume_token is not None
                 and holder.resume_token is not None
                 and hmac.compare_digest(resume_token.encode(), holder.resume_token.encode())
             ):
@@ -269,8 +362,17 @@ class Hub:
     def _exit(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
         members = self._rooms.get(room)
-        if members is None or session.name is None or members.get(session.name) is not session:
+        if members is None or session.name is None:
             return
+        if members.get(session.name) is not session:
+            self._companions.discard(room, session.name, session)
+            return
+        if session.identity is not None:
+            heir = self._companions.pop(room, session.name)
+            if heir is not None:
+                # Another connection of the same user keeps the name: no change anyone sees.
+                members.replace(session.name, heir)
+                return
         members.remove(session.name)
         if not members:
             del self._rooms[room]
@@ -293,7 +395,8 @@ class Hub:
                     continue
                 batch = Presence(name, None, None, count)
             elif joined or left:
-                batch = Presence(name, joined, left, count)
+                subs, guests = self._who_is_who(room, joined)
+                batch = Presence(name, joined, left, count, subs, guests)
             else:
                 continue
             room.sent_count = count
@@ -320,17 +423,51 @@ class Hub:
         names = members.names if members is not None else []
         count = len(names)
         users = list(names) if count <= self.limits.member_list_limit else None
-        return Welcome(room, name, users, count, history, session.resume_token, recovered, current)
+        subs, guests = self._who_is_who(members, users) if members is not None else (None, None)
+        return Welcome(
+            room,
+            name,
+            users,
+            count,
+            history,
+            session.resume_token,
+            recovered,
+            epoch=current,
+            subs=subs,
+            guests=guests,
+        )
 
     def _resync(self, room: str) -> None:
         members = self._rooms.get(room)
         for session in list(members.sessions()) if members is not None else ():
             session.send(Resync(room))
 
+    def _who_is_who(
+        self, room: Room[Session], names: list[str] | None
+    ) -> tuple[dict[str, str] | None, list[str] | None]:
+        """Of `names`, the sub of each signed member and the guests (None, None if neither)."""
+        if not self._identities or not names:
+            return None, None
+        subs: dict[str, str] = {}
+        guests: list[str] = []
+        for name in names:
+            member = room.get(name)
+            if member is None:
+                continue
+            if member.identity is not None:
+                subs[name] = member.identity.sub
+            elif member.guest:
+                guests.append(name)
+        return subs or None, guests or None
+
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)
         if not members:
             return
+        if self._companions.has_room(room):
+            # Companions get every batch whole: its changes are idempotent to apply, so the
+            # ones their own welcome already showed do no harm.
+            self._fanout(list(self._companions.in_room(room)), event)
         if isinstance(event, Presence) and event.joined:
             # A member who joined during the interval knows from its welcome of itself and of
             # the changes before it: its copy of the batch has only the later ones.
@@ -339,9 +476,18 @@ class Hub:
                 assert subject.name is not None
                 joined, left = members.since_join(subject.name, event.joined, event.left or [])
                 if joined or left:
-                    self._fanout((subject,), Presence(room, joined, left, event.count))
+                    self._fanout((subject,), _part_of(event, joined, left))
             if subjects:
                 skip = set(map(id, subjects))
                 self._fanout([s for s in members.sessions() if id(s) not in skip], event)
                 return
         self._fanout(members.sessions(), event)
+
+
+def _part_of(batch: Presence, joined: list[str], left: list[str]) -> Presence:
+    """The batch with only these changes, and only their `subs` and `guests`."""
+    subs = {n: batch.subs[n] for n in joined if n in batch.subs} if batch.subs else None
+    guests = [n for n in joined if n in batch.guests] if batch.guests else None
+    return dataclasses.replace(
+        batch, joined=joined, left=left, subs=subs or None, guests=guests or None
+    )

@@ -16,6 +16,8 @@ MAX_ROOM_CHARS = 64
 MAX_TEXT_CHARS = 2000
 MAX_REF_CHARS = 64
 MAX_RESUME_TOKEN_CHARS = 128
+# A JWT with a long `rooms` claim is a few KiB; this is far above any sane one.
+MAX_AUTH_TOKEN_CHARS = 16384
 RESUME_TOKEN_BYTES = 24
 WHO_DEFAULT_LIMIT = 200
 WHO_MAX_LIMIT = 1000
@@ -105,7 +107,32 @@ class Who:
     limit: int = WHO_DEFAULT_LIMIT
 
 
-Command = Join | Say | Leave | Who
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The first frame of a connection that signs in (see chat/identity.py)."""
+
+    kind: ClassVar[str] = "auth"
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A fresh token for the same identity, before the current one expires."""
+
+    kind: ClassVar[str] = "refresh"
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """An admin takes a name out of a room (see Hub.kick)."""
+
+    kind: ClassVar[str] = "kick"
+    room: str
+    name: str
+
+
+Command = Join | Say | Leave | Who | Auth | Refresh | Kick
 
 
 # Events: what the server tells a client.
@@ -119,6 +146,9 @@ class Message:
     text: str
     ts: str
     ref: str | None = None
+    # The sender's `sub` when it was signed in; guest: it was a guest (--auth optional).
+    user: str | None = None
+    guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +164,9 @@ class Welcome:
     # Which history the ids count in, for stores that can lose one (Redis): a `since` from
     # another epoch is never answered with messages of this one. None: ids never restart.
     epoch: str | None = None
+    # Of the names in `users`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +185,9 @@ class Presence:
     joined: list[str] | None
     left: list[str] | None
     count: int
+    # Of the names in `joined`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +198,35 @@ class Members:
     names: list[str]
     next: str | None
     count: int
+    # Of the names in `names`: the `sub` of each signed one, and which are guests.
+    subs: dict[str, str] | None = None
+    guests: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Left:
     room: str
+    # None: the connection asked to leave; "kicked": an admin or the application removed it.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kicked:
+    """The answer to `kick`: how many connections held the name."""
+
+    room: str
+    name: str
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Authed:
+    """The answer to `auth` and `refresh`."""
+
+    name: str
+    user: str
+    expires_in_s: int
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +244,7 @@ class Error:
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Members | Left | Resync | Error
+Event = Message | Welcome | Ack | Presence | Members | Left | Resync | Kicked | Authed | Error
 
 
 @dataclass(slots=True)

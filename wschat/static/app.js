@@ -6,7 +6,10 @@
 //   acks and reconnects delivers it;
 // - nothing typed is silently lost: a message waits in the room's outbox (shown as pending) until the
 //   server acks it, is resent after a reconnect with the same `ref` (the server dedupes by ref), and
-//   is marked "not sent" when the server refuses it.
+//   is marked "not sent" when the server refuses it;
+// - a signed-in page (protocol.md, "Signed identities") sends its token only inside the WebSocket,
+//   gets it from the application's --client-token-url or the URL fragment #token=…, and refreshes
+//   it before it expires.
 'use strict';
 
 (() => {
@@ -44,6 +47,14 @@
   const CLOSE_COME_BACK_SOON = new Set([1001, 1012, 1013]);
   const SOON_MIN_MS = 1000;
   const SOON_JITTER_MS = 4000;
+  const CLOSE_UNAUTHORIZED = 4401;
+  const CLOSE_DISCONNECTED = 4403;
+  const CLOSE_TOKEN_EXPIRED = 4440;
+  // Fetch a new token this long before the current one expires (or at 4/5 of a shorter life);
+  // one with less than TOKEN_MIN_LEFT_MS to go (by our clock) is not worth signing in with.
+  const REFRESH_BEFORE_MS = 60000;
+  const REFRESH_RETRY_MS = 10000;
+  const TOKEN_MIN_LEFT_MS = 2000;
   const WHO_PAGE = 200; // names per page of the member panel in a big room
   const WHO_MAX_LIMIT = 1000;
 
@@ -88,6 +99,17 @@
     // Joins and leaves carry no ref, so an error with ref null answers the oldest of them: the
     // server answers one connection's requests in order.
     awaiting: [],
+    // The name the server gave this connection (welcome, authed): a guest's ends in " (guest)".
+    self: '',
+    auth: {
+      mode: 'off', // off | optional | required: from /config.json
+      tokenUrl: null, // the application's endpoint for a token, fetched with its cookies
+      jwt: null, // the token to sign in with (never put in a URL: protocol.md)
+      signed: null, // {name, user, admin} once authed
+      signing: false, // the connection's auth is on its way
+      retried: false, // one fresh token after a refusal, then give up
+      refreshTimer: 0,
+    },
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -156,6 +178,125 @@
     timeEl.dateTime = date.toISOString();
     timeEl.textContent = timeFormat.format(date);
     timeEl.title = fullFormat.format(date);
+  }
+
+  function me() {
+    return state.self || state.name;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Signing in
+
+  function takeFragmentToken() {
+    // "#token=…": a link the application made for this user. Read it and take it out of the URL
+    // (and so out of the history) at once.
+    if (!location.hash.startsWith('#token=')) return null;
+    let token = location.hash.slice('#token='.length);
+    try {
+      token = decodeURIComponent(token);
+    } catch {
+      // keep it as it is
+    }
+    history.replaceState(null, '', location.pathname + location.search);
+    return token || null;
+  }
+
+  function tokenExpiresAt(jwt) {
+    // The payload's exp, to know when to get a new token; the server is the one that verifies.
+    try {
+      const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const claims = JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+      return Number.isFinite(claims.exp) ? claims.exp * 1000 : 0;
+    } catch {
+      return 0;
+    }
+  }
+
+  function signedMode() {
+    return state.auth.mode !== 'off' && (state.auth.jwt !== null || state.auth.tokenUrl !== null);
+  }
+
+  function tokenUsable() {
+    const jwt = state.auth.jwt;
+    return jwt !== null && tokenExpiresAt(jwt) - Date.now() > TOKEN_MIN_LEFT_MS;
+  }
+
+  async function fetchToken() {
+    if (!state.auth.tokenUrl) return null;
+    try {
+      const response = await fetch(state.auth.tokenUrl, {
+        credentials: 'include',
+        cache: 'no-store',
+        headers: { accept: 'application/json' },
+      });
+      if (!response.ok) return null;
+      const body = await response.json();
+      return body && typeof body.token === 'string' && body.token ? body.token : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async function loadConfig() {
+    try {
+      const response = await fetch('config.json', { cache: 'no-store' });
+      if (!response.ok) return;
+      const config = await response.json();
+      if (['off', 'optional', 'required'].includes(config.auth)) state.auth.mode = config.auth;
+      if (typeof config.token_url === 'string' && config.token_url) state.auth.tokenUrl = config.token_url;
+    } catch {
+      // an older server without /config.json: the open chat
+    }
+  }
+
+  function noToken() {
+    // The application gave no token (not signed in there). With --auth optional, chat as a guest.
+    state.auth.jwt = null;
+    if (state.auth.mode === 'optional' && !state.auth.signed) {
+      state.auth.tokenUrl = null;
+      if (state.name && !nameProblem(state.name)) {
+        connect();
+      } else {
+        setConn('offline', 'offline: choose a name');
+        askName('');
+      }
+      return;
+    }
+    setConn('offline', 'offline: sign in to the application to chat');
+  }
+
+  function onAuthed(frame) {
+    const first = state.auth.signing;
+    state.auth.signing = false;
+    state.auth.retried = false;
+    state.auth.signed = { name: frame.name, user: frame.user, admin: frame.admin === true };
+    state.self = frame.name;
+    state.name = frame.name;
+    renderMe();
+    scheduleRefresh(Number.isFinite(frame.expires_in) ? frame.expires_in * 1000 : 0);
+    if (!first) return; // the answer to a refresh
+    for (const room of state.rooms.values()) sendJoin(room);
+    if (state.rooms.size === 0) setConn('online');
+  }
+
+  function scheduleRefresh(expiresInMs) {
+    clearTimeout(state.auth.refreshTimer);
+    state.auth.refreshTimer = 0;
+    if (!state.auth.tokenUrl || expiresInMs <= 0) return;
+    const delay = Math.max(1000, expiresInMs - Math.min(REFRESH_BEFORE_MS, expiresInMs / 5));
+    state.auth.refreshTimer = setTimeout(refreshToken, delay);
+  }
+
+  async function refreshToken() {
+    state.auth.refreshTimer = 0;
+    const jwt = await fetchToken();
+    if (jwt !== null && jwt !== state.auth.jwt) {
+      state.auth.jwt = jwt;
+      if (send({ type: 'refresh', token: jwt })) return;
+    }
+    // No new token yet (the application is down, or gave the same one): try again soon; the
+    // server allows a grace period after exp.
+    if (isOpen()) state.auth.refreshTimer = setTimeout(refreshToken, REFRESH_RETRY_MS);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -268,9 +409,23 @@
 
   function connect() {
     clearRetry();
-    if (!state.name) return;
+    const signed = signedMode();
+    if (!state.name && !signed) return;
     if (navigator.onLine === false) {
       setConn('offline');
+      return;
+    }
+    if (signed && !tokenUsable()) {
+      // Get a (new) token first; without one there is no signing in.
+      setConn(state.attempt === 0 ? 'connecting' : 'reconnecting');
+      fetchToken().then((jwt) => {
+        if (jwt === null || (jwt === state.auth.jwt && !tokenUsable())) {
+          noToken();
+          return;
+        }
+        state.auth.jwt = jwt;
+        connect();
+      });
       return;
     }
     dropSocket();
@@ -289,6 +444,12 @@
     setConn(state.attempt === 0 ? 'connecting' : 'reconnecting');
     ws.addEventListener('open', () => {
       if (ws !== state.ws) return;
+      if (signed) {
+        // The first frame; the joins follow the authed (they need no name: the token names us).
+        state.auth.signing = true;
+        send({ type: 'auth', token: state.auth.jwt });
+        return;
+      }
       for (const room of state.rooms.values()) sendJoin(room);
       if (state.rooms.size === 0) setConn('online'); // nothing to join: connected is all there is
     });
@@ -305,7 +466,7 @@
     ws.addEventListener('close', (event) => {
       if (ws !== state.ws) return; // a socket we dropped on purpose
       state.ws = null;
-      onDisconnected(event.code);
+      onDisconnected(event.code, event.reason);
     });
   }
 
@@ -315,8 +476,11 @@
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
   }
 
-  function onDisconnected(code) {
+  function onDisconnected(code, reason) {
     state.awaiting = [];
+    state.auth.signing = false;
+    clearTimeout(state.auth.refreshTimer);
+    state.auth.refreshTimer = 0;
     for (const room of state.rooms.values()) {
       room.joinState = 'idle';
       // Not acked yet means maybe stored, maybe not: resend with the same ref after rejoining.
@@ -336,6 +500,20 @@
     if (CLOSE_COME_BACK_SOON.has(code)) {
       scheduleReconnect(SOON_MIN_MS + Math.random() * SOON_JITTER_MS);
       return;
+    }
+    if (code === CLOSE_DISCONNECTED) {
+      state.replaced = true; // offer "Reconnect now", but do not come back by itself
+      setConn('offline', 'offline: disconnected by the application');
+      return;
+    }
+    if (code === CLOSE_UNAUTHORIZED || code === CLOSE_TOKEN_EXPIRED) {
+      state.auth.jwt = null; // refused or run out: only a new token can help
+      if (!state.auth.tokenUrl || (code === CLOSE_UNAUTHORIZED && state.auth.retried)) {
+        const why = code === CLOSE_TOKEN_EXPIRED ? 'your session expired' : `not signed in (${reason || 'refused'})`;
+        setConn('offline', `offline: ${why}`);
+        return;
+      }
+      state.auth.retried = code === CLOSE_UNAUTHORIZED;
     }
     scheduleReconnect();
   }
@@ -376,7 +554,8 @@
   }
 
   function sendJoin(room) {
-    const frame = { type: 'join', room: room.name, name: state.name };
+    const frame = { type: 'join', room: room.name };
+    if (!state.auth.signed) frame.name = state.name; // a signed connection is named by its token
     if (room.welcomed) {
       frame.since = room.lastId ?? 0;
       if (room.epoch) frame.epoch = room.epoch;
@@ -418,6 +597,7 @@
       case 'resync': return onResync(frame);
       case 'left': takeAwaiting('leave', frame.room); return undefined;
       case 'error': return onServerError(frame);
+      case 'authed': return onAuthed(frame);
       default: return undefined; // newer server: ignore what we do not know
     }
   }
@@ -432,6 +612,10 @@
     }
     if (typeof frame.token === 'string') state.token = frame.token;
     room.epoch = typeof frame.epoch === 'string' ? frame.epoch : null;
+    if (typeof frame.name === 'string' && frame.name !== state.self) {
+      state.self = frame.name; // a guest's name comes back marked
+      renderMe();
+    }
     state.attempt = 0;
     const history = Array.isArray(frame.history) ? frame.history.filter(isMessage) : [];
     const wasActive = room === activeRoom();
@@ -472,9 +656,9 @@
     upsertMessage(room, frame);
     if (!isNew) return;
     if (room === activeRoom()) {
-      if (stick || frame.name === state.name) scrollToBottom();
+      if (stick || frame.name === me()) scrollToBottom();
       else ui.jump.hidden = false;
-    } else if (frame.name !== state.name) {
+    } else if (frame.name !== me()) {
       room.unread += 1;
       renderTabs();
     }
@@ -490,7 +674,9 @@
     if (Number.isInteger(frame.id) && !room.byId.has(frame.id)) {
       // Shown now as delivered; the broadcast of the same id (if any) only refreshes its time.
       upsertMessage(room, {
-        id: frame.id, room: room.name, name: state.name, text: item.text, ts: new Date().toISOString(),
+        id: frame.id, room: room.name, name: me(), text: item.text, ts: new Date().toISOString(),
+        user: state.auth.signed ? state.auth.signed.user : undefined,
+        guest: !state.auth.signed && state.auth.mode === 'optional', // as the server marks it
       });
     }
     if (room === activeRoom()) scrollToBottom();
@@ -611,7 +797,7 @@
       }, UNAVAILABLE_RETRY_MS);
       return;
     }
-    if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code)) askName(text);
+    if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code) && !state.auth.signed) askName(text);
     else if (state.conn !== 'online' && [...state.rooms.values()].every((r) => r.joinState === 'error')) {
       setConn('offline', 'offline: could not join');
     }
@@ -637,7 +823,15 @@
       if (known.node) setTime(known.node.querySelector('time'), known.ts);
       return;
     }
-    const entry = { id: message.id, name: message.name, text: message.text, ts: message.ts, node: null };
+    const entry = {
+      id: message.id,
+      name: message.name,
+      text: message.text,
+      ts: message.ts,
+      user: typeof message.user === 'string' ? message.user : null,
+      guest: message.guest === true,
+      node: null,
+    };
     room.byId.set(entry.id, entry);
     const list = room.messages;
     let i = list.length;
@@ -655,12 +849,22 @@
 
   function messageNode(entry) {
     if (entry.node) return entry.node;
-    const own = entry.name === state.name;
+    const own = entry.name === me();
     const li = el('li', own ? 'msg own' : 'msg');
     li.dataset.id = String(entry.id);
     li.dataset.name = entry.name;
     const meta = el('div', 'meta');
-    meta.append(el('span', 'author', entry.name));
+    const author = el('span', 'author', entry.name);
+    if (entry.user !== null) {
+      // Signed by the application: two people with one display name differ by their user id.
+      author.classList.add('signed');
+      author.dataset.user = entry.user;
+      author.title = `signed in as ${entry.user}`;
+    } else if (entry.guest) {
+      author.classList.add('guest');
+      author.title = 'a guest: not signed in';
+    }
+    meta.append(author);
     if (own) meta.append(el('span', 'visually-hidden', ' (you)'));
     const time = el('time');
     setTime(time, entry.ts);
@@ -677,7 +881,7 @@
     const li = el('li', 'msg own pending');
     li.dataset.ref = item.ref;
     const meta = el('div', 'meta');
-    meta.append(el('span', 'author', state.name), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
+    meta.append(el('span', 'author', me()), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
     const actions = el('div', 'actions');
     const retry = el('button', 'link-button retry', 'Retry');
     retry.type = 'button';
@@ -824,10 +1028,10 @@
     const big = room !== null && room.users === null;
     const names = !room ? [] : big ? room.paged : [...room.users].sort();
     const items = names.map((name) => {
-      const li = el('li', name === state.name ? 'user own' : 'user');
+      const li = el('li', name === me() ? 'user own' : 'user');
       li.dataset.name = name;
       li.append(el('span', 'dot'), el('span', 'user-name', name));
-      if (name === state.name) li.append(el('span', 'you', 'you'));
+      if (name === me()) li.append(el('span', 'you', 'you'));
       return li;
     });
     ui.users.replaceChildren(...items);
@@ -874,8 +1078,14 @@
   }
 
   function renderMe() {
-    ui.meName.textContent = state.name;
-    ui.me.hidden = !state.name;
+    const signed = state.auth.signed;
+    ui.meName.textContent = me();
+    ui.me.hidden = !me();
+    // A signed name is the application's: it cannot be changed here.
+    ui.me.disabled = signed !== null;
+    ui.me.dataset.signed = String(signed !== null);
+    ui.me.title = signed ? `Signed in as ${signed.user}` : 'Change your name';
+    ui.me.setAttribute('aria-label', signed ? `Signed in as ${signed.name}` : 'Change your name');
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -995,7 +1205,9 @@
     ui.nameDialog.addEventListener('cancel', (event) => {
       if (!state.name) event.preventDefault(); // nothing works without a name
     });
-    ui.me.addEventListener('click', () => askName(''));
+    ui.me.addEventListener('click', () => {
+      if (!state.auth.signed) askName('');
+    });
     ui.reconnectNow.addEventListener('click', reconnectNow);
     ui.jump.addEventListener('click', () => {
       scrollToBottom();
@@ -1042,8 +1254,22 @@
       ui.people.open = wide.matches;
     });
 
+    state.auth.jwt = takeFragmentToken();
     const first = roomFromUrl();
     if (!openRoom(first)) openRoom(DEFAULT_ROOM);
+    loadConfig().then(start);
+  }
+
+  function start() {
+    if (signedMode()) {
+      renderMe();
+      connect();
+      return;
+    }
+    if (state.auth.mode === 'required') {
+      setConn('offline', 'offline: sign in to the application to chat');
+      return;
+    }
     renderMe();
     if (state.name && !nameProblem(state.name)) {
       connect();

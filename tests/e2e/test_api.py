@@ -1,0 +1,117 @@
+"""The server API on its own listener of the real `twistd -n wschat`, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..jwtkit import claims, hs256, write_secret
+from .client import Chat
+from .conftest import ServerFactory
+from .process import ServerProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-api-key-" + "0123456789abcdef" * 2
+
+
+def api_server(
+    wschat_server: ServerFactory, tmp_path: Path, *extra: str
+) -> tuple[ServerProcess, str]:
+    """A server with the API on another 127.0.0.1 port; returns it and the API's base URL."""
+    keys = tmp_path / "api.keys"
+    keys.write_text(KEY + "\n")
+    port = free_port()
+    server = wschat_server(
+        "--api-listen", f"tcp:{port}:interface=127.0.0.1", "--api-key-file", str(keys), *extra
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def call(
+    base: str, method: str, path: str, body: object = None, key: str = KEY
+) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method)
+    request.add_header("authorization", f"Bearer {key}")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_publish_reaches_the_room_and_the_history(
+    wschat_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A publish is stored (201, then 200 for the same ref), broadcast to the WebSocket
+    members, and listed by rooms, members and history."""
+    server, api = api_server(wschat_server, tmp_path)
+    bob = Chat(server.ws_url)
+    bob.join("lobby", "bob")
+    status, published = call(
+        api, "POST", "/api/publish", {"room": "lobby", "text": "hello from the app", "ref": "a1"}
+    )
+    assert status == 201
+    message = bob.expect("message")
+    assert (message["id"], message["name"], message["text"]) == (
+        published["id"],
+        "api",
+        "hello from the app",
+    )
+    again = call(
+        api, "POST", "/api/publish", {"room": "lobby", "text": "hello from the app", "ref": "a1"}
+    )
+    assert again == (200, published)
+    bob.say("lobby", "and from bob")
+    assert bob.expect("message")["text"] == "and from bob"
+    assert call(api, "GET", "/api/rooms") == (200, {"rooms": [{"room": "lobby", "count": 1}]})
+    members = call(api, "GET", "/api/rooms/lobby/members")[1]
+    assert members["members"] == [{"name": "bob", "connections": 1}]
+    history = call(api, "GET", "/api/rooms/lobby/history?since=0")[1]
+    assert history["complete"] is True
+    assert [m["text"] for m in history["messages"]] == ["hello from the app", "and from bob"]
+    status, info = call(api, "GET", "/api/info")
+    assert status == 200 and info["auth"] == "off" and info["connections"] == 1
+
+
+def test_the_api_needs_its_key_and_is_not_on_the_chat_port(
+    wschat_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A wrong key is 401; the chat's own port serves no API."""
+    server, api = api_server(wschat_server, tmp_path)
+    assert call(api, "GET", "/api/info", key="wrong")[0] == 401
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"{server.http_url}/api/info", timeout=10)
+    assert caught.value.code == 404
+
+
+def test_disconnect_and_kick_signed_users(wschat_server: ServerFactory, tmp_path: Path) -> None:
+    """The application kicks a signed user from a room (left, reason kicked) and disconnects
+    it everywhere (close 4403)."""
+    server, api = api_server(
+        wschat_server, tmp_path, "--jwt-secret-file", str(write_secret(tmp_path))
+    )
+    alice = Chat(server.ws_url)
+    alice.send(type="auth", token=hs256(claims(exp=int(time.time()) + 600, name="alice")))
+    alice.expect("authed")
+    alice.join("lobby")
+    assert call(api, "GET", "/api/rooms/lobby/members")[1]["members"] == [
+        {"name": "alice", "user": "u-alice", "connections": 1}
+    ]
+    assert call(api, "POST", "/api/kick", {"room": "lobby", "name": "alice"})[0] == 200
+    assert alice.expect("left") == {"type": "left", "room": "lobby", "reason": "kicked"}
+    assert call(api, "GET", "/api/rooms/lobby/members")[0] == 404
+    assert call(api, "POST", "/api/disconnect", {"user": "u-alice"}) == (
+        200,
+        {"user": "u-alice", "connections": 1},
+    )
+    code, reason = alice.expect_close()
+    assert code == 4403 and "application" in reason

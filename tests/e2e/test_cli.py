@@ -1,0 +1,189 @@
+"""wschat-cli in a real terminal (tmux: send-keys, capture-pane) against the real twistd."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..jwtkit import claims, hs256, write_secret
+from .client import Chat
+from .conftest import ServerFactory
+from .terminal import Terminal
+from .test_chat import count_rows
+
+pytestmark = pytest.mark.e2e
+
+CLI = str(Path(sys.executable).with_name("wschat-cli"))
+OpenTerminal = Callable[..., Terminal]
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[OpenTerminal]:
+    """`terminal(*cli_args)`: wschat-cli with those arguments in a tmux session of its own."""
+    opened: list[Terminal] = []
+
+    def open_(*args: str) -> Terminal:
+        term = Terminal([CLI, *args], tmp_path)
+        opened.append(term)
+        return term
+
+    yield open_
+    for term in opened:
+        term.close()
+
+
+def token_file(path: Path, sub: str = "u-alice", ttl_s: float = 3600, **extra: Any) -> Path:
+    path.write_text(hs256(claims(sub, exp=int(time.time() + ttl_s), **extra)) + "\n")
+    return path
+
+
+def test_a_terminal_chat(wschat_server: ServerFactory, terminal: OpenTerminal) -> None:
+    """Typed lines are said, the room's messages and presence are shown, and /who, /join,
+    /leave and /quit do what they say."""
+    server = wschat_server()
+    bob = Chat(server.ws_url)
+    bob.join("lobby", "bob")
+    alice = terminal(server.ws_url, "--room", "lobby", "--name", "alice")
+    alice.wait_for("* joined #lobby as alice (2 members: alice, bob)")
+    bob.expect_presence(joined=["alice"])
+    alice.type("hello from the terminal")
+    got = bob.expect("message")
+    assert (got["name"], got["text"]) == ("alice", "hello from the terminal")
+    alice.wait_for("[lobby] <alice> hello from the terminal")
+    bob.say("lobby", "hi alice")
+    bob.expect("message")
+    alice.wait_for("[lobby] <bob> hi alice")
+    alice.type("/who")
+    alice.wait_for("* #lobby: alice, bob (2 in all)")
+    alice.type("/join dev")
+    alice.wait_for("* joined #dev as alice (1 members: alice)")
+    alice.type("in dev now")
+    alice.wait_for("[dev] <alice> in dev now")
+    alice.type("/leave")
+    alice.wait_for("* you left #dev")
+    carol = Chat(server.ws_url)
+    carol.join("lobby", "carol")
+    alice.wait_for("* carol joined #lobby")
+    alice.type("/quit")
+    assert alice.exit_status() == 0
+    bob.expect_presence(left=["alice"])
+
+
+def test_reconnect_shows_what_was_missed_once(
+    wschat_server: ServerFactory, terminal: OpenTerminal
+) -> None:
+    """The server restarts: the client reconnects with backoff, rejoins with `since`, shows
+    each message once (the ones sent while it was away too) and sends what was typed while
+    offline, stored once."""
+    server = wschat_server()
+    alice = terminal(server.ws_url, "--room", "lobby", "--name", "alice")
+    alice.wait_for("* joined #lobby")
+    bob = Chat(server.ws_url)
+    bob.join("lobby", "bob")
+    bob.say("lobby", "before the restart")
+    alice.wait_for("<bob> before the restart")
+    bob.close()
+    server.stop()
+    alice.wait_for("reconnecting in")
+    alice.type("typed while offline")
+    server.start()
+    bob = Chat(server.ws_url)
+    bob.join("lobby", "bob")
+    bob.say("lobby", "after the restart")
+    alice.wait_for("<bob> after the restart")
+    alice.wait_for("<alice> typed while offline")
+    time.sleep(1.0)  # anything shown twice would be by now
+    assert len(alice.lines_with("<bob> before the restart")) == 1
+    assert len(alice.lines_with("<bob> after the restart")) == 1
+    assert len(alice.lines_with("<alice> typed while offline")) == 1
+    assert (
+        count_rows(server, "SELECT count(*) FROM messages WHERE text = ?", "typed while offline")
+        == 1
+    )
+
+
+def test_signed_in_from_a_token_file_and_refreshed(
+    wschat_server: ServerFactory, terminal: OpenTerminal, tmp_path: Path
+) -> None:
+    """--token-file signs the client in (named by the token); a new token written to the file
+    is sent as a refresh before the old one expires, so the connection outlives it."""
+    server = wschat_server("--jwt-secret-file", str(write_secret(tmp_path)), "--jwt-grace", "1")
+    path = token_file(tmp_path / "alice.jwt", ttl_s=5, name="Alice")
+    alice = terminal(server.ws_url, "--room", "lobby", "--token-file", str(path))
+    alice.wait_for("* signed in as Alice (u-alice)")
+    alice.wait_for("* joined #lobby as Alice")
+    token_file(path, ttl_s=3600, name="Alice")
+    alice.wait_for("* signed in as Alice (u-alice)", count=2, timeout=10)
+    time.sleep(3.0)  # past the first token's exp + grace
+    alice.type("still here")
+    alice.wait_for("[lobby] <Alice> still here")
+    assert not alice.lines_with("disconnected")
+
+
+def test_a_refused_token_ends_the_client(
+    wschat_server: ServerFactory, terminal: OpenTerminal, tmp_path: Path
+) -> None:
+    """A token the server refuses (4401) ends the client with status 2, saying why; it does
+    not retry forever."""
+    server = wschat_server("--jwt-secret-file", str(write_secret(tmp_path)))
+    path = tmp_path / "bad.jwt"
+    path.write_text(hs256(claims(exp=int(time.time()) + 60), b"another-secret-" * 3))
+    alice = terminal(server.ws_url, "--room", "lobby", "--token-file", str(path))
+    assert alice.exit_status() == 2
+    assert alice.lines_with("4401") and alice.lines_with("signature")
+
+
+def test_wss_with_ca_or_insecure(wschat_server: ServerFactory, terminal: OpenTerminal) -> None:
+    """wss:// verifies the certificate: trusted with --ca, refused without it, and accepted
+    unverified with --insecure."""
+    server = wschat_server(tls=True)
+    trusted = terminal(
+        server.wss_url, "--room", "lobby", "--name", "alice", "--ca", str(server.cert_path)
+    )
+    trusted.wait_for("* joined #lobby as alice")
+    untrusted = terminal(server.wss_url, "--room", "lobby", "--name", "bob")
+    untrusted.wait_for("certificate verify failed")
+    assert not untrusted.lines_with("joined")
+    insecure = terminal(server.wss_url, "--room", "lobby", "--name", "carol", "--insecure")
+    insecure.wait_for("* joined #lobby as carol")
+
+
+def test_json_mode_pipes_frames(wschat_server: ServerFactory) -> None:
+    """--json: frames typed on stdin are sent as they are, every frame received is one JSON
+    line on stdout, status goes to stderr, and closing stdin ends the client with 0."""
+    server = wschat_server()
+    proc = subprocess.Popen(
+        [CLI, server.ws_url, "--json", "--room", "lobby", "--name", "script"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        welcome = json.loads(proc.stdout.readline())
+        assert welcome["type"] == "welcome" and welcome["name"] == "script"
+        proc.stdin.write(json.dumps({"type": "say", "room": "lobby", "text": "beep", "ref": "b1"}))
+        proc.stdin.write("\nnot json\n")
+        proc.stdin.flush()
+        ack = json.loads(proc.stdout.readline())
+        message = json.loads(proc.stdout.readline())
+        assert ack == {"type": "ack", "room": "lobby", "ref": "b1", "id": 1}
+        assert (message["type"], message["text"]) == ("message", "beep")
+        proc.stdin.close()
+        assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
+        status = proc.stderr.read()
+        assert "connected to" in status and "not a JSON object" in status
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
