@@ -120,9 +120,15 @@ class _ProtocolFactory(Factory):
 
     isLazy = True
 
-    def __init__(self, protocol_class: type, address: RedisAddress) -> None:
+    def __init__(
+        self,
+        protocol_class: type,
+        address: RedisAddress,
+        on_message: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._class = protocol_class
         self._address = address
+        self._on_message = on_message
 
     def buildProtocol(self, addr: Any) -> Any:
         p = self._class(
@@ -134,6 +140,10 @@ class _ProtocolFactory(Factory):
             username=self._address.username,
         )
         p.factory = self
+        if self._on_message is not None:
+            # Set here, on the protocol itself: ClientService hands prepareConnection a proxy,
+            # and an attribute set on that would never be seen by messageReceived.
+            p.on_message = self._on_message
         return p
 
     # txredisapi calls these when AUTH or SELECT fails.
@@ -175,6 +185,8 @@ class RedisLink(MultiService):
         self._probe_sent = 0
         self._probe_seen = 0
         self._down_since: float | None = reactor.seconds()
+        # Since when both connections have been up (None while not).
+        self.up_since: float | None = None
         self._logged_down = False
         endpoint = endpoint_for(address, reactor)
         commands = ClientService(
@@ -186,7 +198,7 @@ class RedisLink(MultiService):
         )
         subscriber = ClientService(
             endpoint,
-            _ProtocolFactory(_Subscriber, address),
+            _ProtocolFactory(_Subscriber, address, self._message),
             retryPolicy=RETRY,
             clock=reactor,
             prepareConnection=self._subscriber_ready,
@@ -266,13 +278,11 @@ class RedisLink(MultiService):
 
     async def _subscriber_ready_async(self, protocol: Any) -> None:
         await protocol.whenConnected()
-        protocol.on_message = self._message
         await protocol.subscribe([self.probe_channel, *sorted(self._channels)])
         self._subscriber = protocol
         self._probe_seen = self._probe_sent
         protocol.whenDisconnected().addCallback(lambda _: self._subscriber_lost(protocol))
         self._maybe_up()
-        self._on_subscribed()
 
     def _subscriber_ready(self, protocol: Any) -> Deferred[None]:
         return Deferred.fromCoroutine(self._subscriber_ready_async(protocol))
@@ -306,6 +316,7 @@ class RedisLink(MultiService):
         )
 
     def _went_down(self) -> None:
+        self.up_since = None
         if self._down_since is None:
             self._down_since = self._reactor.seconds()
             self._logged_down = False
@@ -327,5 +338,8 @@ class RedisLink(MultiService):
         else:
             _log.info("connected to redis at {url}", url=self.address.shown)
         self._down_since = None
+        self.up_since = self._reactor.seconds()
         if self._down_check is not None and self._down_check.active():
             self._down_check.cancel()
+        # Only now, with both connections: catching up needs commands as well.
+        self._on_subscribed()
