@@ -12,6 +12,7 @@ from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.chat.hub import Hub, Session
 from wschat.chat.limits import Limits
 from wschat.chat.model import Event
+from wschat.chat.roster import Roster
 
 T = TypeVar("T")
 
@@ -38,7 +39,12 @@ class Peer:
 
 
 class World:
-    def __init__(self, limits: Limits = Limits(), store: HistoryStore | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        store: HistoryStore | None = None,
+        roster: Roster | None = None,
+    ) -> None:
         self.now_s = 1_800_000_000.0
         self.tokens = 0
         self.store = store if store is not None else MemoryHistory(limits.history_size)
@@ -54,6 +60,7 @@ class World:
             self._token,
             self.clock.callLater,
             limits,
+            roster,
         )
 
     def _now(self) -> float:

@@ -6,12 +6,13 @@ and drops the second copy). When the channel skips an id, or the subscription wa
 missing ids are read from the room's stream before anything newer is delivered; ids the
 stream no longer has make the room's members resync (they join again with `since`).
 
-Presence batches stay on this node for now: names, counts and `who` cover this node's
-members only (see docs/scaling.md).
+The same channel carries the room's roster changes (wschat/redis_roster.py): they go to the
+roster, in the order they came.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
@@ -25,6 +26,7 @@ from .chat.model import Message
 from .chat.sequence import Gap, Sequencer
 from .redis_history import RedisHistory, channel_room, message_from_channel, room_keys
 from .redis_link import RedisLink
+from .redis_roster import RedisRoster
 
 # How long one of our own messages seen on the channel waits for its ack to be sent first.
 OWN_HOLD_S = 2.0
@@ -47,15 +49,17 @@ class RedisBroker:
         self._clock = clock
         self._link: RedisLink | None = None
         self._store_: RedisHistory | None = None
+        self._roster: RedisRoster | None = None
         self._deliver: Deliver | None = None
         self._resync: Resync | None = None
         self._rooms: dict[str, _Watched] = {}
 
-    def connect(self, link: RedisLink, store: RedisHistory) -> None:
-        """The link calls back into the broker, and the store runs on the link: all three
-        are made, then tied together here."""
+    def connect(self, link: RedisLink, store: RedisHistory, roster: RedisRoster) -> None:
+        """The link calls back into the broker, and the store and roster run on the link:
+        all are made, then tied together here."""
         self._link = link
         self._store_ = store
+        self._roster = roster
 
     @property
     def _store(self) -> RedisHistory:
@@ -131,7 +135,12 @@ class RedisBroker:
         if room is None or watched is None or watched.sequencer is None:
             return
         try:
-            msg, origin = message_from_channel(room, payload)
+            obj = json.loads(payload)
+            if "p" in obj:
+                assert self._roster is not None
+                self._roster.announced(room, obj)
+                return
+            msg, origin = message_from_channel(room, obj)
         except (ValueError, KeyError, TypeError):
             self._log.failure("bad announcement on {channel}", channel=channel)
             return
@@ -146,7 +155,9 @@ class RedisBroker:
 
     def on_subscribed(self) -> None:
         """The subscription is (back) up: what was published meanwhile is read from the
-        streams."""
+        streams, and the rosters are read again."""
+        assert self._roster is not None
+        self._roster.on_subscribed()
         for room, watched in list(self._rooms.items()):
             if watched.sequencer is None:
                 continue

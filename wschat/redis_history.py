@@ -13,7 +13,6 @@ Channel: wschat:{room}:ch carries every stored message, published by the same sc
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +94,8 @@ return epoch
 
 def room_keys(room: str) -> dict[str, str]:
     tag = f"wschat:{{{room}}}"
-    return {name: f"{tag}:{name}" for name in ("seq", "log", "refs", "refz", "epoch", "ch")}
+    names = ("seq", "log", "refs", "refz", "epoch", "ch", "members", "pver")
+    return {name: f"{tag}:{name}" for name in names}
 
 
 def channel_room(channel: str) -> str | None:
@@ -120,9 +120,8 @@ def message_from_entry(room: str, entry: list[Any]) -> Message:
     )
 
 
-def message_from_channel(room: str, payload: str) -> tuple[Message, str]:
-    """A channel announcement: the message and the node that stored it."""
-    obj = json.loads(payload)
+def message_from_channel(room: str, obj: dict[str, Any]) -> tuple[Message, str]:
+    """A channel announcement (parsed): the message and the node that stored it."""
     msg = Message(
         room,
         int(obj["id"]),

@@ -22,6 +22,7 @@ from .chat.hub import Hub
 from .chat.identity import AuthMode
 from .chat.limits import Limits
 from .chat.model import new_resume_token
+from .chat.roster import LocalRoster, Roster
 from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
 from .echo import add_echo
 from .logs import check_twistd_options, log_format, observer_for
@@ -29,6 +30,7 @@ from .metrics import Metrics
 from .redis_broker import RedisBroker
 from .redis_history import RedisHistory
 from .redis_link import RedisLink, parse_redis_url
+from .redis_roster import RedisRoster
 from .service import ChatService, WschatService
 from .sqlite_history import MEMORY, SqliteHistory
 from .sweep import HistorySweeper
@@ -527,6 +529,7 @@ class Backend:
 
     store: HistoryStore
     broker: Broker
+    roster: Roster = field(default_factory=LocalRoster)
     services: list[IService] = field(default_factory=list)
     checks: list[HealthCheck] = field(default_factory=list)
 
@@ -544,12 +547,13 @@ def make_backend(options: Options, reactor: Any) -> Backend:
     broker = RedisBroker(reactor)
     link = RedisLink(address, reactor, node, broker.on_message, broker.on_subscribed)
     store = RedisHistory(link, options["history-size"])
-    broker.connect(link, store)
+    roster = RedisRoster(link, reactor)
+    broker.connect(link, store, roster)
 
     def redis_health() -> tuple[dict[str, object], bool]:
         return {"node": node, "redis": "up" if link.up else "down"}, link.up
 
-    return Backend(store, broker, [link], [redis_health])
+    return Backend(store, broker, roster, [link, roster], [redis_health])
 
 
 def make_auth(options: Options, reactor: Any) -> AuthSettings:
@@ -607,6 +611,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         new_resume_token,
         reactor.callLater,
         limits,
+        backend.roster,
     )
     factory.attach(hub)
     if metrics is not None:

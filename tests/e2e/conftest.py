@@ -10,6 +10,7 @@ import pytest
 
 from .browser import import_playwright, require_chromium
 from .process import ServerProcess
+from .redis import RedisServer
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -57,3 +58,19 @@ def chromium(playwright: Any) -> Iterator[Any]:
     )
     yield browser
     browser.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server without persistence (a restart loses everything)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with appendonly + fsync always: a restart keeps what it acknowledged."""
+    server = RedisServer(tmp_path / "redis-aof", persistent=True).start()
+    yield server
+    server.kill()

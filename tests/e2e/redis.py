@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..missing import missing
-from .process import free_port
+from .client import Chat
+from .process import ServerProcess, free_port
 
 START_TIMEOUT_S = 10.0
 
@@ -106,3 +112,40 @@ def _complete(reply: bytes) -> bool:
     if head[:1] == b"$" and int(head[1:]) >= 0:
         return len(rest) >= int(head[1:]) + 2
     return True
+
+
+NodeFactory = Callable[..., ServerProcess]
+
+
+def nodes_on(wschat_server: Callable[..., ServerProcess], redis: RedisServer) -> NodeFactory:
+    """`node(name, *args)` starts a `twistd -n wschat` node on this Redis."""
+
+    def node(name: str, *extra: str, healthy: bool = True) -> ServerProcess:
+        return wschat_server("--redis", redis.url, "--node-name", name, *extra, healthy=healthy)
+
+    return node
+
+
+def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def join_when_available(chat: Chat, room: str, name: str, **extra: Any) -> dict[str, Any]:
+    """Join as a client does after Redis restarted: again while it answers `unavailable`
+    (a node restoring names waits redis_roster.RESTORE_S before it gives out new ones)."""
+    deadline = time.monotonic() + 20
+    while True:
+        chat.send(type="join", room=room, name=name, **extra)
+        event = chat.recv()
+        while event["type"] in ("presence", "resync"):
+            event = chat.recv()
+        if event["type"] == "welcome":
+            return event
+        assert event.get("code") == "unavailable", event
+        assert time.monotonic() < deadline, "still unavailable"
+        time.sleep(0.2)

@@ -2,56 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .client import Chat
 from .conftest import ServerFactory
-from .process import ServerProcess
-from .redis import RedisServer
+from .redis import RedisServer, health, join_when_available, nodes_on
 
 pytestmark = pytest.mark.e2e
-
-NodeFactory = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server without persistence (a restart loses everything)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server with appendonly + fsync always: a restart keeps what it acknowledged."""
-    server = RedisServer(tmp_path / "redis-aof", persistent=True).start()
-    yield server
-    server.kill()
-
-
-def nodes_on(wschat_server: ServerFactory, redis: RedisServer) -> NodeFactory:
-    def node(name: str, *extra: str, healthy: bool = True) -> ServerProcess:
-        return wschat_server("--redis", redis.url, "--node-name", name, *extra, healthy=healthy)
-
-    return node
-
-
-def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def messages_until(chat: Chat, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -169,10 +129,10 @@ def test_a_lost_history_is_a_new_epoch_and_never_answers_an_old_since(
         event = stayer.recv(timeout=20)
     assert event == {"type": "resync", "room": "lobby"}
     writer = Chat(a.ws_url)
-    writer.join("lobby", "writer")
+    join_when_available(writer, "lobby", "writer")
     say_reading(writer, "new 1")
     late = Chat(a.ws_url)
-    welcome = late.join("lobby", "late", since=2, epoch=old["epoch"])
+    welcome = join_when_available(late, "lobby", "late", since=2, epoch=old["epoch"])
     assert welcome["recovered"] is False
     assert welcome["epoch"] != old["epoch"]
     assert [m["text"] for m in welcome["history"]] == ["new 1"]

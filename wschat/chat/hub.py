@@ -7,6 +7,10 @@ Presence goes out in batches: a join or leave marks its room, and every
 `presence_interval_s` each marked room sends one frame with all its changes (chat/room.py
 says how they add up). A join storm into one room therefore costs a bounded number of frames
 a second, not one frame per member per join.
+
+With several nodes, names are claimed through the Roster (chat/roster.py) and the other
+nodes' changes reach each room as they happen; they go out to this node's members in the
+same batches as its own.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .model import (
 )
 from .ratelimit import TokenBucket
 from .room import Room
+from .roster import Claim, Held, LocalRoster, Moved, NodeGone, Released, Roster, RosterChange
 
 Fanout = Callable[[Collection["Session"], RoomEvent], None]
 # reactor.callLater, or task.Clock's in tests.
@@ -113,6 +118,7 @@ class Hub:
         new_resume_token: Callable[[], str],
         schedule: Schedule,
         limits: Limits = Limits(),
+        roster: Roster | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
@@ -132,7 +138,9 @@ class Hub:
         # Set by the first signed or guest join: until then (--auth off) lists carry no
         # `subs`/`guests` and cost nothing more to build.
         self._identities = False
+        self._roster: Roster = roster if roster is not None else LocalRoster()
         broker.attach(self._deliver, self._resync)
+        self._roster.attach(self._roster_changed, self._name_lost)
 
     @property
     def connection_count(self) -> int:
@@ -172,19 +180,24 @@ class Hub:
             raise RoomForbidden(f"your token does not allow the room {room!r}")
         name = self._name_for(session, cmd)
         entered = room not in session.rooms
-        if entered:
-            self._enter(session, room, name, cmd.resume_token)
-        if session.resume_token is None:
-            session.resume_token = self._new_resume_token()
+        holds = entered and self._enter(session, room, name, cmd.resume_token)
+        claimed = False
         try:
             # Every message stored from here on reaches this node, so that none falls between
-            # the history of the welcome and the live ones.
+            # the history of the welcome and the live ones; and so does every other node's
+            # change to the room's members.
             await self._broker.watch(room)
+            await self._roster.watch(room)
+            if holds:
+                await self._claim(session, room, name, cmd.resume_token)
+                claimed = True
+            if session.resume_token is None:
+                session.resume_token = self._new_resume_token()
             welcome = await self._welcome(session, room, name, cmd.since, cmd.epoch)
         except Exception:
             # Without a welcome the client does not know it is in: take it out again.
             if entered:
-                self._exit(session, room)
+                self._exit(session, room, release=claimed)
             raise
         session.send(welcome)
 
@@ -311,7 +324,29 @@ class Hub:
             self._identities = True
         return session.name
 
-    def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> None:
+    async def _claim(
+        self, session: Session, room: str, name: str, resume_token: str | None
+    ) -> None:
+        """Claim the name on every node; a takeover from another node keeps its token."""
+        own = session.resume_token
+        fresh = own or self._new_resume_token()
+        unsigned = session.identity is None
+        moved = await self._roster.claim(
+            room,
+            name,
+            Claim(
+                session.user,
+                session.guest,
+                fresh,
+                own or resume_token or fresh,
+                resume_token if unsigned else None,
+            ),
+        )
+        session.resume_token = (own or resume_token) if moved else fresh
+
+    def _enter(self, session: Session, room: str, name: str, resume_token: str | None) -> bool:
+        """Put the session in the room on this node; True if it is a new holder of the name
+        (to be claimed on the other nodes), False if it shares or took over a local one."""
         members = self._rooms.get(room)
         holder = members.get(name) if members is not None else None
         if holder is not None:
@@ -323,7 +358,7 @@ class Hub:
                     )
                 self._companions.add(room, name, session)
                 session.rooms.add(room)
-                return
+                return False
             if (
                 holder.identity is None
                 and session.identity is None
@@ -332,7 +367,7 @@ class Hub:
                 and hmac.compare_digest(resume_token.encode(), holder.resume_token.encode())
             ):
                 self._take_over(holder, session)
-                return
+                return False
             raise NameTaken(f"the name {name!r} is taken in {room!r}")
         if len(session.rooms) >= self.limits.max_rooms:
             raise TooManyRooms(f"a connection may be in at most {self.limits.max_rooms} rooms")
@@ -342,9 +377,12 @@ class Hub:
             members = self._rooms[room] = revived if revived is not None else Room()
         elif self.limits.max_members and len(members) >= self.limits.max_members:
             raise RoomFull(f"{room!r} has its maximum of {self.limits.max_members} members")
+        present = name in members
         members.add(name, session)
         session.rooms.add(room)
-        self._mark(room, members)
+        if not present:
+            self._mark(room, members)
+        return True
 
     def _take_over(self, old: Session, new: Session) -> None:
         """A reconnected client reclaims its name: it inherits every room, silently."""
@@ -359,7 +397,9 @@ class Hub:
         self._forget(old)
         old.close_replaced()
 
-    def _exit(self, session: Session, room: str) -> None:
+    def _exit(self, session: Session, room: str, release: bool = True) -> None:
+        """Take the session out of the room; `release`: let the other nodes know (False when
+        this node's claim never went through, or another node has the name now)."""
         session.rooms.discard(room)
         members = self._rooms.get(room)
         if members is None or session.name is None:
@@ -373,11 +413,16 @@ class Hub:
                 # Another connection of the same user keeps the name: no change anyone sees.
                 members.replace(session.name, heir)
                 return
+        present = len(members)
         members.remove(session.name)
-        if not members:
+        if release:
+            self._roster.release(room, session.name)
+        if not members.local_count:
             del self._rooms[room]
             self._broker.unwatch(room)
-        self._mark(room, members)
+            self._roster.unwatch(room)
+        if len(members) != present:
+            self._mark(room, members)
 
     def _mark(self, name: str, room: Room[Session]) -> None:
         if not self._marked:
@@ -420,6 +465,8 @@ class Hub:
             history = await self._store.latest(room, size)
         assert session.resume_token is not None
         members = self._rooms.get(room)  # gone if the connection closed while we waited
+        if members is not None:
+            members.welcome(name)
         names = members.names if members is not None else []
         count = len(names)
         users = list(names) if count <= self.limits.member_list_limit else None
@@ -453,12 +500,67 @@ class Hub:
         for name in names:
             member = room.get(name)
             if member is None:
-                continue
-            if member.identity is not None:
-                subs[name] = member.identity.sub
-            elif member.guest:
+                sub, guest = room.remote_identity(name)
+            else:
+                sub, guest = member.user, member.guest
+            if sub is not None:
+                subs[name] = sub
+            elif guest:
                 guests.append(name)
         return subs or None, guests or None
+
+    # From the roster: the other nodes' members.
+
+    def _roster_changed(self, name: str, change: RosterChange) -> None:
+        room = self._rooms.get(name)
+        if room is None:
+            return
+        node = self._roster.node
+        if isinstance(change, Held):
+            if change.user is not None or change.guest:
+                self._identities = True
+            changed = room.hold(change.name, change.node, change.user, change.guest)
+        elif isinstance(change, Released):
+            changed = room.let_go(change.name, change.node)
+        elif isinstance(change, Moved):
+            changed = self._moved(name, room, change)
+        elif isinstance(change, NodeGone):
+            changed = room.drop_node(change.node)
+        else:
+            if any(h.user is not None or h.guest for h in change.holdings):
+                self._identities = True
+            changed = room.reset_others(
+                (h.name, h.node, h.user, h.guest) for h in change.holdings if h.node != node
+            )
+        if changed:
+            self._mark(name, room)
+
+    def _moved(self, name: str, room: Room[Session], change: Moved) -> bool:
+        """A token takeover between nodes: silent everywhere; the old connection, if it is
+        here, is closed as replaced."""
+        node = self._roster.node
+        user, guest = room.remote_identity(change.name)
+        holder = room.get(change.name)
+        if change.new != node:
+            if holder is not None:
+                user, guest = holder.user, holder.guest
+            room.hold(change.name, change.new, user, guest)
+        changed = room.let_go(change.name, change.old)
+        if change.old == node and holder is not None:
+            self._exit(holder, name, release=False)
+            holder.close_replaced()
+        return changed
+
+    def _name_lost(self, room: str, name: str) -> None:
+        """This node was cut off long enough for its claim to lapse, and another node's
+        member has the name now: its connections here are out of the room."""
+        members = self._rooms.get(room)
+        holder = members.get(name) if members is not None else None
+        if holder is None:
+            return
+        for session in [*self._companions.of(room, name), holder]:
+            self._exit(session, room, release=False)
+            session.send(Left(room, "taken"))
 
     def _deliver(self, room: str, event: RoomEvent) -> None:
         members = self._rooms.get(room)
@@ -468,10 +570,11 @@ class Hub:
             # Companions get every batch whole: its changes are idempotent to apply, so the
             # ones their own welcome already showed do no harm.
             self._fanout(list(self._companions.in_room(room)), event)
-        if isinstance(event, Presence) and event.joined:
-            # A member who joined during the interval knows from its welcome of itself and of
-            # the changes before it: its copy of the batch has only the later ones.
-            subjects = [s for n in event.joined if (s := members.get(n)) is not None]
+        if isinstance(event, Presence) and event.joined is not None:
+            # A member who came in during the interval knows from its welcome of itself and
+            # of the changes before it: its copy of the batch has only the later ones.
+            newcomers = members.newcomers(event.joined)
+            subjects = [s for n in newcomers if (s := members.get(n)) is not None]
             for subject in subjects:
                 assert subject.name is not None
                 joined, left = members.since_join(subject.name, event.joined, event.left or [])

@@ -1,0 +1,180 @@
+"""Names and presence across real `twistd -n wschat --redis` nodes on one real redis-server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from .client import Chat
+from .conftest import ServerFactory
+from .redis import RedisServer, nodes_on
+
+pytestmark = pytest.mark.e2e
+
+# docs/scaling.md: a node's lease is 12 s, renewed every 3 s, and every node looks for ended
+# leases every 3 s: a dead node's members leave within 15 s (plus a presence interval and
+# a second of slack for a loaded machine).
+DEAD_NODE_BOUND_S = 16.5
+
+
+def quiet_for(chat: Chat, seconds: float) -> list[dict[str, Any]]:
+    """Everything that arrives within `seconds` (a test that expects nothing asserts [])."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            got.append(chat.recv(left))
+        except TimeoutError:
+            break
+    return got
+
+
+def test_a_name_is_unique_in_a_room_across_three_nodes(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    node = nodes_on(wschat_server, redis)
+    a, b, c = node("a"), node("b"), node("c")
+    Chat(a.ws_url).join("lobby", "alice")
+    others = [Chat(b.ws_url), Chat(c.ws_url)]
+    for other in others:
+        other.send(type="join", room="lobby", name="alice")
+        assert other.expect("error")["code"] == "name_taken"
+    # Another room, another name space (and unique there too).
+    assert others[0].join("hall", "alice")["count"] == 1
+    others[1].send(type="join", room="hall", name="alice")
+    assert others[1].expect("error")["code"] == "name_taken"
+    # Two joins of one name at once on two nodes: exactly one gets it.
+    racers = [Chat(b.ws_url), Chat(c.ws_url)]
+    for racer in racers:
+        racer.send(type="join", room="lobby", name="bob")
+    outcomes = sorted(racer.recv()["type"] for racer in racers)
+    assert outcomes == ["error", "welcome"]
+
+
+def test_count_users_and_who_cover_every_node(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    node = nodes_on(wschat_server, redis)
+    a, b, c = node("a"), node("b"), node("c")
+    Chat(a.ws_url).join("lobby", "alice")
+    Chat(b.ws_url).join("lobby", "bob")
+    carol = Chat(c.ws_url)
+    welcome = carol.join("lobby", "carol")
+    assert welcome["count"] == 3
+    assert welcome["users"] == ["alice", "bob", "carol"]
+    carol.send(type="who", room="lobby", limit=2)
+    first = carol.expect("members")
+    assert (first["names"], first["count"]) == (["alice", "bob"], 3)
+    carol.send(type="who", room="lobby", after=first["next"], limit=2)
+    assert carol.expect("members")["names"] == ["carol"]
+
+
+def test_presence_crosses_nodes_in_batches(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """Joins on two nodes reach a member on a third as batches, at most one per presence
+    interval (0.25 s), each with the cluster-wide count."""
+    node = nodes_on(wschat_server, redis)
+    a, b, c = node("a"), node("b"), node("c")
+    watcher = Chat(c.ws_url)
+    watcher.join("lobby", "watcher")
+    names = [f"user{i:02}" for i in range(30)]
+    chats = []
+    started = time.monotonic()
+    for i, name in enumerate(names):
+        chat = Chat((a if i % 2 else b).ws_url)
+        chat.join("lobby", name)
+        chats.append(chat)
+    batches = []
+    seen: set[str] = set()
+    while seen != set(names):
+        batch = watcher.expect("presence")
+        batches.append((time.monotonic(), batch))
+        seen |= set(batch.get("joined", ()))
+        assert not batch.get("left")
+    elapsed = batches[-1][0] - started
+    assert len(batches) <= elapsed / 0.25 + 2, (len(batches), elapsed)
+    assert batches[-1][1]["count"] == 31
+    for chat in chats[:5]:
+        chat.close()
+    last = watcher.expect_presence(left=names[:5], timeout=5)
+    assert last["count"] == 26
+
+
+def test_a_killed_node_has_its_members_leave_within_the_bound(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    watcher = Chat(a.ws_url)
+    watcher.join("lobby", "watcher")
+    doomed = ["d1", "d2", "d3"]
+    chats = [Chat(b.ws_url) for _ in doomed]
+    for chat, name in zip(chats, doomed, strict=True):
+        chat.join("lobby", name)
+    watcher.expect_presence(joined=doomed)
+    b.kill()
+    killed = time.monotonic()
+    last = watcher.expect_presence(left=doomed, timeout=35)
+    took = time.monotonic() - killed
+    assert took <= DEAD_NODE_BOUND_S, f"left after {took:.1f}s"
+    assert last["count"] == 1
+    # Their names are free again, on the surviving node.
+    assert Chat(a.ws_url).join("lobby", "d1")["count"] == 2
+    assert "stopped renewing its lease" in a.log()
+    # All along, the live node's subscription answered its probes (redis_link.py).
+    assert "went silent" not in a.log()
+
+
+def test_a_token_takeover_across_nodes_is_silent(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """A client that comes back on another node with its resume token gets its name; the
+    old connection is closed with 4001 and the others see no presence change."""
+    node = nodes_on(wschat_server, redis)
+    a, b, c = node("a"), node("b"), node("c")
+    watcher = Chat(c.ws_url)
+    watcher.join("lobby", "watcher")
+    old = Chat(a.ws_url)
+    token = old.join("lobby", "alice")["token"]
+    watcher.expect_presence(joined=["alice"])
+    thief = Chat(b.ws_url)
+    thief.send(type="join", room="lobby", name="alice", token="not-the-token")
+    assert thief.expect("error")["code"] == "name_taken"
+    new = Chat(b.ws_url)
+    welcome = new.join("lobby", "alice", token=token)
+    assert (welcome["count"], welcome["token"]) == (2, token)
+    assert old.expect_close()[0] == 4001
+    assert quiet_for(watcher, 1.0) == []
+    new.say("lobby", "still me")
+    assert watcher.expect("message")["text"] == "still me"
+    new.close()
+    assert watcher.expect_presence(left=["alice"])["count"] == 1
+
+
+def test_names_survive_a_redis_restart_without_persistence(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """Redis comes back empty: each node claims its members' names again, so a name stays
+    unique and the counts stay whole."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    alice = Chat(a.ws_url)
+    alice.join("lobby", "alice")
+    Chat(b.ws_url).join("lobby", "bob")
+    redis.kill()
+    redis.start()
+    deadline = time.monotonic() + 20
+    while True:
+        late = Chat(b.ws_url)
+        late.send(type="join", room="lobby", name="alice")
+        event = late.recv()
+        if event["type"] == "error" and event["code"] == "name_taken":
+            break
+        assert event["type"] == "error" and event["code"] == "unavailable", event
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert Chat(b.ws_url).join("lobby", "carol")["users"] == ["alice", "bob", "carol"]
+    alice.expect_presence(joined=["carol"])

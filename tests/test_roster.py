@@ -1,0 +1,315 @@
+"""Names and presence across nodes: several hubs on one in-memory stand-in for Redis.
+
+The stand-in keeps the claims as the Lua scripts of wschat/redis_roster.py do and queues every
+change in the order it made them; `flush` delivers the queue to every node watching the room,
+as the room's channel would (later, and in order). The real scripts are tested against a real
+Redis in tests/e2e/test_redis_presence.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wschat.chat import errors
+from wschat.chat.hub import Session
+from wschat.chat.identity import Identity
+from wschat.chat.limits import Limits
+from wschat.chat.model import Join, Leave, Left, Presence, Welcome
+from wschat.chat.roster import (
+    Claim,
+    Held,
+    Moved,
+    NodeGone,
+    OnChange,
+    Released,
+    RosterChange,
+    Snapshot,
+)
+
+from .chatkit import Peer, World, run
+from .test_presence import View
+
+
+@dataclass
+class Record:
+    holders: set[str]
+    user: str | None
+    guest: bool
+    token: str
+
+
+@dataclass
+class Directory:
+    """The rooms' claims, and the changes not yet delivered."""
+
+    rooms: dict[str, dict[str, Record]] = field(default_factory=dict)
+    queue: list[tuple[str, RosterChange]] = field(default_factory=list)
+    nodes: list[FakeRoster] = field(default_factory=list)
+
+    def flush(self) -> None:
+        queue, self.queue = self.queue, []
+        for room, change in queue:
+            for node in self.nodes:
+                node.deliver(room, change)
+
+    def drop(self, dead: str) -> None:
+        """The reaper: everything `dead` held is let go."""
+        for room, records in self.rooms.items():
+            gone = [name for name, rec in records.items() if dead in rec.holders]
+            for name in gone:
+                records[name].holders.discard(dead)
+                if not records[name].holders:
+                    del records[name]
+            if gone:
+                self.queue.append((room, NodeGone(dead)))
+
+
+class FakeRoster:
+    def __init__(self, directory: Directory, node: str) -> None:
+        self.node = node
+        self._dir = directory
+        self._watching: set[str] = set()
+        self._on_change: OnChange | None = None
+        self._on_lost: Callable[[str, str], None] | None = None
+        directory.nodes.append(self)
+
+    def attach(self, on_change: OnChange, on_lost: Callable[[str, str], None]) -> None:
+        self._on_change = on_change
+        self._on_lost = on_lost
+
+    async def watch(self, room: str) -> None:
+        if room in self._watching:
+            return
+        self._watching.add(room)
+        records = self._dir.rooms.get(room, {})
+        held = [
+            Held(name, node, rec.user, rec.guest)
+            for name, rec in records.items()
+            for node in rec.holders
+        ]
+        assert self._on_change is not None
+        self._on_change(room, Snapshot(held))
+
+    def unwatch(self, room: str) -> None:
+        self._watching.discard(room)
+
+    async def claim(self, room: str, name: str, claim: Claim) -> bool:
+        records = self._dir.rooms.setdefault(room, {})
+        rec = records.get(name)
+        queue = self._dir.queue
+        if rec is None:
+            records[name] = Record({self.node}, claim.user, claim.guest, claim.token)
+            queue.append((room, Held(name, self.node, claim.user, claim.guest)))
+            return False
+        if claim.user is not None and rec.user == claim.user:
+            rec.holders.add(self.node)
+            queue.append((room, Held(name, self.node, claim.user, claim.guest)))
+            return False
+        if claim.takeover is not None and rec.user is None and rec.token == claim.takeover:
+            [old] = rec.holders
+            rec.holders = {self.node}
+            rec.token = claim.moved_token
+            queue.append((room, Moved(name, old, self.node)))
+            return True
+        raise errors.NameTaken(f"the name {name!r} is taken in {room!r}")
+
+    def release(self, room: str, name: str) -> None:
+        rec = self._dir.rooms.get(room, {}).get(name)
+        if rec is None or self.node not in rec.holders:
+            return
+        rec.holders.discard(self.node)
+        if not rec.holders:
+            del self._dir.rooms[room][name]
+        self._dir.queue.append((room, Released(name, self.node)))
+
+    def deliver(self, room: str, change: RosterChange) -> None:
+        if room not in self._watching:
+            return
+        if isinstance(change, (Held, Released)) and change.node == self.node:
+            return  # this node's own: it knew first
+        assert self._on_change is not None
+        self._on_change(room, change)
+
+
+class Cluster:
+    def __init__(self, nodes: int, limits: Limits = Limits()) -> None:
+        self.directory = Directory()
+        self.worlds = [
+            World(limits, roster=FakeRoster(self.directory, f"n{i}")) for i in range(nodes)
+        ]
+
+    def join(self, node: int, name: str, room: str = "lobby") -> tuple[Session, Peer]:
+        world = self.worlds[node]
+        session, peer = world.connect(name)
+        run(world.hub.join(session, Join(room, name)))
+        return session, peer
+
+    def settle(self) -> None:
+        """The changes reach every node, then one presence interval passes everywhere."""
+        self.directory.flush()
+        for world in self.worlds:
+            world.batch()
+
+
+def presences(peer: Peer) -> list[Presence]:
+    return [e for e in peer.take() if isinstance(e, Presence)]
+
+
+def test_a_name_is_unique_across_nodes_and_a_refusal_makes_no_presence() -> None:
+    cluster = Cluster(2)
+    _, alice = cluster.join(0, "alice")
+    cluster.settle()
+    alice.take()
+    session, _ = cluster.worlds[1].connect("impostor")
+    with pytest.raises(errors.NameTaken):
+        run(cluster.worlds[1].hub.join(session, Join("lobby", "alice")))
+    cluster.settle()
+    assert presences(alice) == []
+    assert cluster.worlds[1].hub.rooms() == []
+
+
+def test_welcome_count_and_batches_cover_every_node() -> None:
+    cluster = Cluster(3)
+    _, alice = cluster.join(0, "alice")
+    cluster.join(1, "bob")
+    cluster.settle()
+    assert presences(alice) == [Presence("lobby", ["bob"], [], 2)]
+    _, carol = cluster.join(2, "carol")
+    [welcome] = [e for e in carol.take() if isinstance(e, Welcome)]
+    assert (welcome.users, welcome.count) == (["alice", "bob", "carol"], 3)
+    cluster.settle()
+    # The newcomer's welcome had it all: no batch repeats it.
+    assert presences(carol) == []
+    assert presences(alice) == [Presence("lobby", ["carol"], [], 3)]
+
+
+def test_a_takeover_from_another_node_closes_the_old_connection_silently() -> None:
+    cluster = Cluster(3)
+    _, watcher = cluster.join(2, "watcher")
+    old, old_peer = cluster.join(0, "alice")
+    cluster.settle()
+    watcher.take()
+    token = old.resume_token
+    world = cluster.worlds[1]
+    new, new_peer = world.connect("alice again")
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=token)))
+    assert new.resume_token == token
+    cluster.settle()
+    assert old_peer.replaced
+    assert presences(watcher) == []
+    assert presences(new_peer) == []
+    assert cluster.worlds[0].hub.rooms() == []
+    world.hub.leave(new, Leave("lobby"))
+    cluster.settle()
+    assert presences(watcher) == [Presence("lobby", [], ["alice"], 1)]
+
+
+def test_a_signed_user_on_two_nodes_shares_the_name_and_leaves_once() -> None:
+    cluster = Cluster(2)
+    _, watcher = cluster.join(0, "watcher")
+    tabs = []
+    for node in (0, 1):
+        world = cluster.worlds[node]
+        session, _ = world.connect("tab")
+        session.identity = _identity("u-1")
+        session.name = "alice"
+        run(world.hub.join(session, Join("lobby")))
+        tabs.append((world, session))
+    cluster.settle()
+    assert presences(watcher) == [
+        Presence("lobby", ["alice"], [], 2, subs={"alice": "u-1"}),
+    ]
+    first_world, first = tabs[0]
+    first_world.hub.disconnect(first)
+    cluster.settle()
+    assert presences(watcher) == []
+    second_world, second = tabs[1]
+    second_world.hub.disconnect(second)
+    cluster.settle()
+    assert presences(watcher) == [Presence("lobby", [], ["alice"], 1)]
+
+
+def test_a_dead_nodes_members_leave_everywhere() -> None:
+    cluster = Cluster(2)
+    _, watcher = cluster.join(0, "watcher")
+    cluster.join(1, "doomed")
+    cluster.settle()
+    watcher.take()
+    cluster.directory.drop("n1")
+    cluster.settle()
+    assert presences(watcher) == [Presence("lobby", [], ["doomed"], 1)]
+    # The name is free again.
+    cluster.join(0, "doomed")
+
+
+def test_a_name_lost_while_cut_off_takes_the_member_out() -> None:
+    cluster = Cluster(1)
+    session, peer = cluster.join(0, "alice")
+    cluster.settle()
+    peer.take()
+    cluster.worlds[0].hub._name_lost("lobby", "alice")
+    assert peer.take() == [Left("lobby", "taken")]
+    assert session.rooms == set()
+
+
+def _identity(sub: str) -> Identity:
+    return Identity(sub=sub, name="alice", exp_s=4_000_000_000.0)
+
+
+# Random sessions over three nodes: (action, node, who) with action join/leave/drop/flush.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["join", "leave", "drop", "flush", "batch"]),
+        st.integers(0, 2),
+        st.integers(0, 6),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps, limit=st.sampled_from([3, 1000]))
+def test_every_client_on_every_node_ends_with_the_true_member_list(
+    steps: list[tuple[str, int, int]], limit: int
+) -> None:
+    """Whatever joins, leaves and drops happen on which node, and however late the changes
+    reach the other nodes, once they have and a batch went out every member's own view
+    (welcome + batches) is the room's member list over all nodes."""
+    cluster = Cluster(3, Limits(member_list_limit=limit, rate_per_s=1000, burst=1000))
+    live: dict[int, tuple[int, Session, Peer, View]] = {}
+    for action, node, i in steps:
+        name = f"m{i}"
+        if action == "join" and i not in live:
+            try:
+                session, peer = cluster.join(node, name)
+            except errors.NameTaken:
+                continue
+            live[i] = (node, session, peer, View())
+        elif action in ("leave", "drop") and i in live:
+            where, session, _, _ = live.pop(i)
+            hub = cluster.worlds[where].hub
+            if action == "leave":
+                hub.leave(session, Leave("lobby"))
+            else:
+                hub.disconnect(session)
+        elif action == "flush":
+            cluster.directory.flush()
+        elif action == "batch":
+            cluster.worlds[node].batch()
+        for _, _, peer, view in live.values():
+            view.apply(peer.take())
+    cluster.settle()
+    truth = sorted(f"m{i}" for i in live)
+    for where, _, peer, view in live.values():
+        view.apply(peer.take())
+        assert cluster.worlds[where].hub.members("lobby") == truth
+        assert view.count == len(truth)
+        if len(truth) > limit:
+            assert view.names is None
+        else:
+            assert view.names is not None and sorted(view.names) == truth
