@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from .browser import (
 )
 from .client import Chat
 from .conftest import ServerFactory
+from .test_api import api_server, call
 
 sync_api = import_playwright()
 expect = sync_api.expect
@@ -279,6 +281,24 @@ def test_server_errors_show_beside_the_input(
     expect(second.locator("#error")).not_to_be_empty()
     second.locator("#messages li.failed button.discard").click()
     expect(failed).to_have_count(0)
+
+
+def test_a_kick_shows_and_opening_the_room_joins_again(
+    wschat_server: ServerFactory, open_chat: OpenChat, tmp_path: Path
+) -> None:
+    """A `left` the page did not ask for (an API kick) says so beside the input; opening the
+    room's tab joins it again."""
+    srv, api = api_server(wschat_server, tmp_path)
+    alice = open_chat(f"{srv.http_url}/#/lobby", "alice")
+    bot = Chat(srv.ws_url)
+    bot.join("lobby", "bot")
+    assert call(api, "POST", "/api/kick", {"room": "lobby", "name": "alice"})[0] == 200
+    bot.expect_presence(left=["alice"])
+    expect(alice.locator("#error")).to_contain_text("removed from the room")
+    alice.locator("#rooms button[data-room=lobby]").click()
+    bot.expect_presence(joined=["alice"])
+    bot_say(bot, "welcome back")
+    expect(delivered(alice, "welcome back")).to_have_count(1)
 
 
 def test_reconnects_after_the_server_is_killed_and_shows_missed_messages_once(

@@ -128,6 +128,26 @@ def test_a_killed_node_has_its_members_leave_within_the_bound(
     assert "went silent" not in a.log()
 
 
+def test_a_node_restarted_under_its_name_frees_its_old_names_at_once(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """systemd's Restart=always with a stable --node-name: the new process lets go of what
+    the killed one held as soon as it is up, without waiting for the lease to end."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    watcher = Chat(a.ws_url)
+    watcher.join("lobby", "watcher")
+    Chat(b.ws_url).join("lobby", "bob")
+    watcher.expect_presence(joined=["bob"])
+    b.kill()
+    killed = time.monotonic()
+    b.start()
+    watcher.expect_presence(left=["bob"], timeout=DEAD_NODE_BOUND_S)
+    took = time.monotonic() - killed
+    assert took < 9.0, f"left after {took:.1f}s: that is the lease, not the restart"
+    assert Chat(b.ws_url).join("lobby", "bob")["count"] == 2
+
+
 def test_a_token_takeover_across_nodes_is_silent(
     wschat_server: ServerFactory, redis: RedisServer
 ) -> None:

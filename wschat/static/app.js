@@ -595,7 +595,7 @@
       case 'presence': return onPresence(frame);
       case 'members': return onMembers(frame);
       case 'resync': return onResync(frame);
-      case 'left': takeAwaiting('leave', frame.room); return undefined;
+      case 'left': return onLeft(frame);
       case 'error': return onServerError(frame);
       case 'authed': return onAuthed(frame);
       default: return undefined; // newer server: ignore what we do not know
@@ -709,6 +709,20 @@
 
   // The server lost the thread of this room (its shared history skipped ahead of it): join
   // again with `since`, which answers with exactly what we missed or recovered:false.
+  function onLeft(frame) {
+    if (takeAwaiting('leave', frame.room)) return;
+    const room = state.rooms.get(frame.room);
+    if (!room || room.joinState !== 'joined') return;
+    // Taken out by the server: `kicked` by an admin or the application, or `taken` (the name
+    // went to someone else while this server was cut off from the others). The tab stays;
+    // opening it again joins again.
+    room.joinState = 'error';
+    renderAll();
+    showError(frame.reason === 'taken'
+      ? `#${room.name}: your name was taken while the server was cut off; open the room to join again`
+      : `#${room.name}: you were removed from the room; open it to join again`);
+  }
+
   function onResync(frame) {
     const room = state.rooms.get(frame.room);
     if (room && room.joinState === 'joined') sendJoin(room);
