@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ..jwtkit import write_secret
 from .client import Chat
 from .conftest import ServerFactory
 from .redis import RedisServer, nodes_on
+from .test_auth import signed_chat, token
 
 pytestmark = pytest.mark.e2e
 
@@ -198,3 +201,29 @@ def test_names_survive_a_redis_restart_without_persistence(
         time.sleep(0.2)
     assert Chat(b.ws_url).join("lobby", "carol")["users"] == ["alice", "bob", "carol"]
     alice.expect_presence(joined=["carol"])
+
+
+def test_signed_users_across_nodes_share_their_name_and_keep_their_subs(
+    wschat_server: ServerFactory, redis: RedisServer, tmp_path: Path
+) -> None:
+    """--auth with --redis: one user's tabs on two nodes share the name (it leaves when the
+    last one does), another user cannot take it, and `subs` reach the other node."""
+    secret = str(write_secret(tmp_path))
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a", "--jwt-secret-file", secret), node("b", "--jwt-secret-file", secret)
+    watcher, _ = signed_chat(a.ws_url, token("u-watch", name="Watcher"))
+    watcher.join("lobby")
+    tab1, _ = signed_chat(a.ws_url, token(name="Alice"))
+    tab2, _ = signed_chat(b.ws_url, token(name="Alice"))
+    tab1.join("lobby")
+    welcome = tab2.join("lobby")
+    assert (welcome["count"], welcome["subs"]) == (2, {"Alice": "u-alice", "Watcher": "u-watch"})
+    batch = watcher.expect_presence(joined=["Alice"])
+    assert batch["subs"] == {"Alice": "u-alice"}
+    other, _ = signed_chat(b.ws_url, token("u-mallory", name="Alice"))
+    other.send(type="join", room="lobby")
+    assert other.expect("error")["code"] == "name_taken"
+    tab2.close()
+    assert quiet_for(watcher, 1.0) == []
+    tab1.close()
+    assert watcher.expect_presence(left=["Alice"])["count"] == 1
