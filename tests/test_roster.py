@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wschat.chat import errors
-from wschat.chat.hub import Session
+from wschat.chat.hub import PARK_S, Session
 from wschat.chat.identity import Identity
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join, Leave, Left, Presence, Welcome
@@ -313,3 +313,35 @@ def test_every_client_on_every_node_ends_with_the_true_member_list(
             assert view.names is None
         else:
             assert view.names is not None and sorted(view.names) == truth
+
+
+def test_a_takeover_keeps_the_old_connections_other_rooms_for_its_rejoins() -> None:
+    """The old connection was in two rooms: the client's rejoin of the second one on the new
+    node moves that name silently as well; a room it does not come back to sees it leave
+    once the parking time is over."""
+    cluster = Cluster(3)
+    watchers = {room: cluster.join(2, f"w-{room}", room)[1] for room in ("lobby", "hall", "den")}
+    old_world = cluster.worlds[0]
+    old, old_peer = old_world.connect("alice")
+    for room in ("lobby", "hall", "den"):
+        run(old_world.hub.join(old, Join(room, "alice")))
+    cluster.settle()
+    for peer in watchers.values():
+        peer.take()
+    world = cluster.worlds[1]
+    new, _ = world.connect("alice again")
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    cluster.settle()
+    assert old_peer.replaced
+    old_world.hub.disconnect(old)  # as the protocol does once the 4001 close is done
+    run(world.hub.join(new, Join("hall", "alice", resume_token=new.resume_token)))
+    cluster.settle()
+    assert [presences(peer) for peer in watchers.values()] == [[], [], []]
+    old_world.clock.advance(PARK_S)
+    cluster.settle()
+    assert presences(watchers["den"]) == [Presence("den", [], ["alice"], 1)]
+    assert presences(watchers["hall"]) == presences(watchers["lobby"]) == []
+    assert old_world.hub.rooms() == []
+    assert {name for name, _ in world.hub.rooms()} == {"hall", "lobby"}
+    # The parked name was given back in Redis as well: anyone may take it now.
+    cluster.join(1, "alice", "den")

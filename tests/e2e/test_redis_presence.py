@@ -155,13 +155,17 @@ def test_a_token_takeover_across_nodes_is_silent(
     wschat_server: ServerFactory, redis: RedisServer
 ) -> None:
     """A client that comes back on another node with its resume token gets its name; the
-    old connection is closed with 4001 and the others see no presence change."""
+    old connection is closed with 4001 and the others see no presence change, in the room of
+    the takeover nor in the other room the client rejoins."""
     node = nodes_on(wschat_server, redis)
     a, b, c = node("a"), node("b"), node("c")
     watcher = Chat(c.ws_url)
     watcher.join("lobby", "watcher")
+    watcher.join("hall", "watcher")
     old = Chat(a.ws_url)
     token = old.join("lobby", "alice")["token"]
+    old.join("hall", "alice", token=token)
+    watcher.expect_presence(joined=["alice"])
     watcher.expect_presence(joined=["alice"])
     thief = Chat(b.ws_url)
     thief.send(type="join", room="lobby", name="alice", token="not-the-token")
@@ -170,6 +174,8 @@ def test_a_token_takeover_across_nodes_is_silent(
     welcome = new.join("lobby", "alice", token=token)
     assert (welcome["count"], welcome["token"]) == (2, token)
     assert old.expect_close()[0] == 4001
+    # The client rejoins its other room on the new node too: that name moves silently as well.
+    assert new.join("hall", "alice", token=token)["count"] == 2
     assert quiet_for(watcher, 1.0) == []
     new.say("lobby", "still me")
     assert watcher.expect("message")["text"] == "still me"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Callable, Collection
+from functools import partial
 from typing import Any
 
 from .broker import Broker, RoomEvent
@@ -56,6 +57,10 @@ from .model import (
 from .ratelimit import TokenBucket
 from .room import Room
 from .roster import Claim, Held, LocalRoster, Moved, NodeGone, Released, Roster, RosterChange
+
+# A connection replaced from another node keeps its names in its other rooms this long, so
+# that the client's rejoins there (with its token) move them silently too.
+PARK_S = 10.0
 
 Fanout = Callable[[Collection["Session"], RoomEvent], None]
 # reactor.callLater, or task.Clock's in tests.
@@ -139,6 +144,8 @@ class Hub:
         # `subs`/`guests` and cost nothing more to build.
         self._identities = False
         self._roster: Roster = roster if roster is not None else LocalRoster()
+        # (room, name) this node still holds for a connection replaced from another node.
+        self._parked: set[tuple[str, str]] = set()
         broker.attach(self._deliver, self._resync)
         self._roster.attach(self._roster_changed, self._name_lost)
 
@@ -417,12 +424,19 @@ class Hub:
         members.remove(session.name)
         if release:
             self._roster.release(room, session.name)
-        if not members.local_count:
-            del self._rooms[room]
-            self._broker.unwatch(room)
-            self._roster.unwatch(room)
+        self._drop_if_unused(room, members)
         if len(members) != present:
             self._mark(room, members)
+
+    def _drop_if_unused(self, name: str, room: Room[Session]) -> None:
+        """No member here and nothing parked: stop following the room."""
+        if room.local_count or self._rooms.get(name) is not room:
+            return
+        if self._parked and any(key[0] == name for key in self._parked):
+            return
+        del self._rooms[name]
+        self._broker.unwatch(name)
+        self._roster.unwatch(name)
 
     def _mark(self, name: str, room: Room[Session]) -> None:
         if not self._marked:
@@ -529,8 +543,11 @@ class Hub:
         else:
             if any(h.user is not None or h.guest for h in change.holdings):
                 self._identities = True
+            parked = self._parked
             changed = room.reset_others(
-                (h.name, h.node, h.user, h.guest) for h in change.holdings if h.node != node
+                (h.name, h.node, h.user, h.guest)
+                for h in change.holdings
+                if h.node != node or (name, h.name) in parked
             )
         if changed:
             self._mark(name, room)
@@ -546,10 +563,43 @@ class Hub:
                 user, guest = holder.user, holder.guest
             room.hold(change.name, change.new, user, guest)
         changed = room.let_go(change.name, change.old)
-        if change.old == node and holder is not None:
-            self._exit(holder, name, release=False)
-            holder.close_replaced()
+        if change.old == node:
+            self._parked.discard((name, change.name))
+            if holder is not None:
+                self._exit(holder, name, release=False)
+                self._park(holder)
+                holder.close_replaced()
+            else:
+                self._drop_if_unused(name, room)
         return changed
+
+    def _park(self, session: Session) -> None:
+        """The connection was taken over from another node: in its other rooms its name stays
+        held here for PARK_S, for the client's rejoins (which move it silently), then goes."""
+        name = session.name
+        assert name is not None
+        node = self._roster.node
+        for room_name in list(session.rooms):
+            room = self._rooms[room_name]
+            session.rooms.discard(room_name)
+            if room.get(name) is not session:
+                continue
+            room.hold(name, node, session.user, session.guest)
+            room.remove(name)
+            self._parked.add((room_name, name))
+            self._schedule(PARK_S, partial(self._unpark, room_name, name))
+
+    def _unpark(self, room_name: str, name: str) -> None:
+        if (room_name, name) not in self._parked:
+            return  # moved meanwhile
+        self._parked.discard((room_name, name))
+        self._roster.release(room_name, name)
+        room = self._rooms.get(room_name)
+        if room is None:
+            return
+        if room.let_go(name, self._roster.node):
+            self._mark(room_name, room)
+        self._drop_if_unused(room_name, room)
 
     def _name_lost(self, room: str, name: str) -> None:
         """This node was cut off long enough for its claim to lapse, and another node's
