@@ -145,6 +145,7 @@ class RedisHistory:
         self._link = link
         self._keep = keep
         self._new_epoch = new_epoch
+        link.preload(APPEND, AFTER, EPOCH)
 
     async def append(
         self,

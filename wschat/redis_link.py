@@ -187,6 +187,8 @@ class RedisLink(MultiService):
         self._down_since: float | None = reactor.seconds()
         # Since when both connections have been up (None while not).
         self.up_since: float | None = None
+        self._stopping = False
+        self._scripts: list[Script] = []
         self._logged_down = False
         endpoint = endpoint_for(address, reactor)
         commands = ClientService(
@@ -218,11 +220,16 @@ class RedisLink(MultiService):
         self._probe.start(PROBE_INTERVAL_S, now=False)
 
     def stopService(self) -> Deferred[None]:
+        self._stopping = True
         if self._probe.running:
             self._probe.stop()
         if self._down_check is not None and self._down_check.active():
             self._down_check.cancel()
         return super().stopService()
+
+    def preload(self, *scripts: Script) -> None:
+        """Load these scripts into Redis on every connect."""
+        self._scripts.extend(scripts)
 
     async def call(self, *args: Any) -> Any:
         """Run one command; Unavailable if Redis is out of reach or does not answer."""
@@ -263,6 +270,10 @@ class RedisLink(MultiService):
 
     async def _commands_ready_async(self, protocol: Any) -> None:
         await protocol.whenConnected()
+        # Loaded before anything runs: a command sent on the way out (a release while the node
+        # stops) then needs no second round trip for NOSCRIPT.
+        for script in self._scripts:
+            await protocol.execute_command("SCRIPT", "LOAD", script.source)
         self._commands = protocol
         # (ClientService hands us a proxy of the protocol: compare with what we were handed.)
         protocol.whenDisconnected().addCallback(lambda _: self._commands_lost(protocol))
@@ -317,6 +328,8 @@ class RedisLink(MultiService):
 
     def _went_down(self) -> None:
         self.up_since = None
+        if self._stopping:
+            return  # closed by us on the way out: not an outage
         if self._down_since is None:
             self._down_since = self._reactor.seconds()
             self._logged_down = False

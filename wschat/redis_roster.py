@@ -283,6 +283,7 @@ class RedisRoster(Service):
         self._link = link
         self._clock = clock
         self.node = link.node
+        link.preload(CLAIM, RELEASE, SNAPSHOT, DROP, SYNC, RENEW, EXPIRED)
         self._on_change: OnChange | None = None
         self._on_lost: Callable[[str, str], None] | None = None
         self._rooms: dict[str, _Watched] = {}

@@ -11,6 +11,7 @@ import pytest
 from ..jwtkit import write_secret
 from .client import Chat
 from .conftest import ServerFactory
+from .process import CLEAN_STOP_CODES
 from .redis import RedisServer, nodes_on
 from .test_auth import signed_chat, token
 
@@ -233,3 +234,22 @@ def test_signed_users_across_nodes_share_their_name_and_keep_their_subs(
     assert quiet_for(watcher, 1.0) == []
     tab1.close()
     assert watcher.expect_presence(left=["Alice"])["count"] == 1
+
+
+def test_a_node_stopped_gracefully_lets_go_of_its_names_at_once(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """SIGTERM drains the node: its members' connections close, their names are let go in
+    Redis then, not a lease later, and its log has no outage in it."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    watcher = Chat(a.ws_url)
+    watcher.join("lobby", "watcher")
+    Chat(b.ws_url).join("lobby", "bob")
+    watcher.expect_presence(joined=["bob"])
+    stopped = time.monotonic()
+    assert b.stop() in CLEAN_STOP_CODES
+    watcher.expect_presence(left=["bob"], timeout=DEAD_NODE_BOUND_S)
+    took = time.monotonic() - stopped
+    assert took < 6.0, f"left after {took:.1f}s: that is the lease, not the drain"
+    assert "out of reach" not in b.log()
