@@ -190,10 +190,11 @@ def stop_process(proc, timeout=3.0):
 
 
 class Server:
-    def __init__(self, name, opts, logdir, tag, extra_args=()):
+    def __init__(self, name, opts, logdir, tag, extra_args=(), cpu=SERVER_CPU):
         self.name = name
         self.opts = opts
         self.extra_args = list(extra_args)
+        self.cpu = cpu
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"wschat-bench-{name}-")
         self.logpath = os.path.join(logdir, f"{tag}-server.log")
@@ -235,7 +236,7 @@ class Server:
             ]
         else:
             raise ValueError(self.name)
-        return ["taskset", "-c", SERVER_CPU, *cmd]
+        return ["taskset", "-c", self.cpu, *cmd]
 
     def start(self):
         self.logf = open(self.logpath, "ab")
@@ -294,7 +295,7 @@ def generator_for(opts, mode):
 
 
 class LoadGen:
-    def __init__(self, opts, cfg, logdir, tag):
+    def __init__(self, opts, cfg, logdir, tag, cpu=LOADGEN_CPU):
         self.cfg = cfg
         self.generator = generator_for(opts, cfg["mode"])
         self.errpath = os.path.join(logdir, f"{tag}-gen{cfg['gen']}.log")
@@ -304,7 +305,7 @@ class LoadGen:
         else:
             argv = [opts.node, LOADGEN, json.dumps(cfg)]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", LOADGEN_CPU, *argv],
+            ["taskset", "-c", cpu, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errf,
@@ -395,7 +396,11 @@ def split(n, parts):
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
+def start_gens(
+    opts, server, mode, total_clients, gens, tag, extra, senders=0, urls=None, cpus=None
+):
+    """One generator per part of the clients; `urls` and `cpus` (multinode) give each
+    generator its own server and CPU list."""
     counts = split(total_clients, gens)
     sender_counts = split(senders, gens)
     out, offset, sid = [], 0, 0
@@ -403,7 +408,7 @@ def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
         cfg = dict(
             mode=mode,
             proto=server.proto,
-            url=server.url,
+            url=urls[g] if urls else server.url,
             gen=g,
             clients=counts[g],
             offset=offset,
@@ -416,7 +421,8 @@ def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
         cfg.update(extra)
         if mode == "connect":
             cfg["concurrency"] = max(1, extra.get("concurrency", 50) // gens)
-        out.append(LoadGen(opts, cfg, opts.logdir, f"{tag}"))
+        cpu = cpus[g] if cpus else LOADGEN_CPU
+        out.append(LoadGen(opts, cfg, opts.logdir, f"{tag}", cpu=cpu))
         offset += counts[g]
         sid += sender_counts[g]
     return out
@@ -426,17 +432,35 @@ def connect_timeout(n):
     return 60 + n / 50.0
 
 
-def run_traffic(opts, server, scen, s, gens, tag):
-    """fanout / steady: connect the room, then send; returns the merged record."""
+def run_traffic(opts, server, scen, s, gens, tag, layout=None):
+    """fanout / steady: connect the room, then send; returns the merged record.
+
+    `layout` (multinode): `urls` and `cpus` of the generators, `room`, `spin_us`, and `watch`,
+    {label: pid} of processes whose CPU % is measured over the same window as the server's."""
+    layout = layout or {}
     mode = "fanout" if scen in ("fanout", "fanout2", "bigroom_fanout") else "steady"
     extra = dict(warmup=s["warmup"], duration=s["duration"])
+    if "room" in layout:
+        extra["room"] = layout["room"]
     if mode == "fanout":
         extra["inflight"] = s["inflight"]
     else:
         extra["rate"] = s["rate"]
         extra["totalSenders"] = s["senders"]
-        extra["spinUs"] = opts.gen_spin_us
-    lgs = start_gens(opts, server, mode, s["clients"], gens, tag, extra, senders=s["senders"])
+        extra["spinUs"] = layout.get("spin_us", opts.gen_spin_us)
+    watch = layout.get("watch", {})
+    lgs = start_gens(
+        opts,
+        server,
+        mode,
+        s["clients"],
+        gens,
+        tag,
+        extra,
+        senders=s["senders"],
+        urls=layout.get("urls"),
+        cpus=layout.get("cpus"),
+    )
     try:
         readies = [lg.wait_event("ready", connect_timeout(s["clients"])) for lg in lgs]
         time.sleep(0.5)  # let the last presence broadcasts drain
@@ -445,11 +469,19 @@ def run_traffic(opts, server, scen, s, gens, tag):
         # server CPU over (about) the generators' measuring window
         time.sleep(s["warmup"] + 0.05)
         cpu0, t0, st0 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        w0 = {k: proc_cpu_seconds(pid) for k, pid in watch.items()}
         time.sleep(max(0.1, s["duration"] - 0.1))
         cpu1, t1, st1 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        w1 = {k: proc_cpu_seconds(pid) for k, pid in watch.items()}
         server_cpu = (
             (cpu1 - cpu0) / (t1 - t0) * 100 if cpu0 is not None and cpu1 is not None else None
         )
+        watched_cpu = {
+            k: round((w1[k] - w0[k]) / (t1 - t0) * 100, 1)
+            if w0[k] is not None and w1[k] is not None
+            else None
+            for k in watch
+        }
         results = [lg.wait_event("result", 60) for lg in lgs]
         rss = rss_kib(server.proc.pid)
     finally:
@@ -496,6 +528,8 @@ def run_traffic(opts, server, scen, s, gens, tag):
         window_s=window,
     )
     rec["generator"] = lgs[0].generator
+    if watch:
+        rec["cpu_percent_by_process"] = watched_cpu
     if mode == "steady":
         rec["target_deliveries_per_s"] = s["senders"] * s["rate"] * s["clients"]
     return rec
@@ -642,6 +676,24 @@ def run_storm(opts, server, s, tag):
     )
 
 
+def wait_quiet(opts, tag):
+    """Waits (up to --wait-idle seconds) for the other processes on the machine to quieten
+    down; returns how busy each CPU was in the last 0.5 s, and warns when it stayed busy."""
+    deadline = time.monotonic() + opts.wait_idle
+    while True:
+        before = cpu_times()
+        time.sleep(0.5)
+        busy = cpu_busy(before, cpu_times())
+        if max(busy.values(), default=0) <= 15 or time.monotonic() > deadline:
+            break
+    if max(busy.values(), default=0) > 15:
+        log(
+            f"  warning: the machine was busy before {tag}: {busy} % "
+            "(other processes share the CPUs; numbers will be noisy)"
+        )
+    return busy
+
+
 def run_one(opts, server_name, scen, s, run_idx, outf):
     tag = f"{scen}-{server_name}-{run_idx}"
     gens = max(2, opts.gens) if scen == "fanout2" else opts.gens
@@ -659,22 +711,7 @@ def run_one(opts, server_name, scen, s, run_idx, outf):
         params=sz,
         time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    # Wait (up to --wait-idle seconds) for the other processes on the machine to quieten down.
-    deadline = time.monotonic() + opts.wait_idle
-    while True:
-        before = cpu_times()
-        time.sleep(0.5)
-        rec["cpu_busy_before_percent"] = cpu_busy(before, cpu_times())
-        if (
-            max(rec["cpu_busy_before_percent"].values(), default=0) <= 15
-            or time.monotonic() > deadline
-        ):
-            break
-    if max(rec["cpu_busy_before_percent"].values(), default=0) > 15:
-        log(
-            f"  warning: the machine was busy before {tag}: {rec['cpu_busy_before_percent']} % "
-            "(other processes share the CPUs; numbers will be noisy)"
-        )
+    rec["cpu_busy_before_percent"] = wait_quiet(opts, tag)
     try:
         server.start()
         if scen in ("fanout", "fanout2", "steady", "bigroom_fanout"):
