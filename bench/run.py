@@ -825,7 +825,10 @@ def log_problems(paths):
                         continue
                     out["at_stop" if stopping else "before_stop"] += 1
                     if len(out["sample"]) < 5:
-                        out["sample"].append(f"{os.path.basename(path)}: {line.strip()[:300]}")
+                        when = "during the stop: " if stopping else ""
+                        out["sample"].append(
+                            f"{when}{os.path.basename(path)}: {line.strip()[:300]}"
+                        )
         except OSError:
             pass
     return out
@@ -1589,7 +1592,7 @@ def multinode_sections(records, s):
         lines.append("")
     samples = [x for r in recs for x in r.get("log_problems", {}).get("sample", [])]
     if samples:
-        lines += ["Node log lines (errors/warnings, first of each phase):", ""]
+        lines += ["Error and warning lines of the node logs (the first 5 of each phase):", ""]
         lines += [f"- `{x}`" for x in dict.fromkeys(samples)]
         lines.append("")
     return lines
