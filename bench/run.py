@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import queue
+import re
 import resource
 import shutil
 import signal
@@ -810,10 +811,19 @@ def wait_redis_up(node, timeout=15.0):
     raise RuntimeError(f"node on port {node.port}: Redis not up in {timeout:.0f} s ({last})")
 
 
+def log_kind(line):
+    """A log line without its time stamp, with Redis URLs and numbers made alike, so that the
+    same event logged in many phases is listed once."""
+    text = line.strip().split(" ", 1)[-1][:300]
+    text = re.sub(r"redis(s)?://\S+", "redis://…", text)
+    return re.sub(r"\d+", "N", text)
+
+
 def log_problems(paths):
     """Error and warning lines (and tracebacks) of the nodes' logs, those before the stop
-    (SIGTERM) apart from those during it: lost messages or a dropped subscription show there."""
-    out = dict(before_stop=0, at_stop=0, sample=[])
+    (SIGTERM) apart from those during it: lost messages or a dropped subscription show there.
+    `kinds` counts them by log_kind (prefixed "stop|" or "run|"); `sample` keeps the first."""
+    out = dict(before_stop=0, at_stop=0, kinds={}, sample=[])
     for path in paths:
         stopping = False
         try:
@@ -824,11 +834,10 @@ def log_problems(paths):
                     if not any(k in line for k in ("#error]", "#critical]", "#warn]", "Traceback")):
                         continue
                     out["at_stop" if stopping else "before_stop"] += 1
+                    key = ("stop|" if stopping else "run|") + log_kind(line)
+                    out["kinds"][key] = out["kinds"].get(key, 0) + 1
                     if len(out["sample"]) < 5:
-                        when = "during the stop: " if stopping else ""
-                        out["sample"].append(
-                            f"{when}{os.path.basename(path)}: {line.strip()[:300]}"
-                        )
+                        out["sample"].append(f"{os.path.basename(path)}: {line.strip()[:300]}")
         except OSError:
             pass
     return out
@@ -1014,6 +1023,8 @@ def run_multinode(opts, s, run_idx, outf):
     def emit(rec):
         rec["wschat_git"] = rev
         rec["redis_version"] = opts.redis_version
+        rel = os.path.relpath(opts.logdir, ROOT)
+        rec["logdir"] = opts.logdir if rel.startswith("..") else rel
         outf.write(json.dumps(rec) + "\n")
         outf.flush()
         log(f"  multinode-{rec['part']}-{rec['setup']}-{run_idx}: {short(rec)}")
@@ -1590,12 +1601,42 @@ def multinode_sections(records, s):
         lines += ["**Failed phases:**", ""]
         lines += [f"- {r['part']} / {r['setup']} run {r['run']}: {r.get('error')}" for r in fails]
         lines.append("")
-    samples = [x for r in recs for x in r.get("log_problems", {}).get("sample", [])]
-    if samples:
-        lines += ["Error and warning lines of the node logs (the first 5 of each phase):", ""]
-        lines += [f"- `{x}`" for x in dict.fromkeys(samples)]
-        lines.append("")
+    lines += multinode_log_kinds(recs)
     return lines
+
+
+def multinode_log_kinds(recs):
+    """Each kind of error/warning line of the node logs once, with where it was logged."""
+    kinds, seen = {}, set()
+    for r in recs:
+        # the two say parts of a setup share one node, and so one log
+        phase = f"{'say' if r['part'].startswith('say') else r['part']} / {r['setup']}"
+        if (r["run"], phase) in seen:
+            continue
+        seen.add((r["run"], phase))
+        for key, n in r.get("log_problems", {}).get("kinds", {}).items():
+            k = kinds.setdefault(key, dict(lines=0, phases={}))
+            k["lines"] += n
+            k["phases"][phase] = k["phases"].get(phase, 0) + 1
+    if not kinds:
+        return []
+    runs = len({r["run"] for r in recs})
+    out = [
+        f"Error and warning lines in the node logs over the {runs} run(s) (numbers shown as N; "
+        f"the logs are in `{recs[0].get('logdir')}/`), and the phases (× runs) they were "
+        "logged in:",
+        "",
+    ]
+    for key in sorted(kinds, key=lambda k: (k.startswith("stop|"), k)):
+        when, text = key.split("|", 1)
+        k = kinds[key]
+        where = ", ".join(f"{p} × {n}" for p, n in sorted(k["phases"].items()))
+        out.append(
+            f"- {'during the stop (SIGTERM)' if when == 'stop' else 'while running'}: "
+            f"`{text}`: {k['lines']} line(s); {where}"
+        )
+    out.append("")
+    return out
 
 
 def multinode_redis_limit(recs, ok):
