@@ -7,11 +7,13 @@ pinned to CPU 0 and the load generator pinned to CPU 1 (bench/cgen/loadgen, in C
 steady when it is built or can be built with `cc`; else, and for connect / idle_max, the Node
 generator bench/loadgen.js; see --gen), a fresh server per run, several runs per scenario.
 Writes raw JSON lines to bench/results/, prints a markdown table, and with --docs writes
-docs/benchmarks.md.
+docs/benchmarks.md. The `multinode` scenario (only when named) runs wschat against itself: one
+node against two on a redis-server of its own, and the cost of a `say` through Redis.
 
     python bench/run.py --quick                     # < 2 minutes
     python bench/run.py --docs docs/benchmarks.md   # the full suite
     python bench/run.py --servers wschat,node --scenarios fanout --runs 5
+    python bench/run.py --servers wschat --scenarios multinode [--quick]
 
 Only the standard library is used here; the peers need a Python with autobahn and websockets
 (--python, by default the interpreter next to --twistd) and Node with `npm ci` done in bench/.
@@ -23,6 +25,7 @@ import json
 import os
 import platform
 import queue
+import re
 import resource
 import shutil
 import signal
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -47,6 +51,9 @@ GEN_LABELS = {"c": "C (`bench/cgen/loadgen`)", "node": "Node (`bench/loadgen.js`
 
 SERVER_CPU = "0"
 LOADGEN_CPU = "1"
+# "Unpinned": every CPU. Explicit, because this process pins itself (and so its children) to
+# LOADGEN_CPU.
+ALL_CPUS = f"0-{(os.cpu_count() or 1) - 1}"
 ALL_SERVERS = ["wschat", "node", "autobahn", "websockets", "null"]
 # "null" (bench/tools/null_server.js) is no peer: it frames each message once and writes once per
 # client per event-loop turn, to show what the load generator can take (fan-out) and the latency
@@ -55,10 +62,21 @@ NULL_SCENARIOS = ("fanout", "fanout2", "steady")
 # One room of 10,000 and more (issue: big rooms). bigroom_join_<N> scenarios are added by
 # --bigroom-sizes for the sweep that shows the work per join not growing with the room.
 BIGROOM_SCENARIOS = ["bigroom_join", "bigroom_join_max", "bigroom_fanout", "bigroom_storm"]
-ALL_SCENARIOS = ["fanout", "fanout2", "steady", "connect", "idle_max", *BIGROOM_SCENARIOS]
+ALL_SCENARIOS = [
+    "fanout",
+    "fanout2",
+    "steady",
+    "connect",
+    "idle_max",
+    *BIGROOM_SCENARIOS,
+    "multinode",
+]
 QUICK_SKIPS = ("fanout2", "idle_max", "bigroom_join_max", "bigroom_storm")
+# Run only when named in --scenarios: multinode needs a redis-server and compares wschat with
+# itself (one node against two on one Redis), not with the peers.
+OPT_IN_SCENARIOS = ("multinode",)
 # Only wschat has rooms, history and `since`; the storm needs all three.
-WSCHAT_ONLY_SCENARIOS = ("bigroom_storm",)
+WSCHAT_ONLY_SCENARIOS = ("bigroom_storm", "multinode")
 # The peers have no rooms: their figures for a big-room fan-out are their fan-out to that many.
 BIGROOM_PEERS = ("wschat", "node")
 SERVER_LABELS = {
@@ -91,6 +109,11 @@ def settings(quick):
             "bigroom_join_max": dict(clients=4000, room_size=4000, concurrency=50),
             "bigroom_fanout": dict(clients=2000, senders=10, inflight=8, warmup=1.0, duration=2.0),
             "bigroom_storm": dict(clients=1000, senders=10, messages=20, concurrency=50),
+            "multinode": dict(
+                fanout=dict(clients=400, senders=10, inflight=8, warmup=1.0, duration=3.0),
+                steady=dict(clients=400, senders=10, rate=5.0, warmup=1.0, duration=4.0),
+                say=dict(says=500, serial_max_s=10.0, senders=32, warmup=1.0, duration=3.0),
+            ),
         }
     return {
         "runs": 3,
@@ -105,6 +128,12 @@ def settings(quick):
         "bigroom_join_max": dict(clients=19000, room_size=19000, concurrency=50),
         "bigroom_fanout": dict(clients=10000, senders=10, inflight=8, warmup=2.0, duration=8.0),
         "bigroom_storm": dict(clients=10000, senders=10, messages=20, concurrency=50),
+        # Each phase about 10 s; one run of all 14 phases takes about 3 minutes here.
+        "multinode": dict(
+            fanout=dict(clients=1000, senders=10, inflight=8, warmup=2.0, duration=8.0),
+            steady=dict(clients=1000, senders=10, rate=5.0, warmup=2.0, duration=10.0),
+            say=dict(says=2000, serial_max_s=20.0, senders=32, warmup=1.0, duration=8.0),
+        ),
     }
 
 
@@ -190,10 +219,11 @@ def stop_process(proc, timeout=3.0):
 
 
 class Server:
-    def __init__(self, name, opts, logdir, tag, extra_args=()):
+    def __init__(self, name, opts, logdir, tag, extra_args=(), cpu=SERVER_CPU):
         self.name = name
         self.opts = opts
         self.extra_args = list(extra_args)
+        self.cpu = cpu
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"wschat-bench-{name}-")
         self.logpath = os.path.join(logdir, f"{tag}-server.log")
@@ -235,7 +265,7 @@ class Server:
             ]
         else:
             raise ValueError(self.name)
-        return ["taskset", "-c", SERVER_CPU, *cmd]
+        return ["taskset", "-c", self.cpu, *cmd]
 
     def start(self):
         self.logf = open(self.logpath, "ab")
@@ -294,7 +324,7 @@ def generator_for(opts, mode):
 
 
 class LoadGen:
-    def __init__(self, opts, cfg, logdir, tag):
+    def __init__(self, opts, cfg, logdir, tag, cpu=LOADGEN_CPU):
         self.cfg = cfg
         self.generator = generator_for(opts, cfg["mode"])
         self.errpath = os.path.join(logdir, f"{tag}-gen{cfg['gen']}.log")
@@ -304,7 +334,7 @@ class LoadGen:
         else:
             argv = [opts.node, LOADGEN, json.dumps(cfg)]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", LOADGEN_CPU, *argv],
+            ["taskset", "-c", cpu, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errf,
@@ -395,7 +425,11 @@ def split(n, parts):
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
+def start_gens(
+    opts, server, mode, total_clients, gens, tag, extra, senders=0, urls=None, cpus=None
+):
+    """One generator per part of the clients; `urls` and `cpus` (multinode) give each
+    generator its own server and CPU list."""
     counts = split(total_clients, gens)
     sender_counts = split(senders, gens)
     out, offset, sid = [], 0, 0
@@ -403,7 +437,7 @@ def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
         cfg = dict(
             mode=mode,
             proto=server.proto,
-            url=server.url,
+            url=urls[g] if urls else server.url,
             gen=g,
             clients=counts[g],
             offset=offset,
@@ -416,7 +450,8 @@ def start_gens(opts, server, mode, total_clients, gens, tag, extra, senders=0):
         cfg.update(extra)
         if mode == "connect":
             cfg["concurrency"] = max(1, extra.get("concurrency", 50) // gens)
-        out.append(LoadGen(opts, cfg, opts.logdir, f"{tag}"))
+        cpu = cpus[g] if cpus else LOADGEN_CPU
+        out.append(LoadGen(opts, cfg, opts.logdir, f"{tag}", cpu=cpu))
         offset += counts[g]
         sid += sender_counts[g]
     return out
@@ -426,17 +461,35 @@ def connect_timeout(n):
     return 60 + n / 50.0
 
 
-def run_traffic(opts, server, scen, s, gens, tag):
-    """fanout / steady: connect the room, then send; returns the merged record."""
+def run_traffic(opts, server, scen, s, gens, tag, layout=None):
+    """fanout / steady: connect the room, then send; returns the merged record.
+
+    `layout` (multinode): `urls` and `cpus` of the generators, `room`, `spin_us`, and `watch`,
+    {label: pid} of processes whose CPU % is measured over the same window as the server's."""
+    layout = layout or {}
     mode = "fanout" if scen in ("fanout", "fanout2", "bigroom_fanout") else "steady"
     extra = dict(warmup=s["warmup"], duration=s["duration"])
+    if "room" in layout:
+        extra["room"] = layout["room"]
     if mode == "fanout":
         extra["inflight"] = s["inflight"]
     else:
         extra["rate"] = s["rate"]
         extra["totalSenders"] = s["senders"]
-        extra["spinUs"] = opts.gen_spin_us
-    lgs = start_gens(opts, server, mode, s["clients"], gens, tag, extra, senders=s["senders"])
+        extra["spinUs"] = layout.get("spin_us", opts.gen_spin_us)
+    watch = layout.get("watch", {})
+    lgs = start_gens(
+        opts,
+        server,
+        mode,
+        s["clients"],
+        gens,
+        tag,
+        extra,
+        senders=s["senders"],
+        urls=layout.get("urls"),
+        cpus=layout.get("cpus"),
+    )
     try:
         readies = [lg.wait_event("ready", connect_timeout(s["clients"])) for lg in lgs]
         time.sleep(0.5)  # let the last presence broadcasts drain
@@ -445,11 +498,19 @@ def run_traffic(opts, server, scen, s, gens, tag):
         # server CPU over (about) the generators' measuring window
         time.sleep(s["warmup"] + 0.05)
         cpu0, t0, st0 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        w0 = {k: proc_cpu_seconds(pid) for k, pid in watch.items()}
         time.sleep(max(0.1, s["duration"] - 0.1))
         cpu1, t1, st1 = proc_cpu_seconds(server.proc.pid), time.monotonic(), cpu_times()
+        w1 = {k: proc_cpu_seconds(pid) for k, pid in watch.items()}
         server_cpu = (
             (cpu1 - cpu0) / (t1 - t0) * 100 if cpu0 is not None and cpu1 is not None else None
         )
+        watched_cpu = {
+            k: round((w1[k] - w0[k]) / (t1 - t0) * 100, 1)
+            if w0[k] is not None and w1[k] is not None
+            else None
+            for k in watch
+        }
         results = [lg.wait_event("result", 60) for lg in lgs]
         rss = rss_kib(server.proc.pid)
     finally:
@@ -496,6 +557,8 @@ def run_traffic(opts, server, scen, s, gens, tag):
         window_s=window,
     )
     rec["generator"] = lgs[0].generator
+    if watch:
+        rec["cpu_percent_by_process"] = watched_cpu
     if mode == "steady":
         rec["target_deliveries_per_s"] = s["senders"] * s["rate"] * s["clients"]
     return rec
@@ -642,6 +705,377 @@ def run_storm(opts, server, s, tag):
     )
 
 
+# --------------------------------------------------------------------------- multinode
+
+SAY_CLIENT = os.path.join(BENCH, "say_client.py")
+# One node against two on one Redis (run without persistence): the fan-out and steady figures.
+MULTINODE_SETUPS = [
+    dict(key="1node-sqlite", label="1 node, SQLite (no Redis)", nodes=1, redis=False),
+    dict(key="1node-redis", label="1 node + Redis", nodes=1, redis=True),
+    dict(key="2nodes-redis", label="2 nodes + Redis", nodes=2, redis=True),
+]
+# What the ack of a `say` waits for. SQLite's commit (WAL, synchronous=NORMAL) does not fsync.
+SAY_SETUPS = [
+    dict(key="sqlite", label="SQLite (no Redis)", persistence=None),
+    dict(key="redis-none", label="Redis, no persistence", persistence="none"),
+    dict(key="redis-everysec", label="Redis, `appendfsync everysec`", persistence="everysec"),
+    dict(key="redis-always", label="Redis, `appendfsync always`", persistence="always"),
+]
+REDIS_PERSISTENCE_ARGS = {
+    "none": ["--appendonly", "no"],
+    "everysec": ["--appendonly", "yes", "--appendfsync", "everysec"],
+    "always": ["--appendonly", "yes", "--appendfsync", "always"],
+}
+REDIS_PERSISTENCE_LABELS = {
+    None: "– (SQLite)",
+    "none": "none (`--save '' --appendonly no`)",
+    "everysec": "`appendonly yes`, `appendfsync everysec`",
+    "always": "`appendonly yes`, `appendfsync always`",
+}
+
+
+def multinode_layout(nodes):
+    """CPU lists (taskset -c) of each process. With 2 cores there is none to spare: one node
+    gets CPU 0 and its generator CPU 1, as in the other scenarios; two nodes get a core each,
+    and then the generators and Redis can only share the cores with them, so they are left to
+    the scheduler (all CPUs) rather than put on one node's core."""
+    if nodes == 1:
+        return dict(nodes=[SERVER_CPU], gens=[LOADGEN_CPU], redis=ALL_CPUS)
+    return dict(nodes=[SERVER_CPU, LOADGEN_CPU], gens=[ALL_CPUS, ALL_CPUS], redis=ALL_CPUS)
+
+
+class Redis:
+    """A redis-server of the benchmark's own: a free port, a fresh directory (its AOF on the
+    same disk as the SQLite history of the other runs), stopped and removed at the end."""
+
+    def __init__(self, opts, tag, persistence, cpu=ALL_CPUS):
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="wschat-bench-redis-")
+        self.logpath = os.path.join(opts.logdir, f"{tag}-redis.log")
+        self.persistence = persistence
+        self.cpu = cpu
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.argv = [
+            "taskset",
+            "-c",
+            cpu,
+            opts.redis_server,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.tmp,
+            "--save",
+            "",
+            *REDIS_PERSISTENCE_ARGS[persistence],
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+        ]
+        self.proc = None
+        self.logf = None
+
+    def start(self):
+        self.logf = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf
+        )
+        if not wait_port(self.port, self.proc):
+            self.stop()
+            raise RuntimeError(f"redis-server did not start; see {self.logpath}")
+
+    def stop(self):
+        stop_process(self.proc)
+        if self.logf:
+            self.logf.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_redis_up(node, timeout=15.0):
+    """A node listens before its Redis link is up; its /healthz says when it is."""
+    url = f"http://127.0.0.1:{node.port}/healthz"
+    deadline = time.monotonic() + timeout
+    last = None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+    while time.monotonic() < deadline:
+        try:
+            with opener.open(url, timeout=2) as r:
+                last = json.loads(r.read())
+        except (OSError, ValueError) as e:
+            last = str(e)
+        if isinstance(last, dict) and last.get("redis") == "up":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"node on port {node.port}: Redis not up in {timeout:.0f} s ({last})")
+
+
+def log_kind(line):
+    """A log line without its time stamp, with Redis URLs and numbers made alike, so that the
+    same event logged in many phases is listed once."""
+    text = line.strip().split(" ", 1)[-1][:300]
+    text = re.sub(r"redis(s)?://\S+", "redis://…", text)
+    return re.sub(r"\d+", "N", text)
+
+
+def log_problems(paths):
+    """Error and warning lines (and tracebacks) of the nodes' logs, those before the stop
+    (SIGTERM) apart from those during it: lost messages or a dropped subscription show there.
+    `kinds` counts them by log_kind (prefixed "stop|" or "run|"); `sample` keeps the first."""
+    out = dict(before_stop=0, at_stop=0, kinds={}, sample=[])
+    for path in paths:
+        stopping = False
+        try:
+            with open(path, errors="replace") as f:
+                for line in f:
+                    if "Received SIGTERM" in line:
+                        stopping = True
+                    if not any(k in line for k in ("#error]", "#critical]", "#warn]", "Traceback")):
+                        continue
+                    out["at_stop" if stopping else "before_stop"] += 1
+                    key = ("stop|" if stopping else "run|") + log_kind(line)
+                    out["kinds"][key] = out["kinds"].get(key, 0) + 1
+                    if len(out["sample"]) < 5:
+                        out["sample"].append(f"{os.path.basename(path)}: {line.strip()[:300]}")
+        except OSError:
+            pass
+    return out
+
+
+def start_nodes(opts, tag, count, redis, cpus):
+    """`count` wschat nodes n1, n2, … (on `redis` when given); returns those that started."""
+    nodes = []
+    try:
+        for i in range(count):
+            name = f"n{i + 1}"
+            args = ["--redis", redis.url, "--node-name", name] if redis else []
+            node = Server("wschat", opts, opts.logdir, f"{tag}-{name}", args, cpu=cpus[i])
+            node.node_name = name
+            node.start()
+            nodes.append(node)
+            if redis:
+                wait_redis_up(node)
+    except Exception:
+        stop_nodes(nodes)
+        raise
+    return nodes
+
+
+def stop_nodes(nodes):
+    exits = {}
+    for node in nodes:
+        node.stop()
+        exits[node.node_name] = node.proc.poll() if node.proc else None
+    return exits
+
+
+def multinode_rec(run_idx, part, setup, nodes, persistence, params, layout):
+    return dict(
+        scenario="multinode",
+        server="wschat",
+        run=run_idx,
+        part=part,
+        setup=setup["key"],
+        label=setup["label"],
+        nodes=nodes,
+        redis_persistence=persistence,
+        params=params,
+        pinning=layout,
+        time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def multinode_traffic(opts, sz, part, setup, redis, run_idx):
+    """fanout or steady against 1 or 2 fresh nodes; with 2, one generator per node with half of
+    the clients and senders each, all in ONE room: every message crosses Redis pub/sub."""
+    tag = f"multinode-{run_idx}-{part}-{setup['key']}"
+    lay = multinode_layout(setup["nodes"])
+    persistence = "none" if setup["redis"] else None
+    rec = multinode_rec(run_idx, part, setup, setup["nodes"], persistence, sz, lay)
+    rec["cpu_busy_before_percent"] = wait_quiet(opts, tag)
+    t0 = time.monotonic()
+    nodes = []
+    try:
+        if not setup["redis"]:
+            redis = None
+        elif redis is None:
+            raise RuntimeError("redis-server did not start")
+        nodes = start_nodes(opts, tag, setup["nodes"], redis, lay["nodes"])
+        watch = {n.node_name: n.proc.pid for n in nodes}
+        if redis:
+            watch["redis"] = redis.proc.pid
+        layout = dict(
+            urls=[n.url for n in nodes],
+            cpus=lay["gens"],
+            # a fresh room per run: a room that Redis kept would send its history on every join
+            room=f"mn-{run_idx}-{part}-{setup['key']}",
+            # the C generator's spinning would take CPU from a node it shares a core with
+            spin_us=0,
+            watch=watch,
+        )
+        rec.update(run_traffic(opts, nodes[0], part, sz, len(nodes), tag, layout))
+        rec["ok"] = True
+    except Exception as e:  # keep going: one failed phase must not lose the others
+        rec["ok"] = False
+        rec["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        rec["node_exit"] = stop_nodes(nodes)
+        rec["log_problems"] = log_problems([n.logpath for n in nodes])
+    rec["elapsed_s"] = round(time.monotonic() - t0, 2)
+    return rec
+
+
+def run_say_client(opts, node, cfg, tag):
+    errpath = os.path.join(opts.logdir, f"{tag}-say.log")
+    timeout = cfg.get("maxSeconds", 60) + 60
+    with open(errpath, "wb") as errf:
+        r = subprocess.run(
+            ["taskset", "-c", LOADGEN_CPU, sys.executable, SAY_CLIENT, json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=errf,
+            text=True,
+            timeout=timeout,
+        )
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise RuntimeError(f"say client: no result (exit {r.returncode}); see {errpath}")
+    res = json.loads(lines[-1])
+    if res.get("event") != "result":
+        raise RuntimeError(f"say client failed: {res.get('error')}; see {errpath}")
+    return res
+
+
+def multinode_say(opts, sz, setup, run_idx):
+    """The ack latency of `say` on one node: one sender one say at a time, then `senders`
+    senders at once (each in its own room, one say at a time), which shows how the store
+    batches (Redis pipelines the scripts and fsyncs once per event-loop turn)."""
+    tag = f"multinode-{run_idx}-say-{setup['key']}"
+    lay = dict(nodes=[SERVER_CPU], client=LOADGEN_CPU, redis=ALL_CPUS)
+    parts = [
+        ("say_serial", dict(senders=1, says=sz["says"], maxSeconds=sz["serial_max_s"])),
+        (
+            "say_concurrent",
+            dict(
+                senders=sz["senders"],
+                warmup=sz["warmup"],
+                duration=sz["duration"],
+                maxSeconds=sz["warmup"] + sz["duration"] + 30,
+            ),
+        ),
+    ]
+    busy = wait_quiet(opts, tag)
+    redis = Redis(opts, tag, setup["persistence"]) if setup["persistence"] else None
+    nodes, recs = [], []
+    t0 = time.monotonic()
+    try:
+        if redis:
+            redis.start()
+        nodes = start_nodes(opts, tag, 1, redis, lay["nodes"])
+        watch = {"n1": nodes[0].proc.pid}
+        if redis:
+            watch["redis"] = redis.proc.pid
+        for part, cfg in parts:
+            rec = multinode_rec(run_idx, part, setup, 1, setup["persistence"], cfg, lay)
+            rec["cpu_busy_before_percent"] = busy
+            try:
+                cfg = dict(
+                    cfg, url=nodes[0].url, room=f"{part}-{run_idx}", payload=140, watch=watch
+                )
+                res = run_say_client(opts, nodes[0], cfg, f"{tag}-{part}")
+                res.pop("event", None)
+                rec.update(res)
+                rec["ok"] = True
+            except Exception as e:
+                rec["ok"] = False
+                rec["error"] = f"{type(e).__name__}: {e}"
+            recs.append(rec)
+    except Exception as e:
+        for part, cfg in parts[len(recs) :]:
+            rec = multinode_rec(run_idx, part, setup, 1, setup["persistence"], cfg, lay)
+            rec.update(ok=False, error=f"{type(e).__name__}: {e}", cpu_busy_before_percent=busy)
+            recs.append(rec)
+    finally:
+        exits = stop_nodes(nodes)
+        problems = log_problems([n.logpath for n in nodes])
+        if redis:
+            redis.stop()
+    for rec in recs:
+        rec["node_exit"] = exits
+        rec["log_problems"] = problems
+        rec["elapsed_s"] = round(time.monotonic() - t0, 2)
+    return recs
+
+
+def run_multinode(opts, s, run_idx, outf):
+    """The whole multinode scenario in one run: 1 node (SQLite, then Redis) against 2 nodes on
+    one Redis (fan-out and steady, one room), then the cost of a say by persistence."""
+    m = s["multinode"]
+    records = []
+
+    try:
+        rev = subprocess.run(
+            ["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        rev = None
+
+    def emit(rec):
+        rec["wschat_git"] = rev
+        rec["redis_version"] = opts.redis_version
+        rel = os.path.relpath(opts.logdir, ROOT)
+        rec["logdir"] = opts.logdir if rel.startswith("..") else rel
+        outf.write(json.dumps(rec) + "\n")
+        outf.flush()
+        log(f"  multinode-{rec['part']}-{rec['setup']}-{run_idx}: {short(rec)}")
+        records.append(rec)
+
+    # One Redis without persistence for the fan-out part; every phase gets fresh nodes and room.
+    redis = Redis(opts, f"multinode-{run_idx}-traffic", "none")
+    try:
+        try:
+            redis.start()
+        except Exception as e:
+            log(f"  multinode: {e}")
+            redis = None
+        for setup in MULTINODE_SETUPS:
+            for part in ("fanout", "steady"):
+                emit(multinode_traffic(opts, m[part], part, setup, redis, run_idx))
+    finally:
+        if redis:
+            redis.stop()
+    for setup in SAY_SETUPS:
+        for rec in multinode_say(opts, m["say"], setup, run_idx):
+            emit(rec)
+    return records
+
+
+def redis_version(path):
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def wait_quiet(opts, tag):
+    """Waits (up to --wait-idle seconds) for the other processes on the machine to quieten
+    down; returns how busy each CPU was in the last 0.5 s, and warns when it stayed busy."""
+    deadline = time.monotonic() + opts.wait_idle
+    while True:
+        before = cpu_times()
+        time.sleep(0.5)
+        busy = cpu_busy(before, cpu_times())
+        if max(busy.values(), default=0) <= 15 or time.monotonic() > deadline:
+            break
+    if max(busy.values(), default=0) > 15:
+        log(
+            f"  warning: the machine was busy before {tag}: {busy} % "
+            "(other processes share the CPUs; numbers will be noisy)"
+        )
+    return busy
+
+
 def run_one(opts, server_name, scen, s, run_idx, outf):
     tag = f"{scen}-{server_name}-{run_idx}"
     gens = max(2, opts.gens) if scen == "fanout2" else opts.gens
@@ -659,22 +1093,7 @@ def run_one(opts, server_name, scen, s, run_idx, outf):
         params=sz,
         time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    # Wait (up to --wait-idle seconds) for the other processes on the machine to quieten down.
-    deadline = time.monotonic() + opts.wait_idle
-    while True:
-        before = cpu_times()
-        time.sleep(0.5)
-        rec["cpu_busy_before_percent"] = cpu_busy(before, cpu_times())
-        if (
-            max(rec["cpu_busy_before_percent"].values(), default=0) <= 15
-            or time.monotonic() > deadline
-        ):
-            break
-    if max(rec["cpu_busy_before_percent"].values(), default=0) > 15:
-        log(
-            f"  warning: the machine was busy before {tag}: {rec['cpu_busy_before_percent']} % "
-            "(other processes share the CPUs; numbers will be noisy)"
-        )
+    rec["cpu_busy_before_percent"] = wait_quiet(opts, tag)
     try:
         server.start()
         if scen in ("fanout", "fanout2", "steady", "bigroom_fanout"):
@@ -701,6 +1120,22 @@ def run_one(opts, server_name, scen, s, run_idx, outf):
 def short(rec):
     if not rec.get("ok"):
         return "FAILED " + rec.get("error", "")
+    if rec["scenario"] == "multinode":
+        probs = rec.get("log_problems", {}).get("before_stop")
+        tail = f" CPU % {rec.get('cpu_percent_by_process', rec.get('cpu_percent'))}"
+        tail += f" log errors/warnings {probs} ({rec['elapsed_s']} s)"
+        if rec["part"].startswith("say"):
+            lat = rec["ack_ms"]
+            return (
+                f"{rec['acks']} acks, {fmt_num(rec['says_per_s'])} says/s, ack p50 "
+                f"{fmt_ms(lat['p50'])} p99 {fmt_ms(lat['p99'])} ms, errors {rec['errors']}, "
+                f"messages missing {rec['messages_missing']}" + tail
+            )
+        lat = rec["latency_ms"]
+        return (
+            f"{rec['deliveries_per_s']:,.0f} deliveries/s p50 {fmt_ms(lat['p50'])} "
+            f"p99 {fmt_ms(lat['p99'])} ms lost {rec['lost']}" + tail
+        )
     if rec["scenario"] == "bigroom_storm":
         return (
             f"{rec['clients']} back {rec['back_seconds_from_kill']:.1f} s after the kill, "
@@ -906,6 +1341,8 @@ def summarize(records, servers, scenarios, s):
             )
         lines.append("")
     lines += bigroom_sections(scenarios, servers, s, ok, runs_cell, gen_note)
+    if "multinode" in scenarios:
+        lines += multinode_sections(records, s)
     return "\n".join(lines)
 
 
@@ -1008,6 +1445,244 @@ def bigroom_sections(scenarios, servers, s, ok, runs_cell, gen_note):
             "",
         ]
     return lines
+
+
+def multinode_sections(records, s):
+    """The multinode tables: which setup each number is (nodes, clients, ONE room, senders,
+    Redis persistence) and where each process ran."""
+    m = s["multinode"]
+    recs = [r for r in records if r["scenario"] == "multinode"]
+
+    def runs(part, setup):
+        return [r for r in recs if (r["part"], r["setup"]) == (part, setup)]
+
+    def ok(part, setup):
+        return [r for r in runs(part, setup) if r.get("ok")]
+
+    def runs_cell(part, setup):
+        n_all, n_ok = len(runs(part, setup)), len(ok(part, setup))
+        return f"{n_ok}" + (f" (+{n_all - n_ok} failed)" if n_all > n_ok else "")
+
+    def cpu(rs, label):
+        vals = [r.get("cpu_percent_by_process", r.get("cpu_percent", {})).get(label) for r in rs]
+        return med_range(vals, lambda v: f"{v:.0f}")
+
+    def problems(part, setup):
+        rs = runs(part, setup)
+        if not rs:
+            return "–"
+        n = sum(r.get("log_problems", {}).get("before_stop", 0) for r in rs)
+        at_stop = sum(r.get("log_problems", {}).get("at_stop", 0) for r in rs)
+        return f"{n}" + (f" (+{at_stop} at stop)" if at_stop else "")
+
+    def lost_cell(rs):
+        if not rs:
+            return "–"
+        stalls = sum(r["stalls"] for r in rs)
+        return f"{sum(r['lost'] for r in rs):,}" + (f" ({stalls} stalls)" if stalls else "")
+
+    k0 = lambda v: fmt_num(v)  # noqa: E731
+    f, st, sy = m["fanout"], m["steady"], m["say"]
+    one, two = multinode_layout(1), multinode_layout(2)
+    about = sorted({(r.get("wschat_git"), r.get("redis_version")) for r in recs})
+    gens = ", ".join(
+        GEN_LABELS.get(g, g) for g in sorted({r["generator"] for r in recs if "generator" in r})
+    )
+    lines = [
+        "### Several nodes on one Redis (`multinode`)",
+        "",
+        *[f"wschat `{git}`; `{ver}`; fan-out and steady: {gens}." for git, ver in about],
+        "",
+        f"Every client is in ONE room. One node: the node on CPU {one['nodes'][0]} "
+        f"(`taskset -c {one['nodes'][0]}`), its load generator on CPU {one['gens'][0]}, Redis "
+        f"unpinned (`taskset -c {one['redis']}`). Two nodes (`--node-name n1`/`n2`, the same "
+        f"`--redis`): n1 on CPU {two['nodes'][0]}, n2 on CPU {two['nodes'][1]}, one generator "
+        f"per node with half of the clients and half of the senders, the generators and Redis "
+        f"unpinned (`taskset -c {two['redis']}`). This machine has {os.cpu_count()} CPUs, so "
+        "Redis and the generators share the cores with the nodes: the two-node figures are "
+        "what two cores give with everything on them, not what two nodes on their own machines "
+        "would. Each message reaches the other node through Redis pub/sub. Redis in these two "
+        f"tables: {REDIS_PERSISTENCE_LABELS['none']}. Fresh nodes (and a fresh room) for every "
+        "row; the steady generators do not spin (`spinUs` 0, unlike the `steady` scenario), "
+        "since spinning would take CPU from a node on the same core.",
+        "",
+        f"#### Fan-out: {f['clients']:,} clients in ONE room, {f['senders']} senders × "
+        f"{f['inflight']} messages in flight, 140-byte text, {f['warmup']:g} s warm-up + "
+        f"{f['duration']:g} s",
+        "",
+    ]
+
+    def traffic_table(part):
+        out = [
+            "| setup | nodes | clients / senders per node | Redis persistence | runs | "
+            "deliveries/s | messages/s | "
+            "p50 ms | p99 ms | max ms | lost | n1 CPU % | n2 CPU % | Redis CPU % | "
+            "generators CPU % | CPU 0 / CPU 1 busy % | node log errors/warnings |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+            "--- | --- | --- | --- |",
+        ]
+        for setup in MULTINODE_SETUPS:
+            rs = ok(part, setup["key"])
+            sz = m[part]
+            n = setup["nodes"]
+            per = f"{sz['clients'] // n:,} / {sz['senders'] // n}"
+            out.append(
+                f"| {setup['label']} | {n} | {per} | {'none' if setup['redis'] else '–'} | "
+                f"{runs_cell(part, setup['key'])} | "
+                f"{med_range([r['deliveries_per_s'] for r in rs], k0)} | "
+                f"{med_range([r['messages_per_s'] for r in rs], k0)} | "
+                f"{med_range([r['latency_ms']['p50'] for r in rs], fmt_ms)} | "
+                f"{med_range([r['latency_ms']['p99'] for r in rs], fmt_ms)} | "
+                f"{med_range([r['latency_ms']['max'] for r in rs], fmt_ms)} | "
+                f"{lost_cell(rs)} | "
+                f"{cpu(rs, 'n1')} | {cpu(rs, 'n2') if n > 1 else '–'} | "
+                f"{cpu(rs, 'redis') if setup['redis'] else '–'} | "
+                f"{med_range([r['gen_cpu_percent_total'] for r in rs], lambda v: f'{v:.0f}')} | "
+                f"{busy_cell(rs)} | {problems(part, setup['key'])} |"
+            )
+        return [*out, ""]
+
+    lines += traffic_table("fanout")
+    target = st["senders"] * st["rate"] * st["clients"]
+    lines += [
+        f"#### Steady: {st['senders']} senders × {st['rate']:g} msg/s to {st['clients']:,} "
+        f"members of ONE room = {target:,.0f} deliveries/s, {st['warmup']:g} s warm-up + "
+        f"{st['duration']:g} s",
+        "",
+    ]
+    lines += traffic_table("steady")
+    lines += [
+        "#### The cost of a `say` by what its ack waits for",
+        "",
+        f"One node (no `--node-name` peer), on CPU {SERVER_CPU}; the client "
+        f"(`bench/say_client.py`) on CPU {LOADGEN_CPU}; Redis unpinned (`taskset -c "
+        f"{ALL_CPUS}`), a fresh redis-server and directory per row. Each sender is alone in a "
+        "room of its own and sends the next `say` (140 characters, with a `ref`) when the ack "
+        f"of the previous one is in. One sender: {sy['says']:,} says (or "
+        f"{sy['serial_max_s']:g} s, whichever comes first). {sy['senders']} senders: "
+        f"{sy['warmup']:g} s warm-up + {sy['duration']:g} s; there the store can batch (Redis "
+        "takes the scripts of all the senders in one event-loop turn and, with `always`, "
+        "fsyncs once per turn). Ack latency = write of the `say` to read of its `ack`. SQLite "
+        "runs in WAL mode with `synchronous=NORMAL` (an ack survives the process, not the "
+        "host: no fsync per commit); the directories are on the same disk.",
+        "",
+        "| history (ack after) | runs | 1 sender: says | ack p50 ms | ack p99 ms | "
+        f"{sy['senders']} senders: says/s | ack p50 ms | ack p99 ms | node CPU % "
+        f"(1 / {sy['senders']} senders) | Redis CPU % (1 / {sy['senders']} senders) | "
+        "errors, acked but not delivered |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for setup in SAY_SETUPS:
+        a, b = ok("say_serial", setup["key"]), ok("say_concurrent", setup["key"])
+        errs = {}
+        for r in a + b:
+            for k, v in {**r.get("errors", {}), **r.get("join_errors", {})}.items():
+                errs[k] = errs.get(k, 0) + v
+        missing = sum(r["messages_missing"] for r in a + b)
+        err_cell = ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "0"
+        redis_cell = "–"
+        if setup["persistence"]:
+            redis_cell = f"{cpu(a, 'redis')} / {cpu(b, 'redis')}"
+        lines.append(
+            f"| {setup['label']} | {runs_cell('say_serial', setup['key'])} + "
+            f"{runs_cell('say_concurrent', setup['key'])} | "
+            f"{med_range([r['measured'] for r in a], k0)} | "
+            f"{med_range([r['ack_ms']['p50'] for r in a], fmt_ms)} | "
+            f"{med_range([r['ack_ms']['p99'] for r in a], fmt_ms)} | "
+            f"{med_range([r['says_per_s'] for r in b], k0)} | "
+            f"{med_range([r['ack_ms']['p50'] for r in b], fmt_ms)} | "
+            f"{med_range([r['ack_ms']['p99'] for r in b], fmt_ms)} | "
+            f"{cpu(a, 'n1')} / {cpu(b, 'n1')} | {redis_cell} | {err_cell}, {missing} |"
+        )
+    lines.append("")
+    lines += multinode_redis_limit(recs, ok)
+    fails = [r for r in recs if not r.get("ok")]
+    if fails:
+        lines += ["**Failed phases:**", ""]
+        lines += [f"- {r['part']} / {r['setup']} run {r['run']}: {r.get('error')}" for r in fails]
+        lines.append("")
+    lines += multinode_log_kinds(recs)
+    return lines
+
+
+def multinode_log_kinds(recs):
+    """Each kind of error/warning line of the node logs once, with where it was logged."""
+    kinds, seen = {}, set()
+    for r in recs:
+        # the two say parts of a setup share one node, and so one log
+        phase = f"{'say' if r['part'].startswith('say') else r['part']} / {r['setup']}"
+        if (r["run"], phase) in seen:
+            continue
+        seen.add((r["run"], phase))
+        for key, n in r.get("log_problems", {}).get("kinds", {}).items():
+            k = kinds.setdefault(key, dict(lines=0, phases={}))
+            k["lines"] += n
+            k["phases"][phase] = k["phases"].get(phase, 0) + 1
+    if not kinds:
+        return []
+    runs = len({r["run"] for r in recs})
+    out = [
+        f"Error and warning lines in the node logs over the {runs} run(s) (numbers shown as N; "
+        f"the logs are in `{recs[0].get('logdir')}/`), and the phases (× runs) they were "
+        "logged in:",
+        "",
+    ]
+    for key in sorted(kinds, key=lambda k: (k.startswith("stop|"), k)):
+        when, text = key.split("|", 1)
+        k = kinds[key]
+        where = ", ".join(f"{p} × {n}" for p, n in sorted(k["phases"].items()))
+        out.append(
+            f"- {'during the stop (SIGTERM)' if when == 'stop' else 'while running'}: "
+            f"`{text}`: {k['lines']} line(s); {where}"
+        )
+    out.append("")
+    return out
+
+
+def multinode_redis_limit(recs, ok):
+    """Redis's CPU per stored message, measured, and the linear extrapolation to one core."""
+    rows = []
+    for part, setup, label, rate_key in (
+        ("fanout", "1node-redis", "fan-out, 1 node (1 subscriber)", "messages_per_s"),
+        ("fanout", "2nodes-redis", "fan-out, 2 nodes (2 subscribers)", "messages_per_s"),
+        ("say_concurrent", "redis-none", "32 senders, no persistence", "says_per_s"),
+        ("say_concurrent", "redis-everysec", "32 senders, `everysec`", "says_per_s"),
+        ("say_concurrent", "redis-always", "32 senders, `always`", "says_per_s"),
+    ):
+        rs = ok(part, setup)
+        pairs = [
+            (r[rate_key], r.get("cpu_percent_by_process", r.get("cpu_percent", {})).get("redis"))
+            for r in rs
+        ]
+        pairs = [(rate, c) for rate, c in pairs if rate and c is not None]
+        if not pairs:
+            continue
+        rate = statistics.median(p[0] for p in pairs)
+        c = statistics.median(p[1] for p in pairs)
+        us = statistics.median(p[1] / 100 / p[0] * 1e6 for p in pairs)
+        core = f"{1e6 / us:,.0f}" if us else "–"
+        rows.append(f"| {label} | {rate:,.0f} | {c:.0f} | {us:.1f} | {core} |")
+    if not rows:
+        return []
+    return [
+        "#### Where one Redis becomes the limit",
+        "",
+        "Redis's own CPU (all its threads, from `/proc/<pid>/stat`) over the measuring window, "
+        "per message stored (one `EVALSHA` of the say script: the ref check, `INCR`, `XADD`, "
+        "the trims and the `PUBLISH` to every subscribed node). The last column is a linear "
+        "extrapolation, not a measurement: the messages/s one Redis core would take at that "
+        "cost per message if it had the core to itself (here it shared the cores with the "
+        "nodes). The cost per message falls as the rate rises (Redis then reads several "
+        "commands per `read` and answers them in one `write`), so an extrapolation from a low "
+        "rate understates what a core carries. Each extra node subscribed to a room adds one "
+        "pub/sub delivery per message.",
+        "",
+        "| phase | messages (says)/s | Redis CPU % | Redis CPU µs per message | "
+        "messages/s at 100 % of one core (extrapolated) |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
 
 
 def targets(records):
@@ -1423,6 +2098,11 @@ def main():
         help="before each run, wait up to this many seconds for the CPUs to be idle "
         "(default 20; quick: 2)",
     )
+    ap.add_argument(
+        "--redis-server",
+        default=shutil.which("redis-server") or "/usr/bin/redis-server",
+        help="redis-server for the multinode scenario (it starts its own on a free port)",
+    )
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     ap.add_argument("--docs", default=None, help="write this markdown file (docs/benchmarks.md)")
     opts = ap.parse_args()
@@ -1457,7 +2137,11 @@ def main():
     if opts.scenarios:
         scenarios = [x for x in opts.scenarios.split(",") if x]
     else:
-        scenarios = [x for x in ALL_SCENARIOS if not (opts.quick and x in QUICK_SKIPS)]
+        scenarios = [
+            x
+            for x in ALL_SCENARIOS
+            if x not in OPT_IN_SCENARIOS and not (opts.quick and x in QUICK_SKIPS)
+        ]
     for size in opts.bigroom_sizes:
         key = f"bigroom_join_{size}"
         s[key] = dict(clients=size, room_size=size, concurrency=50)
@@ -1493,6 +2177,15 @@ def main():
                 "(pip install -r bench/requirements.txt)"
             )
             servers.remove(srv)
+    opts.redis_version = None
+    if "multinode" in scenarios:
+        opts.redis_version = redis_version(opts.redis_server)
+        if opts.redis_version is None or "wschat" not in servers:
+            opts.skipped.append(
+                "multinode: needs wschat and a redis-server "
+                f"(`{opts.redis_server} --version` does not work; --redis-server)"
+            )
+            scenarios.remove("multinode")
     for x in opts.skipped:
         log("bench: skipped " + x)
     if not servers:
@@ -1527,6 +2220,7 @@ def main():
                         m: generator_for(opts, m) for m in ("fanout", "steady", "connect")
                     },
                     "skipped": opts.skipped,
+                    "redis_server": opts.redis_version,
                 }
             )
             + "\n"
@@ -1540,6 +2234,9 @@ def main():
                     if scen in WSCHAT_ONLY_SCENARIOS and srv != "wschat":
                         continue
                     if scen.startswith("bigroom") and srv not in BIGROOM_PEERS:
+                        continue
+                    if scen == "multinode":
+                        records += run_multinode(opts, s, run_idx, outf)
                         continue
                     records.append(run_one(opts, srv, scen, s, run_idx, outf))
     table = summarize(records, servers, scenarios, s)
