@@ -323,10 +323,9 @@ class RedisRoster(Service):
         waiter: Deferred[None] = Deferred()
         if watched is None:
             watched = self._rooms[room] = _Watched()
-            watched.waiters.append(waiter)
-            self._load(room, watched)
-        else:
-            watched.waiters.append(waiter)
+        watched.waiters.append(waiter)
+        # (Nothing happens if a read is on its way already; one that failed is tried again.)
+        self._load(room, watched)
         await waiter
 
     def unwatch(self, room: str) -> None:
