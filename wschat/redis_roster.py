@@ -289,6 +289,8 @@ class RedisRoster(Service):
         self._rooms: dict[str, _Watched] = {}
         # What this node holds: room -> name -> (user, guest, token digest), for SYNC.
         self._held: dict[str, dict[str, tuple[str, str, str]]] = {}
+        # The same for claims sent and not yet answered.
+        self._claiming: dict[str, dict[str, tuple[str, str, str]]] = {}
         # Rooms known to be in this node's rooms set since the last sync.
         self._listed: set[str] = set()
         self._needs_sync = True
@@ -341,6 +343,9 @@ class RedisRoster(Service):
                 self._fire(self._link.call("SREM", rooms_key(self.node), room))
 
     async def claim(self, room: str, name: str, claim: Claim) -> bool:
+        if not self._link.up:
+            # (Its command connection alone may be back: this node has not checked its lease.)
+            raise Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
         since = self._claims_from
         if since is None or self._clock.seconds() < since:
             raise Unavailable("the chat's shared store (Redis) is restoring names; try again soon")
@@ -349,27 +354,35 @@ class RedisRoster(Service):
             self._listed.add(room)
             self._fire(self._link.call("SADD", rooms_key(self.node), room))
         token = digest(claim.token)
-        outcome = await self._link.run(
-            CLAIM,
-            _keys(room),
-            [
-                name,
-                self.node,
-                claim.user or "",
-                "1" if claim.guest else "0",
-                digest(claim.takeover) if claim.takeover else "",
-                token,
-                digest(claim.moved_token),
-            ],
-        )
+        user, guest = claim.user or "", "1" if claim.guest else "0"
+        # A sync sent while the claim is on its way must not let go of it.
+        claiming = self._claiming.setdefault(room, {})
+        claiming[name] = (user, guest, token)
+        try:
+            outcome = await self._link.run(
+                CLAIM,
+                _keys(room),
+                [
+                    name,
+                    self.node,
+                    user,
+                    guest,
+                    digest(claim.takeover) if claim.takeover else "",
+                    token,
+                    digest(claim.moved_token),
+                ],
+            )
+        finally:
+            del claiming[name]
+            if not claiming:
+                del self._claiming[room]
         if outcome == "taken":
             raise NameTaken(f"the name {name!r} is taken in {room!r}")
         moved = outcome == "moved"
-        kept = digest(claim.moved_token) if moved else token
         self._held.setdefault(room, {})[name] = (
-            claim.user or "",
-            "1" if claim.guest else "0",
-            kept,
+            user,
+            guest,
+            digest(claim.moved_token) if moved else token,
         )
         return moved
 
@@ -487,16 +500,17 @@ class RedisRoster(Service):
         for room in sorted(rooms):
             held = self._held.get(room, {})
             args: list[str] = [self.node]
-            for name, (user, guest, token) in held.items():
+            for name, (user, guest, token) in {**self._claiming.get(room, {}), **held}.items():
                 args += [name, user, guest, token]
             lost = await self._link.run(SYNC, _keys(room), args)
             for name in lost:
                 held.pop(name, None)
                 assert self._on_lost is not None
                 self._on_lost(room, name)
-        for room in set(listed) - self._held.keys() - self._rooms.keys():
+        keep = {room for room, names in self._held.items() if names} | self._rooms.keys()
+        for room in set(listed) - keep:
             await self._link.call("SREM", rooms_key(self.node), room)
-        self._listed = set(self._held) | set(self._rooms)
+        self._listed = keep
         if self._listed:
             await self._link.call("SADD", rooms_key(self.node), *sorted(self._listed))
         for room, watched in list(self._rooms.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -183,6 +184,81 @@ def test_redis_killed_during_traffic_loses_nothing_acked(
         assert got == acked
     assert acked == sorted(acked) and len(set(acked)) == len(acked)
     assert "is out of reach" in a.log() and "is back after" in a.log()
+
+
+class Sender(threading.Thread):
+    """A client that keeps saying, as the browser client does: each say with a ref, resent
+    with the same ref after `unavailable`, the next one only once the ack is in."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.chat = Chat(url)
+        self.chat.join("lobby", name)
+        self.name = name
+        self.acked: list[int] = []
+        self.unavailable = 0
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            i = 0
+            while not self.stop.is_set():
+                self.chat.send(type="say", room="lobby", text=f"{self.name} {i}", ref=f"{i}")
+                while True:
+                    event = self.chat.recv(timeout=15)
+                    if event["type"] == "ack":
+                        self.acked.append(int(event["id"]))
+                        i += 1
+                        break
+                    if event["type"] == "error":
+                        assert event["code"] == "unavailable", event
+                        self.unavailable += 1
+                        time.sleep(0.05)
+                        break
+                    assert event["type"] in ("message", "presence"), event
+        except BaseException as exc:  # reported by the test
+            self.failure = exc
+
+
+def test_redis_killed_under_concurrent_traffic_from_both_nodes(
+    wschat_server: ServerFactory, durable_redis: RedisServer
+) -> None:
+    """Senders on both nodes keep talking while Redis is SIGKILLed and restarted: they get
+    `unavailable` meanwhile (and retry with the same ref), nothing hangs, and a listener on
+    each node ends with exactly the acked messages, in id order, once each."""
+    node = nodes_on(wschat_server, durable_redis)
+    # A history longer than the run: a listener whose node was back later than the other must
+    # be able to fill its gap from the stream (a gap past the kept history is a resync).
+    limits = ("--rate", "1000", "--burst", "1000", "--history-size", "20000")
+    a, b = (node(name, *limits) for name in ("a", "b"))
+    listeners = [Chat(a.ws_url), Chat(b.ws_url)]
+    for i, listener in enumerate(listeners):
+        listener.join("lobby", f"listener{i}")
+    senders = [Sender(a.ws_url, "sa"), Sender(b.ws_url, "sb")]
+    for sender in senders:
+        sender.start()
+    time.sleep(1.0)
+    durable_redis.kill()
+    time.sleep(1.5)
+    durable_redis.start()
+    deadline = time.monotonic() + 20
+    after = [len(sender.acked) for sender in senders]
+    while any(len(s.acked) < n + 20 for s, n in zip(senders, after, strict=True)):
+        assert time.monotonic() < deadline, "the senders did not get going again"
+        assert all(s.failure is None for s in senders), [s.failure for s in senders]
+        time.sleep(0.1)
+    for sender in senders:
+        sender.stop.set()
+    for sender in senders:
+        sender.join(timeout=20)
+        assert not sender.is_alive() and sender.failure is None, sender.failure
+        assert sender.unavailable > 0, f"{sender.name} saw no outage"
+    acked = sorted(i for sender in senders for i in sender.acked)
+    assert len(set(acked)) == len(acked)
+    for listener in listeners:
+        got = [m["id"] for m in messages_until(listener, len(acked), timeout=20)]
+        assert got == acked
 
 
 def test_a_cut_subscription_is_filled_from_the_stream(
