@@ -18,9 +18,10 @@ from .test_auth import signed_chat, token
 pytestmark = pytest.mark.e2e
 
 # docs/scaling.md: a node's lease is 12 s, renewed every 3 s, and every node looks for ended
-# leases every 3 s: a dead node's members leave within 15 s (plus a presence interval and
-# a second of slack for a loaded machine).
-DEAD_NODE_BOUND_S = 16.5
+# leases every 3 s: a dead node's members leave within 15 s, plus a presence interval and a
+# few round trips (15.6 s measured here); 20 s leaves room for a loaded CI machine and is
+# still well inside the 30 s the issue allows.
+DEAD_NODE_BOUND_S = 20.0
 
 
 def quiet_for(chat: Chat, seconds: float) -> list[dict[str, Any]]:
