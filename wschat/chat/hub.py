@@ -144,6 +144,8 @@ class Hub:
         # `subs`/`guests` and cost nothing more to build.
         self._identities = False
         self._roster: Roster = roster if roster is not None else LocalRoster()
+        # One node decides names alone: its joins skip the roster's awaits altogether.
+        self._shared = not isinstance(self._roster, LocalRoster)
         # (room, name) this node still holds for a connection replaced from another node.
         self._parked: set[tuple[str, str]] = set()
         broker.attach(self._deliver, self._resync)
@@ -194,10 +196,11 @@ class Hub:
             # the history of the welcome and the live ones; and so does every other node's
             # change to the room's members.
             await self._broker.watch(room)
-            await self._roster.watch(room)
-            if holds:
-                await self._claim(session, room, name, cmd.resume_token)
-                claimed = True
+            if self._shared:
+                await self._roster.watch(room)
+                if holds:
+                    await self._claim(session, room, name, cmd.resume_token)
+                    claimed = True
             if session.resume_token is None:
                 session.resume_token = self._new_resume_token()
             welcome = await self._welcome(session, room, name, cmd.since, cmd.epoch)
