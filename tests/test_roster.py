@@ -32,7 +32,7 @@ from wschat.chat.roster import (
 )
 
 from .chatkit import Peer, World, run
-from .test_presence import View
+from .test_presence import View, presences
 
 
 @dataclass
@@ -154,10 +154,6 @@ class Cluster:
         self.directory.flush()
         for world in self.worlds:
             world.batch()
-
-
-def presences(peer: Peer) -> list[Presence]:
-    return [e for e in peer.take() if isinstance(e, Presence)]
 
 
 def test_a_name_is_unique_across_nodes_and_a_refusal_makes_no_presence() -> None:
