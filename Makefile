@@ -13,11 +13,11 @@ $(PY):
 
 # Editable install in "compat" mode: the default (strict-less) editable mode of a flat
 # layout hides twisted/plugins/ from twistd.
-$(VENV)/.installed: $(PY) setup.cfg setup.py pyproject.toml wschat/_sendmany.c
+$(VENV)/.installed: $(PY) setup.cfg setup.py pyproject.toml wschat/server/_sendmany.c
 	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat
 	touch $@
 
-$(STAMP): $(PY) setup.cfg setup.py pyproject.toml wschat/_sendmany.c
+$(STAMP): $(PY) setup.cfg setup.py pyproject.toml wschat/server/_sendmany.c
 	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(VENV)/.installed $@
 
@@ -47,7 +47,7 @@ certs: $(VENV)/.installed
 	$(PY) -m wschat.certs certs/
 
 clean:
-	rm -rf $(VENV) build *.egg-info wschat/*.so .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	rm -rf $(VENV) build *.egg-info wschat/*.so wschat/*/*.so .pytest_cache .mypy_cache .ruff_cache tests/artifacts
 	find . -name dropin.cache -delete
 
 # The Autobahn|Testsuite (Python 2.7) against the real server; report in tests/artifacts/.

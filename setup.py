@@ -4,8 +4,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        # The fan-out write loop (wschat/ws.py falls back to Python without it). Optional: an
+        # The fan-out write loop (wschat/server/output.py falls back to Python without it). Optional: an
         # install on a machine without a C compiler still works, only slower.
-        Extension("wschat._sendmany", ["wschat/_sendmany.c"], optional=True),
+        Extension("wschat.server._sendmany", ["wschat/server/_sendmany.c"], optional=True),
     ],
 )

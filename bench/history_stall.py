@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from wschat.sqlite_history import SqliteHistory
+from wschat.store.sqlite import SqliteHistory
 
 TEXT = "x" * 140
 

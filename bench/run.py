@@ -1845,7 +1845,7 @@ def versions(opts, servers):
         r = subprocess.run(
             [opts.python, "-c", "import wschat._sendmany"], capture_output=True, timeout=30
         )
-        v["wschat C write loop (wschat._sendmany)"] = "built" if r.returncode == 0 else "missing"
+        v["wschat C write loop (wschat.server._sendmany)"] = "built" if r.returncode == 0 else "missing"
     except (OSError, subprocess.TimeoutExpired):
         pass
     try:

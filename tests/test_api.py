@@ -18,12 +18,12 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from treq.testing import StubTreq
 
-from wschat.api import Api, ApiContext, ApiKeys, KeyFileError, load_api_keys
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Session
 from wschat.chat.identity import Identity, sign_in
 from wschat.chat.model import Join, Left, Message, Presence
+from wschat.server.api import Api, ApiContext, ApiKeys, KeyFileError, load_api_keys
 
 from .chatkit import Peer, World, run
 

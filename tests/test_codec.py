@@ -23,7 +23,7 @@ from wschat.chat.model import (
     Welcome,
     Who,
 )
-from wschat.codec import MAX_ID, decode, encode
+from wschat.wire import MAX_ID, decode, encode
 
 
 def test_decode_commands() -> None:
@@ -186,7 +186,7 @@ def test_every_close_code_is_documented() -> None:
     """docs/protocol.md's close-code table lists every code the server closes with."""
     from pathlib import Path
 
-    from wschat import ws
+    from wschat.server import protocol as ws
 
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     codes = [v for k, v in vars(ws).items() if k.startswith("CLOSE_") and isinstance(v, int)]

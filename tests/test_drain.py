@@ -12,11 +12,11 @@ from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from wschat.app.drain import Drain, DrainingService, closes_due
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
-from wschat.drain import Drain, DrainingService, closes_due
-from wschat.ws import CLOSE_SERVICE_RESTART, ChatFactory, ChatProtocol, WsSettings
+from wschat.server.protocol import CLOSE_SERVICE_RESTART, ChatFactory, ChatProtocol, WsSettings
 
 from .wsframes import OP_CLOSE, client_frame, close_code, handshake, parse_frames, text
 

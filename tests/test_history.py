@@ -11,7 +11,7 @@ import pytest
 
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.history import HistoryStore, MemoryHistory
-from wschat.sqlite_history import (
+from wschat.store.sqlite import (
     BACKSTOP_WAL_PAGES,
     BUSY_TIMEOUT_S,
     CHECKPOINT_EVERY_MESSAGES,
@@ -272,7 +272,7 @@ def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
 
     path = str(tmp_path / "h.sqlite3")
     db = sqlite3.connect(path)
-    db.executescript(resources.files("wschat").joinpath("schema/v1.sql").read_text("utf-8"))
+    db.executescript(resources.files("wschat.store").joinpath("schema/v1.sql").read_text("utf-8"))
     db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', 't', NULL)")
     db.execute("PRAGMA user_version = 1")
     db.commit()

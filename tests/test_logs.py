@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-from wschat.logs import check_twistd_options, json_lines_observer, observer_for, twistd_log_file
-from wschat.service import WschatService
-from wschat.tap import Options
+from wschat.app.lifecycle import WschatService
+from wschat.app.logs import check_twistd_options, json_lines_observer, observer_for, twistd_log_file
+from wschat.app.options import Options
 
 
 @implementer(IReactorFromThreads)

@@ -15,8 +15,8 @@ from twisted.web.iweb import IResponse
 
 import wschat
 from wschat.chat.history import MemoryHistory
-from wschat.metrics import Metrics, TimedHistory
-from wschat.ws import ChatFactory
+from wschat.server.metrics import Metrics, TimedHistory
+from wschat.server.protocol import ChatFactory
 
 from .chatkit import run
 from .test_ws import Client, clock, make_factory

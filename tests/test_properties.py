@@ -26,7 +26,7 @@ from wschat.chat.model import (
     check_room,
     check_text,
 )
-from wschat.codec import decode, encode
+from wschat.wire import decode, encode
 
 from .chatkit import World, run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import txredisapi
 
-from wschat.redis_link import _ProtocolFactory, _Subscriber, parse_redis_url
+from wschat.redis.link import _ProtocolFactory, _Subscriber, parse_redis_url
 
 
 def test_urls_give_host_port_db_credentials_and_tls(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The C write loop of a reactor turn (wschat/_sendmany.c), on real loopback TCP sockets."""
+"""The C write loop of a reactor turn (wschat/server/_sendmany.c), on real loopback TCP sockets."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from .missing import missing
 @pytest.fixture
 def sendmany() -> ModuleType:
     try:
-        from wschat import _sendmany
+        from wschat.server import _sendmany
     except ImportError:
-        missing("wschat._sendmany is not built (pip install -e . with a C compiler)")
+        missing("wschat.server._sendmany is not built (pip install -e . with a C compiler)")
     return _sendmany
 
 

@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 
 from wschat.chat.model import format_ts
-from wschat.sqlite_history import MEMORY, SqliteHistory, Swept
-from wschat.sweep import EXPIRE_BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
+from wschat.store.sqlite import MEMORY, SqliteHistory, Swept
+from wschat.store.sweep import EXPIRE_BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
 
 from .chatkit import run
 

@@ -21,13 +21,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer, provider
 
+from wschat.app.lifecycle import ChatService
+from wschat.app.options import DEFAULT_BACKLOG, Options, makeService
+from wschat.app.tls import TlsFiles, TlsListen
 from wschat.certs import write_dev_cert
 from wschat.chat.identity import AuthMode
-from wschat.service import ChatService
-from wschat.sweep import HistorySweeper
-from wschat.tap import DEFAULT_BACKLOG, Options, makeService
-from wschat.tlsreload import TlsFiles, TlsListen
-from wschat.web import ChatSite
+from wschat.server.site import ChatSite
+from wschat.store.sweep import HistorySweeper
 
 from .jwtkit import rsa_pair, write_public_key, write_secret
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from wschat.timers import BUCKET_S, BucketTimer
+from wschat.server.timers import BUCKET_S, BucketTimer
 
 
 def test_fires_never_early_and_at_most_one_bucket_late() -> None:

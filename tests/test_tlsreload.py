@@ -21,7 +21,7 @@ from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from wschat.tlsreload import (
+from wschat.app.tls import (
     ReloadableTls,
     TlsEndpoint,
     TlsFiles,

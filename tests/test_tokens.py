@@ -15,7 +15,7 @@ from twisted.web.server import Request, Site
 
 from wschat.chat.errors import KeysUnavailable, TokenInvalid
 from wschat.chat.identity import Identity
-from wschat.tokens import (
+from wschat.server.tokens import (
     JWKS_MAX_AGE_S,
     JWKS_MIN_REFETCH_S,
     JwksKeys,

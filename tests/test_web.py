@@ -25,8 +25,8 @@ from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.model import Join
-from wschat.web import make_site
-from wschat.ws import ChatFactory, WsSettings
+from wschat.server.protocol import ChatFactory, WsSettings
+from wschat.server.site import make_site
 
 from .chatkit import Peer, run
 from .wsframes import handshake
@@ -143,7 +143,7 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
 def test_config_tells_the_page_how_to_sign_in() -> None:
     """/config.json says the --auth mode and the token URL; the CSP allows only that URL's
     origin besides the page's own (and WebSockets)."""
-    from wschat.web import ClientConfig, Config
+    from wschat.server.site import ClientConfig, Config
 
     stub = StubTreq(Config(ClientConfig("required", "https://app.example/chat-token")))
     code, data, response = get(stub, "http://chat.example/config.json")

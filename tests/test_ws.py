@@ -17,9 +17,8 @@ from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
-from wschat.codec import REQUEST_TYPES
-from wschat.output import Sink
-from wschat.ws import (
+from wschat.server.output import Sink
+from wschat.server.protocol import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_REPLACED,
     CLOSE_SLOW_CONSUMER,
@@ -28,6 +27,7 @@ from wschat.ws import (
     WsSettings,
     origin_allowed,
 )
+from wschat.wire import REQUEST_TYPES
 
 from .missing import missing
 from .wsframes import (
@@ -401,7 +401,7 @@ def test_a_failing_c_write_loop_falls_back_to_python(
     def out_of_memory(outboxes: list[Any]) -> list[tuple[Any, int]]:
         raise MemoryError
 
-    monkeypatch.setattr("wschat.output.flush_many", out_of_memory)
+    monkeypatch.setattr("wschat.server.output.flush_many", out_of_memory)
     sender.send(text({"type": "say", "room": "lobby", "text": "still here"}))
     assert [e["text"] for e in reader.events()] == ["still here"]
     assert any(e.get("log_failure") and "C write loop" in e["log_format"] for e in log_events)
@@ -414,9 +414,9 @@ def test_a_member_known_writable_is_queued_inline_and_written_to_its_socket(
     queued without a call into its protocol, and flush_many writes it to that socket; a
     member without one (here the sender, on a plain transport) is asked admit_output."""
     try:
-        import wschat._sendmany  # noqa: F401
+        import wschat.server._sendmany  # noqa: F401
     except ImportError:
-        missing("wschat._sendmany is not built (pip install -e . with a C compiler)")
+        missing("wschat.server._sendmany is not built (pip install -e . with a C compiler)")
     reader, sender = Client(factory), Client(factory)
     reader.join("lobby", "reader")
     sender.join("lobby", "sender")

@@ -14,8 +14,7 @@ from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.identity import GUEST_MARK, AuthMode
-from wschat.tokens import JwksKeys, KeySource, StaticKey, TokenVerifier
-from wschat.ws import (
+from wschat.server.protocol import (
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
@@ -23,6 +22,7 @@ from wschat.ws import (
     ChatFactory,
     WsSettings,
 )
+from wschat.server.tokens import JwksKeys, KeySource, StaticKey, TokenVerifier
 
 from .jwtkit import NOW_S, SECRET, claims, hs256, rsa_pair, signed
 from .test_ws import Client

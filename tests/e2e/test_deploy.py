@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wschat.tap import Options
+from wschat.app.options import Options
 
 from .process import TWISTD, free_port
 
@@ -183,7 +183,7 @@ def test_pip_install_into_fresh_venv(tmp_path: Path) -> None:
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import wschat, wschat._sendmany as c; print(wschat.__file__); print(c.__file__)",
+            "import wschat, wschat.server._sendmany as c;print(wschat.__file__); print(c.__file__)",
         ],
         cwd=tmp_path,
         capture_output=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import wschat
-from wschat.web import static_dir
+from wschat.server.site import static_dir
 
 from .client import Chat
 from .conftest import ServerFactory

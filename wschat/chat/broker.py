@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from .model import Message, Presence
+from wschat.chat.model import Message, Presence
 
 RoomEvent = Message | Presence
 Deliver = Callable[[str, RoomEvent], None]

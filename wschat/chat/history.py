@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from .model import Message, Recovery
+from wschat.chat.model import Message, Recovery
 
 
 class HistoryStore(Protocol):

@@ -21,8 +21,8 @@ from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 
-from .broker import Broker, RoomEvent
-from .errors import (
+from wschat.chat.broker import Broker, RoomEvent
+from wschat.chat.errors import (
     NameInvalid,
     NameRequired,
     NameTaken,
@@ -33,10 +33,10 @@ from .errors import (
     RoomFull,
     TooManyRooms,
 )
-from .history import HistoryStore
-from .identity import Companions, Identity, guest_name
-from .limits import AddressRates, Limits
-from .model import (
+from wschat.chat.history import HistoryStore
+from wschat.chat.identity import Companions, Identity, guest_name
+from wschat.chat.limits import AddressRates, Limits
+from wschat.chat.model import (
     Ack,
     Event,
     Join,
@@ -54,9 +54,18 @@ from .model import (
     check_text,
     format_ts,
 )
-from .ratelimit import TokenBucket
-from .room import Room
-from .roster import Claim, Held, LocalRoster, Moved, NodeGone, Released, Roster, RosterChange
+from wschat.chat.ratelimit import TokenBucket
+from wschat.chat.room import Room
+from wschat.chat.roster import (
+    Claim,
+    Held,
+    LocalRoster,
+    Moved,
+    NodeGone,
+    Released,
+    Roster,
+    RosterChange,
+)
 
 # A connection replaced from another node keeps its names in its other rooms this long, so
 # that the client's rejoins there (with its token) move them silently too.

@@ -21,8 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import AuthMismatch, AuthUnexpected, Forbidden, NameInvalid, TokenInvalid
-from .model import MAX_NAME_CHARS, check_name, check_room
+from wschat.chat.errors import AuthMismatch, AuthUnexpected, Forbidden, NameInvalid, TokenInvalid
+from wschat.chat.model import MAX_NAME_CHARS, check_name, check_room
 
 GUEST_MARK = " (guest)"
 MAX_GUEST_BASE_CHARS = MAX_NAME_CHARS - len(GUEST_MARK)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .ratelimit import TokenBucket
+from wschat.chat.ratelimit import TokenBucket
 
 
 @dataclass(frozen=True, slots=True)

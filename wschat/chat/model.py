@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from .errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid, TextTooLong
+from wschat.chat.errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid, TextTooLong
 
 MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import Message
+from wschat.chat.model import Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .chat.model import format_ts
-from .sqlite_history import Swept
+from wschat.chat.model import format_ts
+from wschat.store.sqlite import Swept
 
 SWEEP_INTERVAL_S = 1.0
 # A few milliseconds of work each: one batch deletes this many messages, or this many rooms'
@@ -34,7 +34,7 @@ class Sweepable(Protocol):
 
 
 class HistorySweeper(Service):
-    _log = Logger()
+    _log = Logger(namespace="wschat.sweep.HistorySweeper")
 
     def __init__(
         self,

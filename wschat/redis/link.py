@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .chat.errors import Unavailable
+from wschat.chat.errors import Unavailable
 
 DEFAULT_PORT = 6379
 # A command that gets no answer in this long is failed (and its connection dropped): a say
@@ -38,7 +38,7 @@ REPLY_TIMEOUT_S = 5
 PROBE_INTERVAL_S = 2.0
 RETRY = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0, jitter=random.random)
 
-_log = Logger()
+_log = Logger(namespace="wschat.redis_link")
 
 
 @dataclass(frozen=True, slots=True)

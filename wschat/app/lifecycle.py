@@ -11,9 +11,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from .chat.history import HistoryStore
-from .drain import DrainingService
-from .ws import ChatFactory
+from wschat.app.drain import DrainingService
+from wschat.chat.history import HistoryStore
+from wschat.server.protocol import ChatFactory
 
 
 class WschatService(DrainingService):
@@ -40,7 +40,7 @@ class ChatService(Service):
     so it stops after them (and after the drain, wschat/drain.py): no new connections, then
     1001 to any client still open, then the database."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.service.ChatService")
 
     def __init__(self, factory: ChatFactory, store: HistoryStore, reactor: IReactorTime) -> None:
         self.factory = factory

@@ -15,26 +15,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
 
-from .api import ApiContext, KeyFileError, load_api_keys, make_api_site
-from .chat.broker import Broker, LocalBroker
-from .chat.history import HistoryStore, MemoryHistory
-from .chat.hub import Hub
-from .chat.identity import AuthMode
-from .chat.limits import Limits
-from .chat.model import new_resume_token
-from .chat.roster import LocalRoster, Roster
-from .drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
-from .echo import add_echo
-from .logs import check_twistd_options, log_format, observer_for
-from .metrics import Metrics
-from .redis_broker import RedisBroker
-from .redis_history import RedisHistory
-from .redis_link import RedisLink, parse_redis_url
-from .redis_roster import RedisRoster
-from .service import ChatService, WschatService
-from .sqlite_history import MEMORY, SqliteHistory
-from .sweep import HistorySweeper
-from .tlsreload import (
+from wschat.app.drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
+from wschat.app.lifecycle import ChatService, WschatService
+from wschat.app.logs import check_twistd_options, log_format, observer_for
+from wschat.app.tls import (
     ReloadableTls,
     TlsEndpoint,
     TlsFiles,
@@ -44,7 +28,23 @@ from .tlsreload import (
     load_tls,
     tls_from_ssl_description,
 )
-from .tokens import (
+from wschat.chat.broker import Broker, LocalBroker
+from wschat.chat.history import HistoryStore, MemoryHistory
+from wschat.chat.hub import Hub
+from wschat.chat.identity import AuthMode
+from wschat.chat.limits import Limits
+from wschat.chat.model import new_resume_token
+from wschat.chat.roster import LocalRoster, Roster
+from wschat.redis.broker import RedisBroker
+from wschat.redis.history import RedisHistory
+from wschat.redis.link import RedisLink, parse_redis_url
+from wschat.redis.roster import RedisRoster
+from wschat.server.api import ApiContext, KeyFileError, load_api_keys, make_api_site
+from wschat.server.echo import add_echo
+from wschat.server.metrics import Metrics
+from wschat.server.protocol import AuthSettings, ChatFactory, WsSettings
+from wschat.server.site import ClientConfig, HealthCheck, make_site
+from wschat.server.tokens import (
     JwksKeys,
     KeyConfigError,
     KeySource,
@@ -53,8 +53,8 @@ from .tokens import (
     load_public_key,
     load_secret,
 )
-from .web import ClientConfig, HealthCheck, make_site
-from .ws import AuthSettings, ChatFactory, WsSettings
+from wschat.store.sqlite import MEMORY, SqliteHistory
+from wschat.store.sweep import HistorySweeper
 
 DEFAULT_PORT = 8080
 # Twisted listens with a backlog of 50. When a restarted server's clients all reconnect at

@@ -12,12 +12,12 @@ from importlib import resources
 
 from twisted.logger import Logger
 
-from .chat.errors import StorageUnavailable
-from .chat.history import recovery
-from .chat.model import Message, Recovery
+from wschat.chat.errors import StorageUnavailable
+from wschat.chat.history import recovery
+from wschat.chat.model import Message, Recovery
 
 SCHEMA_VERSION = 3
-_log = Logger()
+_log = Logger(namespace="wschat.sqlite_history")
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
@@ -40,7 +40,7 @@ BACKSTOP_WAL_PAGES = 4000
 
 
 def _schema(version: int) -> str:
-    return resources.files("wschat").joinpath(f"schema/v{version}.sql").read_text("utf-8")
+    return resources.files("wschat.store").joinpath(f"schema/v{version}.sql").read_text("utf-8")
 
 
 class SqliteHistory:

@@ -20,9 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
-from . import __version__
-from .chat.hub import Hub
-from .ws import SERVER_NAME, ChatFactory
+from wschat import __version__
+from wschat.chat.hub import Hub
+from wschat.server.protocol import SERVER_NAME, ChatFactory
 
 # An idle HTTP connection is closed after this long.
 HTTP_IDLE_TIMEOUT_S = 30
@@ -121,7 +121,7 @@ class Config(Resource):
 class HeadDeadlineChannel(HTTPChannel):
     """HTTP/1.1 with an absolute deadline on each request head."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.web.HeadDeadlineChannel")
     head_timeout_s = REQUEST_HEAD_TIMEOUT_S
     _head_deadline: IDelayedCall | None = None
 

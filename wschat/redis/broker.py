@@ -20,13 +20,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .chat.broker import Deliver, Resync, RoomEvent
-from .chat.errors import Unavailable
-from .chat.model import Message
-from .chat.sequence import Gap, Sequencer
-from .redis_history import RedisHistory, channel_room, message_from_channel, room_keys
-from .redis_link import RedisLink
-from .redis_roster import RedisRoster
+from wschat.chat.broker import Deliver, Resync, RoomEvent
+from wschat.chat.errors import Unavailable
+from wschat.chat.model import Message
+from wschat.chat.sequence import Gap, Sequencer
+from wschat.redis.history import RedisHistory, channel_room, message_from_channel, room_keys
+from wschat.redis.link import RedisLink
+from wschat.redis.roster import RedisRoster
 
 # How long one of our own messages seen on the channel waits for its ack to be sent first.
 OWN_HOLD_S = 2.0
@@ -43,7 +43,7 @@ class _Watched:
 
 
 class RedisBroker:
-    _log = Logger()
+    _log = Logger(namespace="wschat.redis_broker.RedisBroker")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock

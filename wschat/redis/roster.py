@@ -31,8 +31,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .chat.errors import NameTaken, Unavailable
-from .chat.roster import (
+from wschat.chat.errors import NameTaken, Unavailable
+from wschat.chat.roster import (
     Claim,
     Held,
     Moved,
@@ -42,8 +42,8 @@ from .chat.roster import (
     RosterChange,
     Snapshot,
 )
-from .redis_history import room_keys
-from .redis_link import RedisLink, Script
+from wschat.redis.history import room_keys
+from wschat.redis.link import RedisLink, Script
 
 LEASE_S = 12.0
 RENEW_S = 3.0
@@ -277,7 +277,7 @@ class _Watched:
 
 
 class RedisRoster(Service):
-    _log = Logger()
+    _log = Logger(namespace="wschat.redis_roster.RedisRoster")
 
     def __init__(self, link: RedisLink, clock: IReactorTime) -> None:
         self._link = link

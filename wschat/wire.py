@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .chat.errors import BadJson, InvalidField, UnknownType
-from .chat.model import (
+from wschat.chat.errors import BadJson, InvalidField, UnknownType
+from wschat.chat.model import (
     MAX_AUTH_TOKEN_CHARS,
     MAX_NAME_CHARS,
     MAX_REF_CHARS,

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 try:
-    from ._sendmany import flush_many
+    from wschat.server._sendmany import flush_many
 except ImportError:  # installed without a C compiler: Output.flush writes each one
 
     def flush_many(outboxes: list[Any]) -> list[tuple[Any, int]]:
@@ -79,7 +79,7 @@ class Addressee(Protocol):
 class Output:
     """Queues frames per connection and writes each connection's output once per turn."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.output.Output")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .ws import STATE_OPEN, ChatFactory, ChatProtocol
+from wschat.server.protocol import STATE_OPEN, ChatFactory, ChatProtocol
 
 DEFAULT_DRAIN_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
@@ -41,7 +41,7 @@ def closes_due(total: int, drain_s: float, elapsed_s: float) -> int:
 class Drain:
     """One drain of a factory's connections; `run()` fires when all are closed."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.drain.Drain")
 
     def __init__(
         self, factory: ChatFactory, clock: IReactorTime, drain_s: float, timeout_s: float
@@ -123,7 +123,7 @@ class DrainingService(MultiService):
     """The top of wschat's service tree. Stopping it drains first, while every child (the
     listening ports among them) still runs; then it stops the children as MultiService does."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.drain.DrainingService")
 
     def __init__(self, drain: Callable[[], Deferred[None]]) -> None:
         super().__init__()

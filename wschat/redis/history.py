@@ -17,10 +17,10 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from .chat.errors import Unavailable
-from .chat.history import recovery
-from .chat.model import Message, Recovery
-from .redis_link import RedisLink, Script
+from wschat.chat.errors import Unavailable
+from wschat.chat.history import recovery
+from wschat.chat.model import Message, Recovery
+from wschat.redis.link import RedisLink, Script
 
 # One say: the ref check, the next id, the XADD, the trim of the ref index, the publish, all
 # atomic. Returns {stored (1 new, 0 a resend of a kept ref), id, epoch}.

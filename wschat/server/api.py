@@ -21,12 +21,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .chat.errors import ChatError, NoSuchMember, StorageUnavailable
-from .chat.history import HistoryStore
-from .chat.hub import Hub
-from .chat.identity import MAX_SUB_CHARS
-from .chat.model import MAX_NAME_CHARS, MAX_REF_CHARS, Message, check_room
-from .codec import MAX_ID, message_fields
+from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable
+from wschat.chat.history import HistoryStore
+from wschat.chat.hub import Hub
+from wschat.chat.identity import MAX_SUB_CHARS
+from wschat.chat.model import MAX_NAME_CHARS, MAX_REF_CHARS, Message, check_room
+from wschat.wire import MAX_ID, message_fields
 
 MAX_BODY_BYTES = 64 * 1024
 # A key shorter than this is a password someone typed, not a key.
@@ -35,7 +35,7 @@ MIN_KEY_CHARS = 16
 DEFAULT_PUBLISH_NAME = "api"
 API_IDLE_TIMEOUT_S = 30
 
-_log = Logger()
+_log = Logger(namespace="wschat.api")
 
 
 class ApiError(Exception):

@@ -211,7 +211,7 @@ class TlsReloader(Service):
     """SIGHUP reloads every TLS endpoint's pair. The handler is installed even without TLS
     endpoints: SIGHUP's default action would kill the server (`systemctl reload` sends it)."""
 
-    _log = Logger()
+    _log = Logger(namespace="wschat.tlsreload.TlsReloader")
 
     def __init__(self, endpoints: list[ReloadableTls], reactor: IReactorFromThreads) -> None:
         self._endpoints = endpoints

@@ -7,7 +7,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web.server import Site
 
-from .ws import WsSettings, protocol_options
+from wschat.server.protocol import WsSettings, protocol_options
 
 
 class EchoProtocol(WebSocketServerProtocol):

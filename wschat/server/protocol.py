@@ -25,13 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .chat import identity
-from .chat.broker import RoomEvent
-from .chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
-from .chat.hub import Hub, Session
-from .chat.identity import AuthMode, Identity
-from .chat.limits import AddressCap, RefusalLog
-from .chat.model import (
+from wschat.chat import identity
+from wschat.chat.broker import RoomEvent
+from wschat.chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
+from wschat.chat.hub import Hub, Session
+from wschat.chat.identity import AuthMode, Identity
+from wschat.chat.limits import AddressCap, RefusalLog
+from wschat.chat.model import (
     Auth,
     Authed,
     Command,
@@ -45,11 +45,11 @@ from .chat.model import (
     Say,
     Who,
 )
-from .codec import SUBPROTOCOL, decode, encode
-from .counts import Counts
-from .output import Outbox, Output
-from .timers import BucketTimer
-from .tokens import TokenVerifier
+from wschat.server.counts import Counts
+from wschat.server.output import Outbox, Output
+from wschat.server.timers import BucketTimer
+from wschat.server.tokens import TokenVerifier
+from wschat.wire import SUBPROTOCOL, decode, encode
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -166,7 +166,7 @@ class ChatProtocol(WebSocketServerProtocol):
     `output_open` and SERVER_NAME."""
 
     factory: ChatFactory
-    _log = Logger()
+    _log = Logger(namespace="wschat.ws.ChatProtocol")
 
     def __init__(self) -> None:
         super().__init__()

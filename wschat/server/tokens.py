@@ -31,8 +31,8 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from .chat.errors import KeysUnavailable, TokenInvalid
-from .chat.identity import Identity, identity_from_claims
+from wschat.chat.errors import KeysUnavailable, TokenInvalid
+from wschat.chat.identity import Identity, identity_from_claims
 
 HMAC_ALGORITHMS: tuple[str, ...] = ("HS256",)
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
@@ -46,7 +46,7 @@ JWKS_MIN_REFETCH_S = 30.0
 JWKS_FETCH_TIMEOUT_S = 10.0
 JWKS_MAX_BYTES = 1024 * 1024
 
-_log = Logger()
+_log = Logger(namespace="wschat.tokens")
 
 
 class KeyConfigError(ValueError):

@@ -23,11 +23,11 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from . import __version__
-from .chat.history import HistoryStore
-from .chat.hub import Hub
-from .chat.model import Message, Recovery
-from .ws import ChatFactory
+from wschat import __version__
+from wschat.chat.history import HistoryStore
+from wschat.chat.hub import Hub
+from wschat.chat.model import Message, Recovery
+from wschat.server.protocol import ChatFactory
 
 # From a few tens of microseconds (SQLite, WAL, synchronous=NORMAL) to Redis round trips
 # and a disk that stalls.

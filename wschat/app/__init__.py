@@ -1,0 +1,1 @@
+"""The application: twistd options, the wiring of the service tree, its lifecycle."""

@@ -1,0 +1,1 @@
+"""The Redis engine of several nodes: the link, the broker, the roster."""

@@ -1,0 +1,2 @@
+"""The adapters that face clients and applications: the Autobahn protocol, the site, the
+server API, metrics."""

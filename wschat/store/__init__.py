@@ -1,0 +1,1 @@
+"""The durable history on one node: SQLite, its schema files and its sweeps."""
