@@ -20,8 +20,10 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from wschat.chat.broker import LocalBroker, RoomEvent
-from wschat.chat.history import MemoryHistory
+from wschat.chat.memory import LocalBroker
+
+from wschat.chat.ports import RoomEvent
+from wschat.chat.memory import MemoryHistory
 from wschat.chat.hub import Hub, Session
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join
@@ -49,8 +51,8 @@ def measure(sizes: list[int]) -> list[tuple[int, float, float]]:
 
     limits = Limits()
     hub = Hub(
-        MemoryHistory(limits.history_size),
-        LocalBroker(),
+        (store := MemoryHistory(limits.history_size)),
+        LocalBroker(store),
         fanout,
         clock.seconds,
         lambda: "token",

@@ -7,12 +7,11 @@ from typing import Any, TypeVar
 
 from twisted.internet.task import Clock
 
-from wschat.chat.broker import LocalBroker, RoomEvent
-from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.chat.hub import Hub, Session
 from wschat.chat.limits import Limits
+from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.chat.model import Event
-from wschat.chat.roster import Roster
+from wschat.chat.ports import HistoryStore, RoomEvent, Roster
 
 T = TypeVar("T")
 
@@ -54,7 +53,7 @@ class World:
         self.limits = limits
         self.hub = Hub(
             self.store,
-            LocalBroker(),
+            LocalBroker(self.store),
             self._fanout,
             self._now,
             self._token,

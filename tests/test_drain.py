@@ -13,9 +13,8 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from wschat.app.drain import Drain, DrainingService, closes_due
-from wschat.chat.broker import LocalBroker
-from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
+from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.server.protocol import CLOSE_SERVICE_RESTART, ChatFactory, ChatProtocol, WsSettings
 
 from .wsframes import OP_CLOSE, client_frame, close_code, handshake, parse_frames, text
@@ -62,8 +61,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def factory(clock: Clock) -> ChatFactory:
     factory = ChatFactory(WsSettings(), clock)
     hub = Hub(
-        MemoryHistory(10),
-        LocalBroker(),
+        (store := MemoryHistory(10)),
+        LocalBroker(store),
         factory.fanout,
         clock.seconds,
         lambda: "t",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from wschat.chat.errors import StorageUnavailable
-from wschat.chat.history import HistoryStore, MemoryHistory
+from wschat.chat.memory import MemoryHistory
+from wschat.chat.ports import HistoryStore, NewMessage
 from wschat.store.sqlite import (
     BACKSTOP_WAL_PAGES,
     BUSY_TIMEOUT_S,
@@ -34,15 +35,19 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
     for i in range(count):
-        run(store.append(room, name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}"))[0]
+        run(
+            store.append(
+                room, NewMessage(name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}")
+            )
+        )[0]
 
 
 def test_ids_increase_per_room(make_store: StoreFactory) -> None:
     """Each room numbers its messages 1, 2, 3, ... independently."""
     store = make_store(10)
-    a1 = run(store.append("a", "x", "1", "t", None))[0]
-    b1 = run(store.append("b", "x", "1", "t", None))[0]
-    a2 = run(store.append("a", "x", "2", "t", None))[0]
+    a1 = run(store.append("a", NewMessage("x", "1", "t", None)))[0]
+    b1 = run(store.append("b", NewMessage("x", "1", "t", None)))[0]
+    a2 = run(store.append("a", NewMessage("x", "2", "t", None)))[0]
     assert (a1.id, b1.id, a2.id) == (1, 1, 2)
 
 
@@ -58,12 +63,12 @@ def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
     """append with a ref the same name already stored in the room returns the kept message
     and False; another name, or another room, stores a new one."""
     store = make_store(10)
-    first, new = run(store.append("lobby", "alice", "hi", "t", "r1"))
+    first, new = run(store.append("lobby", NewMessage("alice", "hi", "t", "r1")))
     assert new
-    again, new = run(store.append("lobby", "alice", "hi (resent)", "t", "r1"))
+    again, new = run(store.append("lobby", NewMessage("alice", "hi (resent)", "t", "r1")))
     assert (again, new) == (first, False)
-    assert run(store.append("lobby", "bob", "hi", "t", "r1"))[1]
-    assert run(store.append("dev", "alice", "hi", "t", "r1"))[1]
+    assert run(store.append("lobby", NewMessage("bob", "hi", "t", "r1")))[1]
+    assert run(store.append("dev", NewMessage("alice", "hi", "t", "r1")))[1]
 
 
 def test_find_ref(make_store: StoreFactory) -> None:
@@ -109,7 +114,7 @@ def test_sqlite_survives_reopen_and_continues_ids(tmp_path: Path) -> None:
     store.close()
     store = SqliteHistory(path, 100)
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "m2", "m3"]
-    assert run(store.append("lobby", "bob", "m4", "t", None))[0].id == 4
+    assert run(store.append("lobby", NewMessage("bob", "m4", "t", None)))[0].id == 4
     store.close()
 
 
@@ -141,11 +146,11 @@ def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
     locker = sqlite3.connect(path, timeout=0, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StorageUnavailable) as caught:
-        run(store.append("lobby", "alice", "lost?", "t", "rx"))[0]
+        run(store.append("lobby", NewMessage("alice", "lost?", "t", "rx")))[0]
     assert caught.value.ref == "rx"
     locker.execute("ROLLBACK")
     locker.close()
-    assert run(store.append("lobby", "alice", "kept", "t", "rx"))[0].id == 2
+    assert run(store.append("lobby", NewMessage("alice", "kept", "t", "rx")))[0].id == 2
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]
 
 
@@ -254,9 +259,9 @@ def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> Non
 def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> None:
     """A signed sender's sub and a guest's mark are stored and read back with the message."""
     store = make_store(10)
-    run(store.append("lobby", "alice", "signed", "t", "r1", user="u-alice"))
-    run(store.append("lobby", "zed (guest)", "guest", "t", None, guest=True))
-    run(store.append("lobby", "bob", "open", "t", None))
+    run(store.append("lobby", NewMessage("alice", "signed", "t", "r1", user="u-alice")))
+    run(store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True)))
+    run(store.append("lobby", NewMessage("bob", "open", "t", None)))
     kept = run(store.latest("lobby", 10))
     assert [(m.user, m.guest) for m in kept] == [("u-alice", False), (None, True), (None, False)]
     found = run(store.find_ref("lobby", "alice", "r1"))
@@ -280,7 +285,7 @@ def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
     store = SqliteHistory(path, 10)
     [old] = run(store.latest("lobby", 10))
     assert (old.text, old.user, old.guest) == ("old", None, False)
-    assert run(store.append("lobby", "bob", "new", "t", None, user="u-bob"))[0].id == 2
+    assert run(store.append("lobby", NewMessage("bob", "new", "t", None, user="u-bob")))[0].id == 2
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

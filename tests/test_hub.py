@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wschat.chat import errors
-from wschat.chat.history import MemoryHistory
 from wschat.chat.limits import Limits
+from wschat.chat.memory import MemoryHistory
 from wschat.chat.model import Ack, Join, Leave, Left, Message, Presence, Say, Welcome, format_ts
 
 from .chatkit import World, run

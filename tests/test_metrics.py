@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.web.iweb import IResponse
 
 import wschat
-from wschat.chat.history import MemoryHistory
+from wschat.chat.memory import MemoryHistory
+from wschat.chat.ports import NewMessage
 from wschat.server.metrics import Metrics, TimedHistory
 from wschat.server.protocol import ChatFactory
 
@@ -107,7 +108,7 @@ def test_history_append_time_is_a_histogram(clock: Clock) -> None:
     metrics = with_metrics(factory)
     ticks = iter([10.0, 10.002])
     store = TimedHistory(MemoryHistory(5), metrics.append_seconds.observe, lambda: next(ticks))
-    run(store.append("r", "n", "t", "ts", None))
+    run(store.append("r", NewMessage("n", "t", "ts", None)))
     assert [m.text for m in run(store.latest("r", 5))] == ["t"]
     seen = scrape(metrics)
     assert seen["wschat_history_append_seconds_count"] == 1
@@ -139,7 +140,7 @@ def test_the_grafana_dashboard_uses_only_metrics_we_export(clock: Clock) -> None
     client.join("lobby", "x")
     client.send(text({"type": "say", "room": "nowhere", "text": "x"}))
     client.protocol.onClose(True, 1000, None)
-    run(metrics.timed(MemoryHistory(5)).append("r", "n", "t", "ts", None))
+    run(metrics.timed(MemoryHistory(5)).append("r", NewMessage("n", "t", "ts", None)))
     exported = {key.split("{")[0] for key in scrape(metrics)}
     dashboard = json.loads(
         (Path(__file__).parent.parent / "contrib/grafana/wschat.json").read_text()

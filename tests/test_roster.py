@@ -20,7 +20,7 @@ from wschat.chat.hub import PARK_S, Session
 from wschat.chat.identity import Identity
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join, Leave, Left, Presence, Welcome
-from wschat.chat.roster import (
+from wschat.chat.ports import (
     Claim,
     Held,
     Moved,

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 
 from wschat.chat.model import format_ts
+from wschat.chat.ports import NewMessage
 from wschat.store.sqlite import MEMORY, SqliteHistory, Swept
 from wschat.store.sweep import EXPIRE_BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
 
@@ -19,7 +20,7 @@ NOW_S = 1_800_000_000.0
 
 
 def say(store: SqliteHistory, room: str, at_s: float, text: str = "x") -> int:
-    return run(store.append(room, "n", text, format_ts(at_s), None))[0].id
+    return run(store.append(room, NewMessage("n", text, format_ts(at_s), None)))[0].id
 
 
 def sweeps(log_events: EventLoggingObserver) -> list[dict[str, object]]:

@@ -21,9 +21,8 @@ from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IResponse
 
 import wschat
-from wschat.chat.broker import LocalBroker
-from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
+from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.chat.model import Join
 from wschat.server.protocol import ChatFactory, WsSettings
 from wschat.server.site import make_site
@@ -37,8 +36,8 @@ def make() -> tuple[StubTreq, Hub, ChatFactory]:
     factory = ChatFactory(WsSettings(), clock)
     clock.advance(100)
     hub = Hub(
-        MemoryHistory(10),
-        LocalBroker(),
+        (store := MemoryHistory(10)),
+        LocalBroker(store),
         factory.fanout,
         clock.seconds,
         lambda: "t",
@@ -119,8 +118,8 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     clock = Clock()
     factory = ChatFactory(WsSettings(), clock)
     hub = Hub(
-        MemoryHistory(10),
-        LocalBroker(),
+        (store := MemoryHistory(10)),
+        LocalBroker(store),
         factory.fanout,
         clock.seconds,
         lambda: "t",

@@ -13,10 +13,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.python.failure import Failure
 
-from wschat.chat.broker import LocalBroker
-from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
+from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.server.output import Sink
 from wschat.server.protocol import (
     CLOSE_INTERNAL_ERROR,
@@ -109,8 +108,8 @@ def make_factory(
 ) -> ChatFactory:
     factory = ChatFactory(settings, clock)
     hub = Hub(
-        MemoryHistory(limits.history_size),
-        LocalBroker(),
+        (store := MemoryHistory(limits.history_size)),
+        LocalBroker(store),
         factory.fanout,
         clock.seconds,
         lambda: "tok",

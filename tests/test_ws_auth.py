@@ -10,10 +10,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from wschat.chat.broker import LocalBroker
-from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.identity import GUEST_MARK, AuthMode
+from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.server.protocol import (
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
@@ -53,8 +52,8 @@ def auth_factory(
     settings = WsSettings(ping_interval_s=0)
     factory = ChatFactory(settings, clock, AuthSettings(mode, verifier, GRACE_S))
     hub = Hub(
-        MemoryHistory(100),
-        LocalBroker(),
+        (store := MemoryHistory(100)),
+        LocalBroker(store),
         factory.fanout,
         clock.seconds,
         lambda: "tok",
@@ -196,8 +195,8 @@ def test_off_refuses_auth_and_keeps_the_connection(clock: Clock) -> None:
     factory = ChatFactory(WsSettings(), clock)
     factory.attach(
         Hub(
-            MemoryHistory(10),
-            LocalBroker(),
+            (store := MemoryHistory(10)),
+            LocalBroker(store),
             factory.fanout,
             clock.seconds,
             lambda: "t",

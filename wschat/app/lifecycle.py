@@ -12,7 +12,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from wschat.app.drain import DrainingService
-from wschat.chat.history import HistoryStore
+from wschat.chat.ports import HistoryStore
 from wschat.server.protocol import ChatFactory
 
 

@@ -28,13 +28,12 @@ from wschat.app.tls import (
     load_tls,
     tls_from_ssl_description,
 )
-from wschat.chat.broker import Broker, LocalBroker
-from wschat.chat.history import HistoryStore, MemoryHistory
 from wschat.chat.hub import Hub
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
+from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
 from wschat.chat.model import new_resume_token
-from wschat.chat.roster import LocalRoster, Roster
+from wschat.chat.ports import Broker, HistoryStore, Roster
 from wschat.redis.broker import RedisBroker
 from wschat.redis.history import RedisHistory
 from wschat.redis.link import RedisLink, parse_redis_url
@@ -536,7 +535,8 @@ class Backend:
 
 def make_backend(options: Options, reactor: Any) -> Backend:
     if options["redis"] is None:
-        return Backend(make_store(options, reactor), LocalBroker())
+        store = make_store(options, reactor)
+        return Backend(store, LocalBroker(store))
     try:
         address = parse_redis_url(
             options["redis"], options["redis-password-file"], options["redis-ca"]

@@ -8,7 +8,7 @@ Presence goes out in batches: a join or leave marks its room, and every
 says how they add up). A join storm into one room therefore costs a bounded number of frames
 a second, not one frame per member per join.
 
-With several nodes, names are claimed through the Roster (chat/roster.py) and the other
+With several nodes, names are claimed through the Roster (chat/ports.py) and the other
 nodes' changes reach each room as they happen; they go out to this node's members in the
 same batches as its own.
 """
@@ -21,7 +21,6 @@ from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 
-from wschat.chat.broker import Broker, RoomEvent
 from wschat.chat.errors import (
     NameInvalid,
     NameRequired,
@@ -33,9 +32,9 @@ from wschat.chat.errors import (
     RoomFull,
     TooManyRooms,
 )
-from wschat.chat.history import HistoryStore
 from wschat.chat.identity import Companions, Identity, guest_name
 from wschat.chat.limits import AddressRates, Limits
+from wschat.chat.memory import LocalRoster
 from wschat.chat.model import (
     Ack,
     Event,
@@ -54,18 +53,21 @@ from wschat.chat.model import (
     check_text,
     format_ts,
 )
-from wschat.chat.ratelimit import TokenBucket
-from wschat.chat.room import Room
-from wschat.chat.roster import (
+from wschat.chat.ports import (
+    Broker,
     Claim,
     Held,
-    LocalRoster,
+    HistoryStore,
     Moved,
+    NewMessage,
     NodeGone,
     Released,
+    RoomEvent,
     Roster,
     RosterChange,
 )
+from wschat.chat.ratelimit import TokenBucket
+from wschat.chat.room import Room
 
 # A connection replaced from another node keeps its names in its other rooms this long, so
 # that the client's rejoins there (with its token) move them silently too.
@@ -240,20 +242,12 @@ class Hub:
             )
         name = session.name
         assert name is not None  # a session in a room has a name
-        msg, new = await self._store.append(
-            cmd.room,
-            name,
-            cmd.text,
-            format_ts(self._now_s()),
-            cmd.ref,
-            user=session.user,
-            guest=session.guest,
-        )
+        said = NewMessage(name, cmd.text, format_ts(now_s), cmd.ref, session.user, session.guest)
         # Store, then ack, then broadcast: an ack always means "it is in the history". A resent
         # ref is acked with the id it was stored under, and not broadcast again.
-        session.send(Ack(cmd.room, cmd.ref, msg.id))
-        if new:
-            self._broker.publish(cmd.room, msg)
+        await self._broker.publish(
+            cmd.room, said, lambda msg, _new: session.send(Ack(cmd.room, cmd.ref, msg.id))
+        )
 
     def leave(self, session: Session, cmd: Leave) -> None:
         if cmd.room not in session.rooms:
@@ -291,12 +285,9 @@ class Hub:
         check_room(room, ref)
         check_name(name, ref)
         check_text(text, ref)
-        msg, new = await self._store.append(
-            room, name, text, format_ts(self._now_s()), ref, user=user
+        return await self._broker.publish(
+            room, NewMessage(name, text, format_ts(self._now_s()), ref, user)
         )
-        if new:
-            self._broker.publish(room, msg)
-        return msg, new
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room with members here, and how many, sorted by name."""
@@ -471,7 +462,7 @@ class Hub:
             else:
                 continue
             room.sent_count = count
-            self._broker.publish(name, batch)
+            self._deliver(name, batch)
 
     async def _welcome(
         self, session: Session, room: str, name: str, since: int | None, epoch: str | None

@@ -12,7 +12,7 @@ Each change is numbered, so that a client who came in during the interval can be
 the changes after its welcome: the earlier ones are already in it.
 
 With several nodes, a member is a name this node holds (with its session) or one that other
-nodes hold (chat/roster.py); the name is in the room while anyone holds it.
+nodes hold (chat/ports.py); the name is in the room while anyone holds it.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wschat.chat.broker import Deliver, Resync, RoomEvent
 from wschat.chat.errors import Unavailable
 from wschat.chat.model import Message
+from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored
 from wschat.chat.sequence import Gap, Sequencer
 from wschat.redis.history import RedisHistory, channel_room, message_from_channel, room_keys
 from wschat.redis.link import RedisLink
@@ -70,14 +70,18 @@ class RedisBroker:
         self._deliver = deliver
         self._resync = resync
 
-    def publish(self, room: str, event: RoomEvent) -> None:
-        if not isinstance(event, Message):
-            self._hand(room, [event])
-            return
+    async def publish(
+        self, room: str, new: NewMessage, stored: Stored | None = None
+    ) -> tuple[Message, bool]:
+        # One script stores the message and announces it on the room's channel.
+        msg, fresh = await self._store.append(room, new)
+        if stored is not None:
+            stored(msg, fresh)
         watched = self._rooms.get(room)
-        if watched is None or watched.sequencer is None:
-            return  # nobody here (the sender left meanwhile), or not subscribed yet
-        self._hand(room, watched.sequencer.local(event))
+        if fresh and watched is not None and watched.sequencer is not None:
+            # Ours, offered before the channel's copy comes back (the sequencer keeps one).
+            self._hand(room, watched.sequencer.local(msg))
+        return msg, fresh
 
     async def watch(self, room: str) -> None:
         watched = self._rooms.get(room)

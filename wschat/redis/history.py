@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from wschat.chat.errors import Unavailable
-from wschat.chat.history import recovery
 from wschat.chat.model import Message, Recovery
+from wschat.chat.ports import NewMessage, recovery
 from wschat.redis.link import RedisLink, Script
 
 # One say: the ref check, the next id, the XADD, the trim of the ref index, the publish, all
@@ -147,41 +147,35 @@ class RedisHistory:
         self._new_epoch = new_epoch
         link.preload(APPEND, AFTER, EPOCH)
 
-    async def append(
-        self,
-        room: str,
-        name: str,
-        text: str,
-        ts: str,
-        ref: str | None,
-        *,
-        user: str | None = None,
-        guest: bool = False,
-    ) -> tuple[Message, bool]:
+    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
+        ref = new.ref
         keys = room_keys(room)
         try:
             stored, msg_id, _epoch = await self._link.run(
                 APPEND,
                 [keys["seq"], keys["log"], keys["refs"], keys["refz"], keys["epoch"]],
                 [
-                    name,
-                    text,
-                    ts,
+                    new.name,
+                    new.text,
+                    new.ts,
                     ref or "",
                     self._keep,
                     keys["ch"],
                     self._new_epoch(),
                     self._link.node,
-                    user or "",
-                    "1" if guest else "0",
+                    new.user or "",
+                    "1" if new.guest else "0",
                 ],
             )
         except Unavailable as exc:
             raise Unavailable(exc.message, ref) from None
         if int(stored) == 1:
-            return Message(room, int(msg_id), name, text, ts, ref, user, guest), True
+            msg = Message(room, int(msg_id), new.name, new.text, new.ts, ref, new.user, new.guest)
+            return msg, True
         kept = await self.range(room, int(msg_id), int(msg_id))
-        return (kept[0] if kept else Message(room, int(msg_id), name, text, ts, ref)), False
+        return (
+            kept[0] if kept else Message(room, int(msg_id), new.name, new.text, new.ts, ref)
+        ), False
 
     async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
         keys = room_keys(room)

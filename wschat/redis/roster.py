@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import NameTaken, Unavailable
-from wschat.chat.roster import (
+from wschat.chat.ports import (
     Claim,
     Held,
     Moved,

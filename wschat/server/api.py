@@ -22,10 +22,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable
-from wschat.chat.history import HistoryStore
 from wschat.chat.hub import Hub
 from wschat.chat.identity import MAX_SUB_CHARS
 from wschat.chat.model import MAX_NAME_CHARS, MAX_REF_CHARS, Message, check_room
+from wschat.chat.ports import HistoryStore
 from wschat.wire import MAX_ID, message_fields
 
 MAX_BODY_BYTES = 64 * 1024

@@ -24,9 +24,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wschat import __version__
-from wschat.chat.history import HistoryStore
 from wschat.chat.hub import Hub
 from wschat.chat.model import Message, Recovery
+from wschat.chat.ports import HistoryStore, NewMessage
 from wschat.server.protocol import ChatFactory
 
 # From a few tens of microseconds (SQLite, WAL, synchronous=NORMAL) to Redis round trips
@@ -126,20 +126,10 @@ class TimedHistory:
         self._observe = observe
         self._timer = timer
 
-    async def append(
-        self,
-        room: str,
-        name: str,
-        text: str,
-        ts: str,
-        ref: str | None,
-        *,
-        user: str | None = None,
-        guest: bool = False,
-    ) -> tuple[Message, bool]:
+    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         started = self._timer()
         try:
-            return await self._store.append(room, name, text, ts, ref, user=user, guest=guest)
+            return await self._store.append(room, new)
         finally:
             self._observe(self._timer() - started)
 

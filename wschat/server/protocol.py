@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wschat.chat import identity
-from wschat.chat.broker import RoomEvent
 from wschat.chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
 from wschat.chat.hub import Hub, Session
 from wschat.chat.identity import AuthMode, Identity
@@ -45,6 +44,7 @@ from wschat.chat.model import (
     Say,
     Who,
 )
+from wschat.chat.ports import RoomEvent
 from wschat.server.counts import Counts
 from wschat.server.output import Outbox, Output
 from wschat.server.timers import BucketTimer

@@ -13,8 +13,8 @@ from importlib import resources
 from twisted.logger import Logger
 
 from wschat.chat.errors import StorageUnavailable
-from wschat.chat.history import recovery
 from wschat.chat.model import Message, Recovery
+from wschat.chat.ports import NewMessage, recovery
 
 SCHEMA_VERSION = 3
 _log = Logger(namespace="wschat.sqlite_history")
@@ -113,25 +113,16 @@ class SqliteHistory:
             last = self._last_id[room] = found
         return last
 
-    async def append(
-        self,
-        room: str,
-        name: str,
-        text: str,
-        ts: str,
-        ref: str | None,
-        *,
-        user: str | None = None,
-        guest: bool = False,
-    ) -> tuple[Message, bool]:
-        if ref is not None and (kept := await self.find_ref(room, name, ref)) is not None:
+    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
+        ref = new.ref
+        if ref is not None and (kept := await self.find_ref(room, new.name, ref)) is not None:
             return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
             self._db.execute(
                 "INSERT INTO messages (room, id, name, text, ts, ref, user, guest) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (room, msg_id, name, text, ts, ref, user, int(guest)),
+                (room, msg_id, new.name, new.text, new.ts, ref, new.user, int(new.guest)),
             )
         except sqlite3.Error as exc:
             # Re-read the room's last id next time: we don't know what the failure left.
@@ -142,7 +133,7 @@ class SqliteHistory:
         self._last_id[room] = msg_id
         recent = self._recent
         if recent is not None:
-            recent[room] = ts
+            recent[room] = new.ts
             recent.move_to_end(room)
         count = self._since_trim.get(room, 0) + 1
         if count >= TRIM_EVERY_MESSAGES:
@@ -162,7 +153,7 @@ class SqliteHistory:
                 # The message is stored; the backstop checkpoint keeps the WAL bounded.
                 self._checkpointing.release()
                 _log.failure("could not start a checkpoint thread")
-        return Message(room, msg_id, name, text, ts, ref, user, guest), True
+        return Message(room, msg_id, new.name, new.text, new.ts, ref, new.user, new.guest), True
 
     def _checkpoint(self) -> None:
         """Runs in another thread, on a connection of its own; a PASSIVE checkpoint never
