@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from wschat.cli import ChatState, parse_args, ws_url
+from wschat.cli import parse_args
+from wschat.cli.state import ChatState, ws_url
 
 
 def state(name: str | None = "alice", *rooms: str) -> ChatState:

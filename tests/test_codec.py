@@ -186,10 +186,10 @@ def test_every_close_code_is_documented() -> None:
     """docs/protocol.md's close-code table lists every code the server closes with."""
     from pathlib import Path
 
-    from wschat.server import protocol as ws
+    from wschat import wire
 
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    codes = [v for k, v in vars(ws).items() if k.startswith("CLOSE_") and isinstance(v, int)]
+    codes = [v for k, v in vars(wire).items() if k.startswith("CLOSE_") and isinstance(v, int)]
     assert len(codes) >= 8
     for code in codes:
         assert f"| {code} |" in doc or f"| **{code}** |" in doc, code

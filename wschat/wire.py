@@ -36,6 +36,19 @@ from wschat.chat.model import (
 )
 
 SUBPROTOCOL = "wschat.v1"
+
+# The close codes of docs/protocol.md, for the server and for clients (wschat-cli).
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_REPLACED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_DISCONNECTED = 4403
+CLOSE_TOKEN_EXPIRED = 4440
+
 # SQLite's INTEGER is a signed 64-bit value; a larger `since` can only be a client bug.
 MAX_ID = 2**63 - 1
 

@@ -1,0 +1,171 @@
+"""What the terminal client knows across connections, free of sockets and time: typed lines
+to frames, frames to lines to show."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+WHO_PAGE = 1000
+
+HELP = [
+    "* type a line to say it in the current room; commands:",
+    "*   /join ROOM      join (and switch to) a room",
+    "*   /leave [ROOM]   leave the current room (or ROOM)",
+    "*   /who [ROOM]     list the members",
+    "*   /kick NAME      take NAME out of the current room (admins only)",
+    "*   /quit           leave",
+]
+
+Frame = dict[str, Any]
+
+
+def ws_url(url: str) -> str:
+    """ws(s)://host:port/ws from what a person types: http(s) and a bare host:port work too."""
+    if "://" not in url:
+        url = "ws://" + url
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"not a ws://, wss://, http:// or https:// URL: {url}")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass
+class ChatState:
+    """What the client knows across connections; turns frames into lines to show and typed
+    lines into frames to send. Knows nothing of sockets or time."""
+
+    name: str | None
+    rooms: dict[str, int | None] = field(default_factory=dict)
+    current: str | None = None
+    resume_token: str | None = None
+    signed: bool = False
+    # say frames not acked yet, by ref: sent again after a reconnect.
+    pending: dict[str, Frame] = field(default_factory=dict)
+    # Rooms welcomed into at least once: a rejoin after a reconnect is not news.
+    welcomed: set[str] = field(default_factory=set)
+    new_ref: Callable[[], str] = lambda: uuid.uuid4().hex
+
+    def opening(self, token: str | None) -> list[Frame]:
+        """The frames of a new connection: sign in, rejoin every room, resend what is unacked."""
+        frames: list[Frame] = [{"type": "auth", "token": token}] if token else []
+        first = True
+        for room, last_id in self.rooms.items():
+            frames.append(self._join(room, last_id, first))
+            first = False
+        frames += self.pending.values()
+        return frames
+
+    def _join(self, room: str, since: int | None, with_name: bool) -> Frame:
+        frame: Frame = {"type": "join", "room": room}
+        if with_name and self.name is not None and not self.signed:
+            frame["name"] = self.name
+        if since is not None:
+            frame["since"] = since
+        if self.resume_token is not None:
+            frame["token"] = self.resume_token
+        return frame
+
+    def typed(self, line: str) -> tuple[list[str], list[Frame], bool]:
+        """A line from the keyboard: (lines to show, frames to send, quit?)."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return [], [], False
+        if not line.startswith("/"):
+            if self.current is None:
+                return ["! join a room first: /join ROOM"], [], False
+            ref = self.new_ref()
+            frame = {"type": "say", "room": self.current, "text": line, "ref": ref}
+            self.pending[ref] = frame
+            return [], [frame], False
+        command, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        room = arg or self.current
+        if command == "quit":
+            return [], [], True
+        if command == "help":
+            return list(HELP), [], False
+        if command == "join" and arg:
+            self.rooms.setdefault(arg, None)
+            self.current = arg
+            return [], [self._join(arg, self.rooms[arg], True)], False
+        if command in ("leave", "who") and room:
+            if command == "leave":
+                return [], [{"type": "leave", "room": room}], False
+            return [], [{"type": "who", "room": room, "limit": WHO_PAGE}], False
+        if command == "kick" and arg and self.current:
+            return [], [{"type": "kick", "room": self.current, "name": arg}], False
+        return [f"! unknown or incomplete command: {line} (/help)"], [], False
+
+    def received(self, frame: Frame) -> tuple[list[str], list[Frame]]:
+        """A frame from the server: (lines to show, frames to send in answer)."""
+        kind = frame.get("type")
+        room = frame.get("room")
+        if kind == "message":
+            return self._message(frame), []
+        if kind == "presence":
+            lines = [f"* {n} joined #{room}" for n in frame.get("joined", [])]
+            return lines + [f"* {n} left #{room}" for n in frame.get("left", [])], []
+        if kind == "welcome":
+            return self._welcome(frame), []
+        if kind == "ack":
+            self.pending.pop(frame.get("ref") or "", None)
+            return [], []
+        if kind == "members":
+            lines = [f"* #{room}: {', '.join(frame['names'])} ({frame['count']} in all)"]
+            more = []
+            if frame.get("next") is not None:
+                more = [{"type": "who", "room": room, "after": frame["next"], "limit": WHO_PAGE}]
+            return lines, more
+        if kind == "left":
+            self._forget(str(room))
+            why = " (kicked)" if frame.get("reason") == "kicked" else ""
+            return [f"* you left #{room}{why}"], []
+        if kind == "kicked":
+            return [f"* {frame['name']} was kicked from #{room}"], []
+        if kind == "authed":
+            self.signed = True
+            self.name = frame["name"]
+            admin = ", admin" if frame.get("admin") else ""
+            return [f"* signed in as {frame['name']} ({frame['user']}{admin})"], []
+        if kind == "error":
+            return [f"! {frame.get('code')}: {frame.get('message')}"], []
+        return [], []
+
+    def _welcome(self, frame: Frame) -> list[str]:
+        room = frame["room"]
+        self.name = frame["name"]
+        self.resume_token = frame.get("token", self.resume_token)
+        known = room in self.welcomed
+        self.welcomed.add(room)
+        self.rooms.setdefault(room, None)
+        lines = []
+        if not known:
+            users = frame.get("users")
+            listed = f": {', '.join(users)}" if users is not None else ""
+            lines.append(f"* joined #{room} as {frame['name']} ({frame['count']} members{listed})")
+        elif frame.get("recovered") is False:
+            lines.append(f"* #{room}: some messages were missed while offline")
+        for msg in frame.get("history", []):
+            lines += self._message(msg)
+        return lines
+
+    def _message(self, msg: Frame) -> list[str]:
+        room = msg["room"]
+        last = self.rooms.get(room)
+        if last is not None and msg["id"] <= last:
+            return []  # seen already (a rejoin's history overlaps the live messages)
+        if room in self.rooms:
+            self.rooms[room] = msg["id"]
+        return [f"[{room}] <{msg['name']}> {msg['text']}"]
+
+    def _forget(self, room: str) -> None:
+        self.rooms.pop(room, None)
+        self.welcomed.discard(room)
+        if self.current == room:
+            self.current = next(reversed(self.rooms), None) if self.rooms else None
