@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from wschat.app.drain import Drain, DrainingService, closes_due
+from wschat.app.lifecycle import Drain, DrainingService, closes_due
 from wschat.chat.broker import LocalBroker
 from wschat.chat.history import MemoryHistory
 from wschat.chat.hub import Hub
