@@ -233,9 +233,9 @@ class ReloadableTls:
 class TlsEndpoint:
     """TLS over any stream server endpoint (TCP, or a socket passed by systemd).
 
-    The endpoint under the TLS is made from its string when it listens: the options parse the
-    `wschat-tls:` string once more, to check the pair, and a systemd socket is looked up by the
-    listener alone."""
+    The endpoint under the TLS is made from its string only when it listens: a `wschat-tls:`
+    string is also parsed by the options, to check its pair before start-up, and that parse
+    must not look up a systemd socket or need one."""
 
     def __init__(self, reactor: IReactorTime, inner: str, creator: ReloadableTls) -> None:
         self._reactor = reactor

@@ -43,9 +43,8 @@ from wschat.store.sweep import HistorySweeper
 __all__ = ["Options", "makeService"]
 
 # Twisted listens with a backlog of 50. When a restarted server's clients all reconnect at
-# once, a full accept queue drops their SYNs, and the kernel resends them 1, 3, 7, 15, 31 s
-# later: with 10,000 clients in one room the last was back 37 s after the kill at 50, and
-# (bench/run.py, bigroom_storm) much sooner with this. The kernel caps it at somaxconn.
+# once, a full accept queue drops their SYNs, and the kernel resends them only 1, 3, 7, 15 and
+# 31 s later (bench/run.py's bigroom_storm scenario shows it). The kernel caps it at somaxconn.
 DEFAULT_BACKLOG = 4096
 _BACKLOG_TYPES = ("tcp:", "tcp6:", "unix:")
 
