@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from wschat.app.drain import Drain, DrainingService, closes_due
+from wschat.app.lifecycle import Drain, DrainingService, closes_due
 from wschat.chat.hub import Hub
 from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.server.protocol import CLOSE_SERVICE_RESTART, ChatFactory, ChatProtocol, WsSettings

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
+import treq
+from treq.testing import StubTreq
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -21,11 +26,14 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer, provider
 
+import wschat
 from wschat.app.lifecycle import ChatService
-from wschat.app.options import DEFAULT_BACKLOG, Options, makeService
-from wschat.app.tls import TlsFiles, TlsListen
+from wschat.app.tls import TlsFiles, ssl_as_tls, tls_description
+from wschat.app.wiring import DEFAULT_BACKLOG, Options, makeService
 from wschat.certs import write_dev_cert
 from wschat.chat.identity import AuthMode
+from wschat.chat.limits import Limits
+from wschat.server.protocol import AuthSettings, WsSettings
 from wschat.server.site import ChatSite
 from wschat.store.sweep import HistorySweeper
 
@@ -62,7 +70,7 @@ def test_tls_shorthand_becomes_a_reloadable_tls_endpoint(tmp_path: Path) -> None
     cert, key = write_dev_cert(tmp_path / "a:b")
     options = parse("--tls-port", "8443", "--tls-cert", str(cert), "--tls-key", str(key))
     assert options["listen"] == []
-    assert options["tls"] == [TlsListen("tcp:8443", TlsFiles(str(cert), str(key)), "tcp:8443")]
+    assert options["tls"] == [tls_description("tcp:8443", TlsFiles(str(cert), str(key)))]
 
 
 def test_ssl_listen_strings_and_tls_listen_are_tls_endpoints(tmp_path: Path) -> None:
@@ -85,8 +93,8 @@ def test_ssl_listen_strings_and_tls_listen_are_tls_endpoints(tmp_path: Path) -> 
     assert options["listen"] == ["tcp:8080"]
     files = TlsFiles(str(cert), str(key))
     assert options["tls"] == [
-        TlsListen("systemd:domain=INET6:name=https", files, "systemd:domain=INET6:name=https"),
-        TlsListen("tcp:8443", files, ssl),
+        tls_description("systemd:domain=INET6:name=https", files),
+        ssl_as_tls(ssl),
     ]
     with pytest.raises(usage.UsageError, match="--tls-listen ENDPOINT with --tls-cert"):
         parse("--tls-listen", "tcp:8443")
@@ -381,5 +389,61 @@ def test_the_api_options_go_together(tmp_path: Path) -> None:
     top = makeService(options, reactor=reactor)
     top.startService()
     assert [(p[0], p[3]) for p in reactor.tcpServers] == [(8080, "127.0.0.1"), (8081, "127.0.0.1")]
+    top.stopService()
+    reactor.advance(10)
+
+
+def test_the_defaults_are_those_of_the_settings(tmp_path: Path) -> None:
+    """Without options, makeService fills in exactly the defaults of WsSettings, Limits and
+    AuthSettings, which the option table reads."""
+    top = makeService(parse("--history-db", ":memory:"), reactor=ThreadedMemoryReactor())
+    assert isinstance(top, MultiService)
+    service = next(iter(top))
+    assert isinstance(service, ChatService)
+    assert service.factory.settings == WsSettings()
+    assert service.factory.hub.limits == Limits()
+    assert service.factory.auth == AuthSettings()
+
+
+def json_get(site: object, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """GET `url` from a Site's resources in memory; the JSON answer."""
+    assert isinstance(site, Site)
+    stub = StubTreq(site.resource)
+    responses: list[Any] = []
+    # StubTreq copies treq's request functions onto itself at run time, out of mypy's sight.
+    stub.get(url, headers=headers).addCallback(responses.append)  # type: ignore[attr-defined]
+    stub.flush()
+    [response] = responses
+    content: list[bytes] = []
+    treq.content(response).addCallback(content.append)
+    stub.flush()
+    assert response.code == 200, content
+    answer: dict[str, Any] = json.loads(content[0])
+    return answer
+
+
+def test_every_version_is_the_package_version(tmp_path: Path) -> None:
+    """/healthz and the API's /api/info report wschat.__version__, and so does the installed
+    package's metadata (setup.cfg reads it from there)."""
+    keys = tmp_path / "api.keys"
+    keys.write_text("k" * 32 + "\n")
+    reactor = ThreadedMemoryReactor()
+    options = parse(
+        "--listen",
+        "tcp:8080",
+        "--api-listen",
+        "tcp:8081",
+        "--api-key-file",
+        str(keys),
+        "--history-db",
+        ":memory:",
+    )
+    top = makeService(options, reactor=reactor)
+    top.startService()
+    chat_site, api_site = reactor.tcpServers[0][1], reactor.tcpServers[1][1]
+    health = json_get(chat_site, "http://chat.test/healthz", {})
+    info = json_get(api_site, "http://api.test/api/info", {"authorization": "Bearer " + "k" * 32})
+    assert health["version"] == info["version"] == wschat.__version__
+    assert metadata.version("wschat") == wschat.__version__
     top.stopService()
     reactor.advance(10)

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
@@ -26,10 +27,11 @@ from wschat.app.tls import (
     TlsEndpoint,
     TlsFiles,
     TlsFilesError,
-    TlsListen,
     TlsReloader,
     load_tls,
-    tls_from_ssl_description,
+    split_tls_arguments,
+    ssl_as_tls,
+    tls_description,
 )
 
 from .tlskit import Pair, chain, self_signed
@@ -79,8 +81,9 @@ def common_name(cert: x509.Certificate | Any) -> str:
     return str(attribute.value)
 
 
-def listen_on(pair: Pair) -> TlsListen:
-    return TlsListen("tcp:8443", TlsFiles(str(pair.cert), str(pair.key)), "tcp:8443")
+def serving(pair: Pair) -> ReloadableTls:
+    """What a `wschat-tls:tcp:8443` string serves with this pair."""
+    return ReloadableTls(TlsFiles(str(pair.cert), str(pair.key)), "tcp:8443")
 
 
 @pytest.fixture
@@ -93,7 +96,7 @@ def test_a_matching_pair_loads_with_its_intermediates(tmp_path: Path) -> None:
     _, pair = chain(tmp_path)
     loaded = load_tls(TlsFiles(str(pair.cert), str(pair.key)))
     assert loaded.info.subject == "CN=localhost" and loaded.info.chain == 1
-    client = handshake(ReloadableTls(listen_on(pair)))
+    client = handshake(serving(pair))
     sent = client.get_peer_cert_chain(as_cryptography=True) or []
     assert [common_name(c) for c in sent] == ["localhost", "test intermediate"]
 
@@ -124,19 +127,47 @@ def test_bad_pairs_are_refused_with_the_file_and_the_problem(
         assert files.cert in str(raised.value) or files.key in str(raised.value)
 
 
-def test_an_ssl_endpoint_string_becomes_tls_over_tcp() -> None:
-    """`ssl:` strings keep Twisted's quoting and defaults; unsupported keywords are refused."""
-    listen = tls_from_ssl_description(
-        r"ssl:8443:privateKey=/k\:dir/key.pem:certKey=/c.pem:interface=127.0.0.1:backlog=5"
-    )
-    assert listen.endpoint == "tcp:8443:backlog=5:interface=127.0.0.1"
-    assert listen.files == TlsFiles("/c.pem", "/k:dir/key.pem")
+def test_tls_arguments_split_into_the_endpoint_under_tls_and_the_files() -> None:
+    """The `ssl:` keywords name the files, the rest is the endpoint; TCP takes only the `ssl:`
+    endpoint's keywords, and `sslmethod` is refused (TLS 1.2 is the minimum)."""
+    assert split_tls_arguments(
+        ["tcp", "8443"], {"privateKey": "/k:dir/key.pem", "certKey": "/c.pem", "backlog": "5"}
+    ) == ("tcp:8443:backlog=5", TlsFiles("/c.pem", "/k:dir/key.pem"))
+    assert split_tls_arguments(
+        ["systemd"], {"domain": "INET6", "name": "https", "privateKey": "k", "certKey": "c"}
+    ) == ("systemd:domain=INET6:name=https", TlsFiles("c", "k"))
+    # A socket path keeps its colons and equals signs, escaped.
+    assert split_tls_arguments(["unix", "/run/a:b=c"], {})[0] == r"unix:/run/a\:b\=c"
     # certKey defaults to privateKey, as in Twisted (one file holding both).
-    assert tls_from_ssl_description("ssl:443:privateKey=both.pem").files == TlsFiles(
+    assert split_tls_arguments(["tcp", "443"], {"privateKey": "both.pem"})[1] == TlsFiles(
         "both.pem", "both.pem"
     )
     with pytest.raises(ValueError, match="do not take sslmethod"):
-        tls_from_ssl_description("ssl:443:privateKey=k.pem:sslmethod=TLSv1_METHOD")
+        split_tls_arguments(["tcp", "443"], {"privateKey": "k.pem", "sslmethod": "TLSv1_METHOD"})
+    with pytest.raises(ValueError, match="do not take sslmethod"):
+        split_tls_arguments(["systemd"], {"name": "https", "sslmethod": "TLSv1_METHOD"})
+    with pytest.raises(ValueError, match="do not take mode"):
+        split_tls_arguments(["tcp", "443"], {"mode": "600"})
+    with pytest.raises(ValueError, match="expected tcp:PORT"):
+        split_tls_arguments(["tcp"], {"privateKey": "k.pem"})
+
+
+def test_tls_strings_parse_through_the_plugin(tmp_path: Path) -> None:
+    """The strings the TLS options build, and `ssl:` strings, parse through the `wschat-tls:`
+    plugin into an endpoint serving those files; a bad pair fails the parse."""
+    pair = self_signed(tmp_path / "a:b=c", "a")
+    files = TlsFiles(str(pair.cert), str(pair.key))
+    reactor = MemoryReactorClock()
+    built = serverFromString(reactor, tls_description("tcp:8443:interface=127.0.0.1", files))
+    assert isinstance(built, TlsEndpoint)
+    assert built.inner == "tcp:8443:interface=127.0.0.1"
+    assert built.creator.files == files and built.creator.info.subject == "CN=a"
+    key, cert = quoteStringArgument(str(pair.key)), quoteStringArgument(str(pair.cert))
+    from_ssl = serverFromString(reactor, ssl_as_tls(f"ssl:8443:privateKey={key}:certKey={cert}"))
+    assert isinstance(from_ssl, TlsEndpoint) and from_ssl.creator.files == files
+    assert from_ssl.inner == "tcp:8443"
+    with pytest.raises(TlsFilesError, match="not found"):
+        serverFromString(reactor, tls_description("tcp:8443", TlsFiles(str(pair.cert), "no")))
 
 
 def test_new_connections_get_the_reloaded_pair_and_old_ones_keep_theirs(
@@ -144,7 +175,7 @@ def test_new_connections_get_the_reloaded_pair_and_old_ones_keep_theirs(
 ) -> None:
     """A reload gives new handshakes the new certificate and ALPN; old connections keep theirs."""
     a, b = pairs("a"), pairs("b")
-    creator = ReloadableTls(listen_on(a))
+    creator = serving(a)
     before = creator.serverConnectionForTLS(tls_protocol(creator))
     assert common_name(handshake(creator).get_peer_certificate(as_cryptography=True)) == "a"
 
@@ -159,7 +190,7 @@ def test_new_connections_get_the_reloaded_pair_and_old_ones_keep_theirs(
 def test_a_failed_reload_keeps_the_pair_that_was_loaded(pairs: Callable[[str], Pair]) -> None:
     """A half-written renewal (a certificate with another key) leaves the old pair serving."""
     a, b, c = pairs("a"), pairs("b"), pairs("c")
-    creator = ReloadableTls(listen_on(a))
+    creator = serving(a)
     shutil.copyfile(b.cert, a.cert)  # the new certificate, still the old key
     with pytest.raises(TlsFilesError, match="do not match"):
         creator.reload()
@@ -185,7 +216,7 @@ def test_sighup_reloads_every_endpoint_and_logs_one_line_each(
 ) -> None:
     """SIGHUP reloads in the reactor: a log line per endpoint, an error if broken."""
     a, b, other = pairs("a"), pairs("b"), pairs("other")
-    good, bad = ReloadableTls(listen_on(a)), ReloadableTls(listen_on(other))
+    good, bad = serving(a), serving(other)
     reactor = ThreadlessReactor()
     reloader = TlsReloader([good, bad], reactor)  # type: ignore[arg-type]
     previous = signal.getsignal(signal.SIGHUP)
@@ -215,12 +246,9 @@ def test_sighup_without_tls_endpoints_is_harmless(log_events: EventLoggingObserv
 
 def test_the_endpoint_wraps_the_factory_in_tls(pairs: Callable[[str], Pair]) -> None:
     """TlsEndpoint listens on its inner endpoint with the site inside a TLS factory."""
-    from twisted.internet.endpoints import TCP4ServerEndpoint
-
     reactor = MemoryReactorClock()
-    creator = ReloadableTls(listen_on(pairs("a")))
     site = Http11Factory()
-    TlsEndpoint(TCP4ServerEndpoint(reactor, 8443), creator, reactor).listen(site)
-    [(port, factory, _, _)] = reactor.tcpServers
-    assert port == 8443
+    TlsEndpoint(reactor, "tcp:8443:backlog=7", serving(pairs("a"))).listen(site)
+    [(port, factory, backlog, _)] = reactor.tcpServers
+    assert (port, backlog) == (8443, 7)
     assert isinstance(factory, TLSMemoryBIOFactory) and factory.wrappedFactory is site

@@ -1,23 +1,152 @@
-"""The chat runtime's lifecycle: what must happen, in order, when twistd stops."""
+"""The service tree's lifecycle: what must happen, in order, when twistd stops.
+
+On SIGTERM (twistd stops the service tree) the drain runs first, before any port stops:
+upgrades are refused with HTTP 503 and /healthz answers 503 "draining", so a load balancer
+takes the instance out; the open connections are closed with 1012 ("service restart") one after
+another over `drain_s`, so that their clients do not all reconnect in the same instant; then
+the ports stop, and the chat service closes the database last. The whole drain is bounded by
+`timeout_s`: connections still open then are aborted.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
-from wschat.app.drain import DrainingService
 from wschat.chat.ports import HistoryStore
-from wschat.server.protocol import ChatFactory
+from wschat.server.protocol import STATE_OPEN, ChatFactory, ChatProtocol
+
+DEFAULT_DRAIN_S = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+# Closes due within this long of each other go out in one reactor turn (a timer per
+# connection would be 10,000 timers for 10,000 connections, to no one's benefit).
+DRAIN_TICK_S = 0.05
+
+
+def closes_due(total: int, drain_s: float, elapsed_s: float) -> int:
+    """How many of `total` connections are to be closed `elapsed_s` into a drain of
+    `drain_s`: the i-th (from 0) at i * drain_s / total, evenly over the window."""
+    if total == 0:
+        return 0
+    if drain_s <= 0 or elapsed_s >= drain_s:
+        return total
+    return min(total, math.floor(elapsed_s * total / drain_s) + 1)
+
+
+class Drain:
+    """One drain of a factory's connections; `run()` fires when all are closed."""
+
+    _log = Logger(namespace="wschat.drain.Drain")
+
+    def __init__(
+        self, factory: ChatFactory, clock: IReactorTime, drain_s: float, timeout_s: float
+    ) -> None:
+        self._factory = factory
+        self._clock = clock
+        self.drain_s = drain_s
+        self.timeout_s = timeout_s
+        self._queue: list[ChatProtocol] = []
+        self._told = 0
+        self._started_s = 0.0
+        self._next: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._done: Deferred[None] = Deferred()
+
+    def run(self) -> Deferred[None]:
+        factory = self._factory
+        factory.draining = True
+        self._started_s = self._clock.seconds()
+        self._queue = list(factory.protocols)
+        self._log.info(
+            "draining: refusing new WebSocket connections, closing {count} with 1012 over "
+            "{drain_s}s (shutdown timeout {timeout_s}s)",
+            count=len(self._queue),
+            drain_s=self.drain_s,
+            timeout_s=self.timeout_s,
+        )
+        self._deadline = self._clock.callLater(self.timeout_s, self._time_up)
+        closed = [protocol.is_closed for protocol in self._queue]
+        DeferredList(closed, consumeErrors=True).addCallback(self._all_closed)
+        self._tick()
+        return self._done
+
+    def _tick(self) -> None:
+        self._next = None
+        total = len(self._queue)
+        elapsed_s = self._clock.seconds() - self._started_s
+        due = closes_due(total, self.drain_s, elapsed_s)
+        while self._told < due:
+            protocol = self._queue[self._told]
+            self._told += 1
+            if protocol.state == STATE_OPEN:
+                protocol.restart()
+        if self._told < total:
+            next_s = self._told * self.drain_s / total
+            self._next = self._clock.callLater(max(next_s - elapsed_s, DRAIN_TICK_S), self._tick)
+
+    def _all_closed(self, _: object) -> None:
+        if self._done.called:
+            return  # after the timeout
+        self._log.info(
+            "drained: {count} connections closed in {elapsed_s:.1f}s",
+            count=len(self._queue),
+            elapsed_s=self._clock.seconds() - self._started_s,
+        )
+        self._finish()
+
+    def _time_up(self) -> None:
+        self._deadline = None
+        left = [p for p in self._queue if not p.is_closed.called]
+        self._log.warn(
+            "shutdown timeout: {count} connections still open after {timeout_s}s; aborting them",
+            count=len(left),
+            timeout_s=self.timeout_s,
+        )
+        self._finish()
+        for protocol in left:
+            protocol.dropConnection(abort=True)
+
+    def _finish(self) -> None:
+        for call in (self._next, self._deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._deadline = None
+        self._done.callback(None)
+
+
+class DrainingService(MultiService):
+    """The top of wschat's service tree. Stopping it drains first, while every child (the
+    listening ports among them) still runs; then it stops the children as MultiService does."""
+
+    _log = Logger(namespace="wschat.drain.DrainingService")
+
+    def __init__(self, drain: Callable[[], Deferred[None]]) -> None:
+        super().__init__()
+        self._drain = drain
+
+    def stopService(self) -> Deferred[None]:
+        drained: Deferred[None] = maybeDeferred(self._drain)
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("the drain failed; stopping anyway", failure)
+
+        def stop_children(_: None) -> Deferred[None]:
+            stopped: Deferred[None] = maybeDeferred(super(DrainingService, self).stopService)
+            return stopped
+
+        return drained.addErrback(failed).addCallback(stop_children)
 
 
 class WschatService(DrainingService):
-    """What makeService returns: the drain first on stop (drain.py), then the children.
+    """What makeService returns: the drain first on stop, then the children.
 
     twistd parents it to the application it makes for a plugin, then asks that application for
     an ILogObserver component before it begins logging; with --log-format json this service
@@ -37,7 +166,7 @@ class WschatService(DrainingService):
 
 class ChatService(Service):
     """Owns the factory and the store. Added to the MultiService before the listening ports,
-    so it stops after them (and after the drain, wschat/drain.py): no new connections, then
+    so it stops after them (and after the drain): no new connections, then
     1001 to any client still open, then the database."""
 
     _log = Logger(namespace="wschat.service.ChatService")

@@ -2,7 +2,7 @@
 
 twistd chooses its log observer after makeService: from `--logger`, else from an ILogObserver
 component of the application (a .tac file's way), else from `--logfile`/`--nodaemon`. A plugin
-has no `--logger` of its own, so the top service sets the component (service.WschatService),
+has no `--logger` of its own, so the top service sets the component (lifecycle.WschatService),
 with an observer that writes to the destination twistd would have used, rotated as twistd
 rotates it: at 1 MB and on SIGUSR1.
 """

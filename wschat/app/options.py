@@ -1,68 +1,32 @@
-"""`twistd wschat`: the options, and makeService, which only wires things together."""
+"""`twistd wschat`'s options: the table, the checks that stop start-up, and the listeners'
+endpoint strings. The defaults are those of the settings the options fill in."""
 
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass, field
-from importlib import metadata
-from typing import Any
-
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.python import usage
 
-from wschat.app.drain import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S, Drain
-from wschat.app.lifecycle import ChatService, WschatService
-from wschat.app.logs import check_twistd_options, log_format, observer_for
+from wschat.app.lifecycle import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S
+from wschat.app.logs import check_twistd_options, log_format
 from wschat.app.tls import (
-    ReloadableTls,
-    TlsEndpoint,
+    TLS_PREFIX,
     TlsFiles,
     TlsFilesError,
-    TlsListen,
-    TlsReloader,
-    load_tls,
-    tls_from_ssl_description,
+    ssl_as_tls,
+    tls_description,
 )
-from wschat.chat.hub import Hub
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
-from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
-from wschat.chat.model import new_resume_token
-from wschat.chat.ports import Broker, HistoryStore, Roster
-from wschat.redis.broker import RedisBroker
-from wschat.redis.history import RedisHistory
-from wschat.redis.link import RedisLink, parse_redis_url
-from wschat.redis.roster import RedisRoster
-from wschat.server.api import ApiContext, KeyFileError, load_api_keys, make_api_site
-from wschat.server.echo import add_echo
-from wschat.server.metrics import Metrics
-from wschat.server.protocol import AuthSettings, ChatFactory, WsSettings
-from wschat.server.site import ClientConfig, HealthCheck, make_site
-from wschat.server.tokens import (
-    JwksKeys,
-    KeyConfigError,
-    KeySource,
-    TokenVerifier,
-    http_fetch,
-    load_public_key,
-    load_secret,
-)
-from wschat.store.sqlite import MEMORY, SqliteHistory
-from wschat.store.sweep import HistorySweeper
+from wschat.server.api import KeyFileError, load_api_keys
+from wschat.server.protocol import AuthSettings, WsSettings
+from wschat.server.tokens import KeyConfigError, load_public_key, load_secret
+from wschat.store.sqlite import MEMORY
 
 DEFAULT_PORT = 8080
-# Twisted listens with a backlog of 50. When a restarted server's clients all reconnect at
-# once, a full accept queue drops their SYNs, and the kernel resends them 1, 3, 7, 15, 31 s
-# later: with 10,000 clients in one room the last was back 37 s after the kill at 50, and
-# (bench/run.py, bigroom_storm) much sooner with this. The kernel caps it at somaxconn.
-DEFAULT_BACKLOG = 4096
-_BACKLOG_TYPES = ("tcp:", "tcp6:", "ssl:", "unix:")
 DEFAULT_DB = "wschat.sqlite3"
+_WS = WsSettings()
+_LIMITS = Limits()
+_AUTH = AuthSettings()
 
 
 def _positive_int(value: str) -> int:
@@ -127,7 +91,7 @@ class Options(usage.Options):
             "port",
             "p",
             DEFAULT_PORT,
-            "Plain TCP port, used when no --listen/--tls-port is given.",
+            "Plain TCP port, used when no --listen, --tls-port or --tls-listen is given.",
             int,
         ],
         [
@@ -145,26 +109,38 @@ class Options(usage.Options):
         ],
         ["tls-key", None, None, "PEM private key for --tls-port/--tls-listen."],
         ["history-db", None, DEFAULT_DB, "SQLite history file; ':memory:' keeps nothing."],
-        ["history-size", None, 100, "Messages kept per room and sent on join.", _positive_int],
+        [
+            "history-size",
+            None,
+            _LIMITS.history_size,
+            "Messages kept per room and sent on join.",
+            _positive_int,
+        ],
         [
             "max-message-bytes",
             None,
-            65536,
+            _WS.max_message_bytes,
             "Largest WebSocket frame/message accepted (close 1009 beyond).",
             _positive_int,
         ],
         [
             "rate",
             None,
-            5.0,
+            _LIMITS.rate_per_s,
             "Messages per second a connection may send on average.",
             _positive_float,
         ],
-        ["burst", None, 20, "Messages a connection may send at once above --rate.", _positive_int],
+        [
+            "burst",
+            None,
+            _LIMITS.burst,
+            "Messages a connection may send at once above --rate.",
+            _positive_int,
+        ],
         [
             "rate-per-ip",
             None,
-            0.0,
+            _LIMITS.rate_per_ip_s,
             "Messages per second one client address may send over all its connections "
             "(0: no limit).",
             _non_negative_float,
@@ -172,7 +148,7 @@ class Options(usage.Options):
         [
             "burst-per-ip",
             None,
-            100,
+            _LIMITS.burst_per_ip,
             "Messages one address may send at once above --rate-per-ip.",
             _positive_int,
         ],
@@ -195,27 +171,40 @@ class Options(usage.Options):
         [
             "ping-interval",
             None,
-            10.0,
+            _WS.ping_interval_s,
             "Seconds between WebSocket pings that find dead peers.",
             _positive_float,
         ],
-        ["ping-timeout", None, 5.0, "Seconds a peer has to answer a ping.", _positive_float],
+        [
+            "ping-timeout",
+            None,
+            _WS.ping_timeout_s,
+            "Seconds a peer has to answer a ping.",
+            _positive_float,
+        ],
         [
             "max-output-bytes",
             None,
-            1048576,
+            _WS.max_output_bytes,
             "Unsent output after which a slow reader is closed (4008).",
             _positive_int,
         ],
         [
             "handshake-timeout",
             None,
-            10.0,
-            "Seconds a client has to send its complete HTTP request / WebSocket handshake.",
+            _WS.open_handshake_timeout_s,
+            "Seconds a client has to send its complete HTTP request / WebSocket handshake; "
+            "with --auth required, also the seconds it then has to sign in (close 4401).",
             _positive_float,
         ],
-        ["max-rooms", None, 32, "Rooms one connection may be in.", _positive_int],
-        ["max-members", None, 0, "Members per room (0: no limit).", _non_negative_int],
+        ["max-rooms", None, _LIMITS.max_rooms, "Rooms one connection may be in.", _positive_int],
+        [
+            "max-members",
+            None,
+            _LIMITS.max_members,
+            "Members per room (0: no limit).",
+            _non_negative_int,
+        ],
         [
             "redis",
             None,
@@ -245,7 +234,7 @@ class Options(usage.Options):
         [
             "member-list-limit",
             None,
-            1000,
+            _LIMITS.member_list_limit,
             "Above this many members a room's welcome has no member list (clients page with "
             "'who') and its presence carries only the count.",
             _non_negative_int,
@@ -253,21 +242,21 @@ class Options(usage.Options):
         [
             "presence-interval",
             None,
-            0.25,
+            _LIMITS.presence_interval_s,
             "Seconds between a room's presence frames: joins and leaves are sent in batches.",
             _positive_float,
         ],
         [
             "max-connections",
             None,
-            0,
+            _WS.max_connections,
             "WebSocket connections in all (0: no limit; 503 beyond).",
             _non_negative_int,
         ],
         [
             "max-connections-per-ip",
             None,
-            256,
+            _WS.max_connections_per_ip,
             "WebSocket connections from one address (0: no limit; 429 beyond).",
             _non_negative_int,
         ],
@@ -297,7 +286,7 @@ class Options(usage.Options):
         [
             "trust-proxies",
             None,
-            0,
+            _WS.trusted_proxies,
             "Reverse proxies in front whose X-Forwarded-For is trusted.",
             _non_negative_int,
         ],
@@ -354,7 +343,7 @@ class Options(usage.Options):
         [
             "jwt-grace",
             None,
-            25.0,
+            _AUTH.grace_s,
             "Seconds a connection stays open after its token expired, for a 'refresh' to "
             "come (then close 4440).",
             _non_negative_float,
@@ -414,34 +403,7 @@ class Options(usage.Options):
             )
         if self["drain-seconds"] >= self["shutdown-timeout"]:
             raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
-        pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
-        tls_endpoints = list(self["tls_listen"])
-        if self["tls-port"] is not None:
-            tls_endpoints.append(f"tcp:{self['tls-port']}")
-        if (tls_endpoints or any(pair_given)) and not (tls_endpoints and all(pair_given)):
-            raise usage.UsageError(
-                "--tls-port, --tls-cert and --tls-key go together "
-                "(or --tls-listen ENDPOINT with --tls-cert and --tls-key)"
-            )
-        tls = [
-            TlsListen(endpoint, TlsFiles(self["tls-cert"], self["tls-key"]), endpoint)
-            for endpoint in tls_endpoints
-        ]
-        plain = []
-        for endpoint in self["listen"]:
-            if endpoint.split(":", 1)[0] != "ssl":
-                plain.append(endpoint)
-                continue
-            try:
-                tls.append(tls_from_ssl_description(endpoint))
-            except ValueError as exc:
-                raise usage.UsageError(str(exc)) from None
-        for listen in tls:
-            check_tls_files(listen.files)
-        if not plain and not tls:
-            plain.append(f"tcp:{self['port']}")
-        self["listen"] = plain
-        self["tls"] = tls
+        self["listen"], self["tls"] = self._listeners()
         self._check_auth()
         self["api-keys"] = None
         if self["api_listen"] or self["api-key-file"]:
@@ -451,6 +413,34 @@ class Options(usage.Options):
                 self["api-keys"] = load_api_keys(self["api-key-file"])
             except KeyFileError as exc:
                 raise usage.UsageError(str(exc)) from None
+
+    def _listeners(self) -> tuple[list[str], list[str]]:
+        """The plain and the TLS endpoint strings: --tls-port, --tls-listen and `ssl:` strings
+        become `wschat-tls:` strings, reloaded on SIGHUP; tcp:--port if none is given."""
+        pair_given = [self[k] is not None for k in ("tls-cert", "tls-key")]
+        tls_endpoints = list(self["tls_listen"])
+        if self["tls-port"] is not None:
+            tls_endpoints.append(f"tcp:{self['tls-port']}")
+        if (tls_endpoints or any(pair_given)) and not (tls_endpoints and all(pair_given)):
+            raise usage.UsageError(
+                "--tls-port, --tls-cert and --tls-key go together "
+                "(or --tls-listen ENDPOINT with --tls-cert and --tls-key)"
+            )
+        files = TlsFiles(self["tls-cert"], self["tls-key"])
+        given = [(endpoint, tls_description(endpoint, files)) for endpoint in tls_endpoints]
+        plain = []
+        for endpoint in self["listen"]:
+            if endpoint.startswith("ssl:"):
+                given.append((endpoint, ssl_as_tls(endpoint)))
+            elif endpoint.startswith(f"{TLS_PREFIX}:"):
+                given.append((endpoint, endpoint))
+            else:
+                plain.append(endpoint)
+        for endpoint, description in given:
+            check_tls(endpoint, description)
+        if not plain and not given:
+            plain.append(f"tcp:{self['port']}")
+        return plain, [description for _, description in given]
 
     def _check_auth(self) -> None:
         """Load the key now: a bad key file stops start-up instead of every sign-in."""
@@ -482,196 +472,14 @@ class Options(usage.Options):
             raise usage.UsageError("--client-token-url needs signed identities (a --jwt-* key)")
 
 
-def check_tls_files(files: TlsFiles) -> None:
-    """Refuse to start on a missing or mismatched pair, instead of failing every handshake."""
+def check_tls(given: str, description: str) -> None:
+    """Refuse to start on a `wschat-tls:` string that does not parse or on a missing or
+    mismatched pair, instead of failing every handshake; `given` is the operator's text."""
+    from twisted.internet import reactor
+
     try:
-        load_tls(files)
+        serverFromString(reactor, description)
     except TlsFilesError as exc:
         raise usage.UsageError(str(exc)) from None
-
-
-def with_backlog(description: str) -> str:
-    """A listening endpoint string with wschat's backlog, unless it names one itself."""
-    if description.startswith(_BACKLOG_TYPES) and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
-
-
-def listen_service(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
-    service = StreamServerEndpointService(endpoint, factory)
-    # As strports.service does: a port that cannot be bound stops twistd at start-up.
-    service._raiseSynchronously = True
-    return service
-
-
-def sweeps_wanted(options: Options) -> bool:
-    return options["history-ttl"] is not None or options["max-history-rooms"] > 0
-
-
-def make_store(options: Options, reactor: Any) -> HistoryStore:
-    path = options["history-db"]
-    if path == MEMORY:
-        return MemoryHistory(options["history-size"])
-    return SqliteHistory(
-        path,
-        options["history-size"],
-        in_thread=reactor.callInThread,
-        track_rooms=sweeps_wanted(options),
-        expiring=options["history-ttl"] is not None,
-    )
-
-
-@dataclass
-class Backend:
-    """Where history lives and how messages reach the members: one process on SQLite, or
-    a node of several on Redis."""
-
-    store: HistoryStore
-    broker: Broker
-    roster: Roster = field(default_factory=LocalRoster)
-    services: list[IService] = field(default_factory=list)
-    checks: list[HealthCheck] = field(default_factory=list)
-
-
-def make_backend(options: Options, reactor: Any) -> Backend:
-    if options["redis"] is None:
-        store = make_store(options, reactor)
-        return Backend(store, LocalBroker(store))
-    try:
-        address = parse_redis_url(
-            options["redis"], options["redis-password-file"], options["redis-ca"]
-        )
-    except (ValueError, OSError) as exc:
-        raise usage.UsageError(f"--redis: {exc}") from None
-    node = options["node-name"] or f"{socket.gethostname()}-{os.getpid()}"
-    broker = RedisBroker(reactor)
-    link = RedisLink(address, reactor, node, broker.on_message, broker.on_subscribed)
-    store = RedisHistory(link, options["history-size"])
-    roster = RedisRoster(link, reactor)
-    broker.connect(link, store, roster)
-
-    def redis_health() -> tuple[dict[str, object], bool]:
-        return {"node": node, "redis": "up" if link.up else "down"}, link.up
-
-    return Backend(store, broker, roster, [link, roster], [redis_health])
-
-
-def make_auth(options: Options, reactor: Any) -> AuthSettings:
-    mode: AuthMode = options["auth"]
-    if mode is AuthMode.OFF:
-        return AuthSettings()
-    keys: KeySource
-    if options["jwks-url"]:
-        keys = JwksKeys(options["jwks-url"], http_fetch(reactor), reactor.seconds)
-    else:
-        keys = options["jwt-key"]
-    verifier = TokenVerifier(
-        keys,
-        reactor.seconds,
-        audience=options["jwt-audience"],
-        issuer=options["jwt-issuer"],
-        leeway_s=options["jwt-leeway"],
-    )
-    return AuthSettings(mode, verifier, options["jwt-grace"])
-
-
-def makeService(options: Options, reactor: Any = None) -> IService:
-    if reactor is None:
-        from twisted.internet import reactor
-    settings = WsSettings(
-        max_message_bytes=options["max-message-bytes"],
-        ping_interval_s=options["ping-interval"],
-        ping_timeout_s=options["ping-timeout"],
-        open_handshake_timeout_s=options["handshake-timeout"],
-        max_output_bytes=options["max-output-bytes"],
-        allowed_origins=tuple(options["allowed_origins"]),
-        max_connections=options["max-connections"],
-        max_connections_per_ip=options["max-connections-per-ip"],
-        trusted_proxies=options["trust-proxies"],
-    )
-    limits = Limits(
-        history_size=options["history-size"],
-        rate_per_s=options["rate"],
-        burst=options["burst"],
-        max_rooms=options["max-rooms"],
-        max_members=options["max-members"],
-        member_list_limit=options["member-list-limit"],
-        presence_interval_s=options["presence-interval"],
-        rate_per_ip_s=options["rate-per-ip"],
-        burst_per_ip=options["burst-per-ip"],
-    )
-    backend = make_backend(options, reactor)
-    factory = ChatFactory(settings, reactor, make_auth(options, reactor))
-    metrics = Metrics(factory) if options["metrics_listen"] else None
-    hub = Hub(
-        backend.store if metrics is None else metrics.timed(backend.store),
-        backend.broker,
-        factory.fanout,
-        reactor.seconds,
-        new_resume_token,
-        reactor.callLater,
-        limits,
-        backend.roster,
-    )
-    factory.attach(hub)
-    if metrics is not None:
-        metrics.attach(hub)
-    started_s = reactor.seconds()
-    client = ClientConfig(options["auth"].value, options["client-token-url"])
-    site = make_site(
-        factory,
-        hub,
-        lambda: reactor.seconds() - started_s,
-        reactor,
-        backend.checks,
-        client,
-    )
-    if options["conformance-echo"]:
-        add_echo(site, settings)
-
-    drain = Drain(factory, reactor, options["drain-seconds"], options["shutdown-timeout"])
-    log_observer = observer_for(options["log-format"], getattr(options, "parent", None), reactor)
-    top = WschatService(drain.run, log_observer)
-    # Started first and stopped last: the connections close before Redis goes.
-    for service in backend.services:
-        service.setServiceParent(top)
-    ChatService(factory, backend.store, reactor).setServiceParent(top)
-    if isinstance(backend.store, SqliteHistory) and sweeps_wanted(options):
-        # After ChatService, so stopped before it closes the database.
-        HistorySweeper(
-            backend.store, reactor, options["history-ttl"], options["max-history-rooms"]
-        ).setServiceParent(top)
-    reloadable = [ReloadableTls(listen) for listen in options["tls"]]
-    TlsReloader(reloadable, reactor).setServiceParent(top)
-    for endpoint in options["listen"]:
-        strports.service(with_backlog(endpoint), site, reactor=reactor).setServiceParent(top)
-    for tls in reloadable:
-        inner = serverFromString(reactor, with_backlog(tls.listen.endpoint))
-        listen_service(TlsEndpoint(inner, tls, reactor), site).setServiceParent(top)
-    if metrics is not None:
-        metrics_site = metrics.site(reactor)
-        for endpoint in options["metrics_listen"]:
-            strports.service(endpoint, metrics_site, reactor=reactor).setServiceParent(top)
-    if options["api-keys"] is not None:
-
-        def info() -> dict[str, Any]:
-            return {
-                "version": _version(),
-                "auth": factory.auth.mode.value,
-                "connections": hub.connection_count,
-                "rooms": hub.room_count,
-                "uptime_s": round(reactor.seconds() - started_s, 3),
-            }
-
-        context = ApiContext(hub, backend.store, limits.history_size, factory.disconnect_user, info)
-        api_site = make_api_site(options["api-keys"], context, reactor)
-        for endpoint in options["api_listen"]:
-            strports.service(endpoint, api_site, reactor=reactor).setServiceParent(top)
-    return top
-
-
-def _version() -> str:
-    try:
-        return metadata.version("wschat")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    except ValueError as exc:
+        raise usage.UsageError(f"{given}: {exc}") from None

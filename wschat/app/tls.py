@@ -1,17 +1,21 @@
 """TLS endpoints whose certificate and key are read again from their files on SIGHUP.
 
 Twisted's `ssl:` endpoint builds one CertificateOptions, and that caches its SSL context for
-the life of the port: a renewed certificate is only seen after a restart. Here every TLS
-endpoint gets a `ReloadableTls` instead, which creates each new connection from the current
-CertificateOptions; a reload builds a new one from the same files and swaps it in only if the
-files load and match. A connection keeps the context it was created with (OpenSSL counts the
-references), so open connections are not disturbed by a reload, whether it works or fails.
+the life of the port: a renewed certificate is only seen after a restart. wschat's TLS
+listeners are `wschat-tls:` endpoint strings instead (the parser is a plugin in
+twisted/plugins/wschat_plugin.py), each with a `ReloadableTls`, which creates each new
+connection from the current CertificateOptions; a reload builds a new one from the same files
+and swaps it in only if the files load and match. A connection keeps the context it was created
+with (OpenSSL counts the references), so open connections are not disturbed by a reload,
+whether it works or fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, cast
@@ -21,8 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import _parse as parse_endpoint_description
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
@@ -37,13 +40,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-# The keywords of Twisted's `ssl:` endpoint string that wschat's TLS endpoints understand.
-# (`sslmethod` is left out on purpose: TLS 1.2 is the minimum, as CertificateOptions sets it.)
-SSL_KEYWORDS = frozenset({"privateKey", "certKey", "extraCertChain", "dhParameters"})
+TLS_PREFIX = "wschat-tls"
+# The keywords of a `wschat-tls:` string, named as in Twisted's `ssl:` endpoint string; the
+# other keywords belong to the endpoint under the TLS. `sslmethod` is refused: TLS 1.2 is the
+# minimum, as CertificateOptions sets it.
+TLS_KEYWORDS = frozenset({"privateKey", "certKey", "extraCertChain", "dhParameters"})
+REFUSED_KEYWORDS = frozenset({"sslmethod"})
+# What TLS over TCP takes besides the port, as Twisted's `ssl:` endpoint does.
 TCP_KEYWORDS = frozenset({"interface", "backlog"})
+_TCP_TYPES = frozenset({"tcp", "tcp6"})
 
 
-class TlsFilesError(Exception):
+class TlsFilesError(ValueError):
     """A certificate/key pair that cannot be served; the message says which file and why."""
 
 
@@ -55,15 +63,6 @@ class TlsFiles:
     key: str
     extra_chain: str | None = None  # more intermediates, as the `ssl:` endpoint's extraCertChain
     dh_params: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TlsListen:
-    """A TLS endpoint: a plain stream endpoint (`tcp:8443`, `systemd:...`) with TLS on top."""
-
-    endpoint: str
-    files: TlsFiles
-    label: str  # how the operator wrote it, for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +92,9 @@ def _read(label: str, path: str) -> bytes:
 
 
 def _certificates(label: str, path: str) -> list[x509.Certificate]:
+    pem = _read(label, path)
     try:
-        return x509.load_pem_x509_certificates(_read(label, path))
+        return x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise TlsFilesError(f"TLS {label} file {path} holds no PEM certificate") from None
 
@@ -144,37 +144,76 @@ def describe(cert: x509.Certificate, chain: int) -> CertInfo:
     )
 
 
-def tls_from_ssl_description(description: str) -> TlsListen:
-    """An `ssl:PORT:privateKey=...:certKey=...` endpoint string as a reloadable TLS endpoint."""
-    # Twisted's own tokenizer, so that quoting and escapes mean what they mean in Twisted.
-    args, kwargs = parse_endpoint_description(description)
-    if len(args) != 2:
-        raise ValueError(f"{description}: expected ssl:PORT with keyword arguments")
-    unknown = set(kwargs) - SSL_KEYWORDS - TCP_KEYWORDS
+def _quote(argument: str) -> str:
+    """One argument of an endpoint string. Unlike quoteStringArgument this escapes `=` too,
+    which a positional argument (a socket path) cannot hold unescaped."""
+    return re.sub(r"([\\:=])", r"\\\1", argument)
+
+
+def tls_description(endpoint: str, files: TlsFiles) -> str:
+    """The `wschat-tls:` string that serves `files` on `endpoint`, a stream server endpoint
+    string such as `tcp:8443` or `systemd:domain=INET6:name=https`."""
+    keywords = {
+        "certKey": files.cert,
+        "privateKey": files.key,
+        "extraCertChain": files.extra_chain,
+        "dhParameters": files.dh_params,
+    }
+    given = [f"{name}={_quote(value)}" for name, value in keywords.items() if value is not None]
+    return ":".join([TLS_PREFIX, endpoint, *given])
+
+
+def ssl_as_tls(description: str) -> str:
+    """Twisted's `ssl:PORT:...` string as the `wschat-tls:` string of the same listener."""
+    return f"{TLS_PREFIX}:tcp:{description.removeprefix('ssl:')}"
+
+
+def split_tls_arguments(args: Sequence[str], kwargs: Mapping[str, str]) -> tuple[str, TlsFiles]:
+    """A `wschat-tls:` string's arguments, as Twisted parsed them, as the endpoint string under
+    the TLS and the files on top; ValueError if they do not make a TLS listener."""
+    if not args:
+        raise ValueError(f"expected {TLS_PREFIX}:ENDPOINT, e.g. {TLS_PREFIX}:tcp:8443:...")
+    kind, *positional = args
+    inner_kwargs = {name: value for name, value in kwargs.items() if name not in TLS_KEYWORDS}
+    unknown = REFUSED_KEYWORDS & set(kwargs)
+    if kind.lower() in _TCP_TYPES:
+        unknown |= set(inner_kwargs) - TCP_KEYWORDS
+        if len(positional) != 1:
+            raise ValueError(f"expected {kind}:PORT with keyword arguments")
     if unknown:
         raise ValueError(
-            f"{description}: wschat's TLS endpoints do not take {', '.join(sorted(unknown))} "
-            f"(they take {', '.join(sorted(SSL_KEYWORDS | TCP_KEYWORDS))})"
+            f"wschat's TLS endpoints do not take {', '.join(sorted(unknown))} "
+            f"(they take {', '.join(sorted(TLS_KEYWORDS | TCP_KEYWORDS))})"
         )
     key = kwargs.get("privateKey", "server.pem")
     files = TlsFiles(
-        cert=kwargs.get("certKey", key),
+        cert=kwargs.get("certKey", key),  # as in Twisted: one file may hold both
         key=key,
         extra_chain=kwargs.get("extraCertChain"),
         dh_params=kwargs.get("dhParameters"),
     )
-    tcp_options = sorted(TCP_KEYWORDS & set(kwargs))
-    tcp = f"tcp:{args[1]}" + "".join(f":{k}={quoteStringArgument(kwargs[k])}" for k in tcp_options)
-    return TlsListen(tcp, files, description)
+    inner = [kind, *map(_quote, positional)]
+    inner += [f"{name}={_quote(value)}" for name, value in inner_kwargs.items()]
+    return ":".join(inner), files
+
+
+def tls_endpoint(reactor: Any, *args: object, **kwargs: object) -> TlsEndpoint:
+    """The endpoint of a `wschat-tls:` string (the plugin's parser). Its pair is loaded now,
+    so a missing or mismatched pair fails the parse with TlsFilesError."""
+    inner, files = split_tls_arguments(
+        [str(arg) for arg in args], {name: str(value) for name, value in kwargs.items()}
+    )
+    return TlsEndpoint(reactor, inner, ReloadableTls(files, inner))
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ReloadableTls:
     """Creates each new TLS connection from the pair loaded last."""
 
-    def __init__(self, listen: TlsListen) -> None:
-        self.listen = listen
-        self._loaded = load_tls(listen.files)
+    def __init__(self, files: TlsFiles, label: str) -> None:
+        self.files = files
+        self.label = label  # the endpoint under the TLS, for the log
+        self._loaded = load_tls(files)
 
     @property
     def info(self) -> CertInfo:
@@ -186,24 +225,27 @@ class ReloadableTls:
 
     def reload(self) -> CertInfo:
         """Load the files again; raise TlsFilesError (keeping the old pair) if they are bad."""
-        self._loaded = load_tls(self.listen.files)
+        self._loaded = load_tls(self.files)
         return self._loaded.info
 
 
 @implementer(IStreamServerEndpoint)
 class TlsEndpoint:
-    """TLS over any stream server endpoint (TCP, or a socket passed by systemd)."""
+    """TLS over any stream server endpoint (TCP, or a socket passed by systemd).
 
-    def __init__(
-        self, inner: IStreamServerEndpoint, creator: ReloadableTls, clock: IReactorTime
-    ) -> None:
-        self._inner = inner
-        self._creator = creator
-        self._clock = clock
+    The endpoint under the TLS is made from its string only when it listens: a `wschat-tls:`
+    string is also parsed by the options, to check its pair before start-up, and that parse
+    must not look up a systemd socket or need one."""
+
+    def __init__(self, reactor: IReactorTime, inner: str, creator: ReloadableTls) -> None:
+        self._reactor = reactor
+        self.inner = inner
+        self.creator = creator
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self._inner.listen(
-            TLSMemoryBIOFactory(self._creator, False, protocolFactory, clock=self._clock)
+        endpoint: IStreamServerEndpoint = serverFromString(self._reactor, self.inner)
+        return endpoint.listen(
+            TLSMemoryBIOFactory(self.creator, False, protocolFactory, clock=self._reactor)
         )
 
 
@@ -247,7 +289,7 @@ class TlsReloader(Service):
                 self._log.error(
                     "TLS reload of {endpoint} failed, still serving {subject} (sha256 "
                     "{sha256}, valid until {not_after}): {problem}",
-                    endpoint=tls.listen.label,
+                    endpoint=tls.label,
                     subject=old.subject,
                     sha256=old.sha256,
                     not_after=old.not_after,
@@ -257,7 +299,7 @@ class TlsReloader(Service):
             self._log.info(
                 "TLS reload of {endpoint}: new connections get {subject} (sha256 {sha256}, "
                 "valid until {not_after}, {chain} intermediate(s))",
-                endpoint=tls.listen.label,
+                endpoint=tls.label,
                 subject=new.subject,
                 sha256=new.sha256,
                 not_after=new.not_after,
