@@ -25,8 +25,8 @@ run: $(VENV)/.installed
 	$(VENV)/bin/twistd -n wschat --port $(PORT)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check wschat tests twisted docs/examples
-	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples
+	$(VENV)/bin/ruff check wschat tests twisted docs/examples bench
+	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
@@ -37,8 +37,8 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m 'not e2e' tests/test_*.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wschat tests twisted docs/examples
-	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples
+	$(VENV)/bin/ruff check wschat tests twisted docs/examples bench
+	$(VENV)/bin/ruff format --check wschat tests twisted docs/examples bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -25,11 +25,13 @@ import struct
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
+from typing import Any
 
 MAX_WAIT_S = 30.0  # handshake + join, and the drain after the last say
 
 
-def proc_cpu_seconds(pid):
+def proc_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process, from /proc/<pid>/stat (as run.py does)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -39,7 +41,7 @@ def proc_cpu_seconds(pid):
         return None
 
 
-def mask_frame(opcode, payload):
+def mask_frame(opcode: int, payload: bytes) -> bytes:
     """A masked client frame (RFC 6455 5.3); the XOR is done on one big int, not per byte."""
     n = len(payload)
     if n < 126:
@@ -57,7 +59,7 @@ def mask_frame(opcode, payload):
 class Conn:
     """One blocking WebSocket connection; the selector only says when a recv will not block."""
 
-    def __init__(self, url, idx, room, timeout):
+    def __init__(self, url: str, idx: int, room: str, timeout: float) -> None:
         u = urllib.parse.urlsplit(url)
         self.idx = idx
         self.room = room
@@ -83,17 +85,19 @@ class Conn:
         if b" 101 " not in status + b" ":
             raise ConnectionError(f"handshake refused: {status.decode(errors='replace')}")
         self.sock.settimeout(None)
-        self.pending = None  # (ref, send time ns) of the say waiting for its ack
+        self.pending: tuple[str, int] | None = (
+            None  # (ref, send time ns) of the say waiting for its ack
+        )
         self.k = 0
         self.acks = 0
         self.own_messages = 0
         self.done = False
-        self.closed = None
+        self.closed: str | None = None
 
-    def send_json(self, obj):
+    def send_json(self, obj: dict[str, Any]) -> None:
         self.sock.sendall(mask_frame(0x1, json.dumps(obj).encode()))
 
-    def frames(self):
+    def frames(self) -> Iterator[dict[str, Any]]:
         """Reads what is there; yields the text frames' JSON, answers pings."""
         chunk = self.sock.recv(65536)
         if not chunk:
@@ -127,14 +131,20 @@ class Conn:
                 return
 
 
-def percentile(sorted_vals, p):
-    if not sorted_vals:
-        return None
+def percentile(sorted_vals: list[int], p: float) -> int:
+    """The nearest-rank percentile of a sorted, non-empty list."""
     i = min(len(sorted_vals) - 1, max(0, round(p / 100.0 * len(sorted_vals)) - 1))
     return sorted_vals[i]
 
 
-def run(cfg):
+def cpu_share(before: float | None, after: float | None, wall: float) -> float | None:
+    """CPU % over `wall` seconds between two proc_cpu_seconds() samples."""
+    if not wall or before is None or after is None:
+        return None
+    return round((after - before) / wall * 100, 1)
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
     senders = int(cfg.get("senders", 1))
     says = cfg.get("says")
     warmup = float(cfg.get("warmup", 0.0))
@@ -149,7 +159,8 @@ def run(cfg):
     for c in conns:
         sel.register(c.sock, selectors.EVENT_READ, c)
         c.send_json({"type": "join", "room": c.room, "name": c.name})
-    errors, join_errors = {}, {}
+    errors: dict[str, int] = {}
+    join_errors: dict[str, int] = {}
     waiting = {c.idx for c in conns}
     deadline = time.monotonic() + MAX_WAIT_S
     while waiting and time.monotonic() < deadline:
@@ -168,7 +179,7 @@ def run(cfg):
     if waiting:
         raise TimeoutError(f"{len(waiting)} senders got no welcome in {MAX_WAIT_S:.0f} s")
 
-    def send_next(c, now_ns):
+    def send_next(c: Conn, now_ns: int) -> None:
         c.k += 1
         ref = f"r{c.k}"
         c.pending = (ref, now_ns)
@@ -184,7 +195,7 @@ def run(cfg):
     rus0 = rus1 = None
     t_cpu0 = t_cpu1 = None
 
-    def snapshot():
+    def snapshot() -> tuple[dict[str, float | None], os.times_result, float]:
         return {k: proc_cpu_seconds(p) for k, p in watch.items()}, os.times(), time.monotonic()
 
     if says is not None or warmup <= 0:
@@ -245,6 +256,10 @@ def run(cfg):
     for c in conns:
         c.sock.close()
     lat_ns.sort()
+    # the window opens on the first pass of the loop, unless it ended before the warm-up did
+    if cpu0 is None or rus0 is None or t_cpu0 is None:
+        raise TimeoutError("the measuring window never opened")
+    assert cpu1 is not None and rus1 is not None and t_cpu1 is not None
     wall = t_cpu1 - t_cpu0
     window_s = duration if says is None else (time.monotonic_ns() - t0) / 1e9
     acks = sum(c.acks for c in conns)
@@ -267,12 +282,7 @@ def run(cfg):
         messages_missing=sum(max(0, c.acks - c.own_messages) for c in conns),
         timed_out=time.monotonic_ns() >= hard_end,
         window_s=window_s,
-        cpu_percent={
-            k: round((cpu1[k] - cpu0[k]) / wall * 100, 1)
-            if wall and cpu0[k] is not None and cpu1[k] is not None
-            else None
-            for k in watch
-        },
+        cpu_percent={k: cpu_share(cpu0[k], cpu1[k], wall) for k in watch},
         client_cpu_percent=round(
             ((rus1.user + rus1.system) - (rus0.user + rus0.system)) / wall * 100, 1
         )
@@ -281,7 +291,7 @@ def run(cfg):
     )
 
 
-def main():
+def main() -> int:
     cfg = json.loads(sys.argv[1])
     try:
         out = run(cfg)

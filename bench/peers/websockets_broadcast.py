@@ -7,12 +7,12 @@ import asyncio
 import signal
 import sys
 
-from websockets.asyncio.server import broadcast, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-CLIENTS = set()
+CLIENTS: set[ServerConnection] = set()
 
 
-async def handler(websocket):
+async def handler(websocket: ServerConnection) -> None:
     CLIENTS.add(websocket)
     try:
         async for message in websocket:
@@ -21,7 +21,7 @@ async def handler(websocket):
         CLIENTS.discard(websocket)
 
 
-async def main():
+async def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

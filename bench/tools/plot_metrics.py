@@ -78,7 +78,7 @@ def quantile(scrapes: list[Scrape], name: str, q: float) -> tuple[list[float], l
 
 
 def codes(scrapes: list[Scrape], name: str) -> list[str]:
-    found = set()
+    found: set[str] = set()
     for _, samples in scrapes:
         found.update(k for k in samples if k.startswith(name + "{"))
     return sorted(found)

@@ -1,4 +1,8 @@
-"""The real `twistd -n wschat` as a subprocess on free 127.0.0.1 ports."""
+"""Real server processes on free 127.0.0.1 ports: `twistd -n wschat` and redis-server.
+
+Shared by tests/e2e and bench/: the standard library only (and wschat.certs for TLS), so that
+the benchmark runs without the test extras.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from wschat.certs import write_dev_cert
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
+REDIS_START_TIMEOUT_S = 10.0
 # twistd stops cleanly on SIGTERM and then re-raises the signal on itself (Twisted's
 # `_exitWithSignal`), so the parent sees "terminated by SIGTERM", as it should.
 CLEAN_STOP_CODES = (0, -signal.SIGTERM)
+# Redis's durability by `appendfsync` policy; None: no AOF (a restart loses everything).
+REDIS_PERSISTENCE_ARGS: dict[str | None, list[str]] = {
+    None: ["--appendonly", "no"],
+    "everysec": ["--appendonly", "yes", "--appendfsync", "everysec"],
+    "always": ["--appendonly", "yes", "--appendfsync", "always"],
+}
+# Local URLs only: an http_proxy in the environment must not see them.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -28,16 +43,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    """One server: its ports and database stay the same across stop()/kill() and start()."""
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether `port` accepts a connection before `proc` exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
-    def __init__(self, workdir: Path, *extra_args: str, tls: bool = False) -> None:
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 3.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `timeout_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class ServerProcess:
+    """One server: its ports and database stay the same across stop()/kill() and start().
+
+    `prefix` runs before twistd (the benchmark's `taskset -c CPU`); `twistd` may be another
+    venv's, to measure another version of wschat."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *extra_args: str,
+        tls: bool = False,
+        twistd: str = TWISTD,
+        prefix: Sequence[str] = (),
+        log_path: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.extra_args = list(extra_args)
+        self.twistd = twistd
+        self.prefix = list(prefix)
         self.port = free_port()
         self.db_path = workdir / "history.sqlite3"
-        self.log_path = workdir / "server.log"
+        self.log_path = log_path or workdir / "server.log"
         self.tls_port: int | None = None
         self.cert_path: Path | None = None
         if tls:
@@ -63,7 +117,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         cmd = [
-            TWISTD,
+            self.twistd,
             "-n",
             "--pidfile=",
             "wschat",
@@ -83,24 +137,30 @@ class ServerProcess:
             ]
         return cmd + self.extra_args
 
-    def start(self, healthy: bool = True) -> ServerProcess:
-        """Start and wait until /healthz answers: 200, or with healthy=False any answer (a
-        node whose Redis is down answers 503)."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process, appending its output to the log; does not wait for it."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                [*self.prefix, *self.command()],
                 cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        return self.proc
+
+    def start(self, healthy: bool = True) -> ServerProcess:
+        """Start and wait until /healthz answers: 200, or with healthy=False any answer (a
+        node whose Redis is down answers 503)."""
+        proc = self.spawn()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wschat exited with {self.proc.returncode}:\n{self.log()}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"wschat exited with {proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1) as resp:
+                with _LOCAL.open(f"{self.http_url}/healthz", timeout=1) as resp:
                     if resp.status == 200:
                         return self
             except urllib.error.HTTPError as exc:
@@ -128,3 +188,105 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text("utf-8", errors="replace") if self.log_path.exists() else ""
+
+
+class RedisProcess:
+    """One redis-server; its port and directory stay the same across kill() and start(), so
+    that with an `appendfsync` policy it comes back with its data."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        binary: str,
+        *,
+        appendfsync: str | None = None,
+        prefix: Sequence[str] = (),
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.appendfsync = appendfsync
+        self.prefix = list(prefix)
+        self.log_path = log_path or workdir / "redis.log"
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            *REDIS_PERSISTENCE_ARGS[self.appendfsync],
+            *self.extra_args,
+        ]
+
+    def start(self) -> Self:
+        """Start and wait until it answers PING."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, *self.command()],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                if self.cli("PING") == "PONG":
+                    return self
+            except (OSError, RuntimeError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def cli(self, *args: str) -> str:
+        """One command over a plain socket (RESP), its reply as text."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            parts = [f"*{len(args)}\r\n".encode()]
+            for arg in args:
+                data = arg.encode()
+                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            sock.sendall(b"".join(parts))
+            reply = b""
+            while not _complete(reply):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        kind, head, rest = reply[:1], *reply[1:].split(b"\r\n", 1)
+        if kind == b"-":
+            raise RuntimeError(head.decode())
+        if kind == b"$":
+            return "" if int(head) < 0 else rest[: int(head)].decode()
+        return head.decode()
+
+
+def _complete(reply: bytes) -> bool:
+    """Whether `reply` holds one whole simple, integer, error or bulk-string reply."""
+    if b"\r\n" not in reply:
+        return False
+    head, _, rest = reply.partition(b"\r\n")
+    if head[:1] == b"$" and int(head[1:]) >= 0:
+        return len(rest) >= int(head[1:]) + 2
+    return True

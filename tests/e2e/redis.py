@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,9 +13,7 @@ from typing import Any
 
 from ..missing import missing
 from .client import Chat
-from .process import ServerProcess, free_port
-
-START_TIMEOUT_S = 10.0
+from .process import RedisProcess, ServerProcess
 
 
 def require_redis() -> str:
@@ -28,90 +23,13 @@ def require_redis() -> str:
     return path
 
 
-class RedisServer:
-    """One redis-server; its port and directory stay the same across kill() and start(), so
-    that with `persistent` it comes back with its data (appendonly, fsync always)."""
+class RedisServer(RedisProcess):
+    """The test's own redis-server; with `persistent` it comes back with its data
+    (appendonly, fsync always)."""
 
     def __init__(self, workdir: Path, persistent: bool = False) -> None:
-        self.binary = require_redis()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        super().__init__(workdir, require_redis(), appendfsync="always" if persistent else None)
         self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self) -> list[str]:
-        cmd = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-        ]
-        if self.persistent:
-            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            cmd += ["--appendonly", "no"]
-        return cmd
-
-    def start(self) -> RedisServer:
-        with open(self.workdir / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                if self.cli("PING") == "PONG":
-                    return self
-            except (OSError, RuntimeError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer PING")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def cli(self, *args: str) -> str:
-        """One command over a plain socket (RESP), its reply as text."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            parts = [f"*{len(args)}\r\n".encode()]
-            for arg in args:
-                data = arg.encode()
-                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-            sock.sendall(b"".join(parts))
-            reply = b""
-            while not _complete(reply):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        kind, head, rest = reply[:1], *reply[1:].split(b"\r\n", 1)
-        if kind == b"-":
-            raise RuntimeError(head.decode())
-        if kind == b"$":
-            return "" if int(head) < 0 else rest[: int(head)].decode()
-        return head.decode()
-
-
-def _complete(reply: bytes) -> bool:
-    """Whether `reply` holds one whole simple, integer, error or bulk-string reply."""
-    if b"\r\n" not in reply:
-        return False
-    head, _, rest = reply.partition(b"\r\n")
-    if head[:1] == b"$" and int(head[1:]) >= 0:
-        return len(rest) >= int(head[1:]) + 2
-    return True
 
 
 NodeFactory = Callable[..., ServerProcess]
