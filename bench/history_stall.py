@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from wschat.chat.ports import NewMessage
 from wschat.store.sqlite import SqliteHistory
 
 TEXT = "x" * 140
@@ -33,7 +34,9 @@ def run(path: str, messages: int, threaded: bool) -> list[float]:
     try:
         for i in range(messages):
             start = time.perf_counter()
-            loop.run_until_complete(store.append("bench", "alice", TEXT, "2026", f"r{i}"))
+            loop.run_until_complete(
+                store.append("bench", NewMessage("alice", TEXT, "2026", f"r{i}"))
+            )
             took.append(time.perf_counter() - start)
     finally:
         loop.close()
