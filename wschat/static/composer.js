@@ -8,7 +8,16 @@ import { dropSocket, isOpen, reconnectNow } from './connection.js';
 import { charCount, MAX_TEXT_CHARS, nameProblem } from './limits.js';
 import { sendSay } from './session.js';
 import { activeRoom, roomOf, saveName, state } from './state.js';
-import { clearError, outboxNode, removeOutboxItem, renderMe, renderOutboxItem, renderRoom, scrollToBottom, showError } from './views.js';
+import {
+  clearError,
+  outboxNode,
+  removeOutboxItem,
+  renderMe,
+  renderOutboxItem,
+  renderRoom,
+  scrollToBottom,
+  showError,
+} from './views.js';
 
 const MAX_INPUT_HEIGHT_PX = 160;
 

@@ -1,5 +1,5 @@
-// The page's elements by role, and the two ways text reaches the page: el() sets textContent,
-// never innerHTML, so every user-provided string stays text.
+// The page's elements by role, and el(), which puts text in through textContent (never
+// innerHTML), so that every user-provided string stays text.
 
 const $ = (id) => document.getElementById(id);
 
