@@ -139,6 +139,17 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     assert gone() is None
 
 
+def test_scripts_come_as_javascript() -> None:
+    """The client's modules are served as text/javascript, which module scripts require."""
+    stub = make()[0]
+    responses: list[IResponse] = []
+    stub.head("http://chat.example/app.js").addCallback(responses.append)  # type: ignore[attr-defined]
+    stub.flush()
+    [response] = responses
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["text/javascript"]
+
+
 def test_config_tells_the_page_how_to_sign_in() -> None:
     """/config.json says the --auth mode and the token URL; the CSP allows only that URL's
     origin besides the page's own (and WebSockets)."""

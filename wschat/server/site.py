@@ -59,6 +59,14 @@ def static_dir() -> Path:
     return Path(str(resources.files("wschat").joinpath("static")))
 
 
+class StaticFiles(File):
+    """The client's files. A browser runs a module script only when it comes with a JavaScript
+    type, so `.js` does not depend on the host's mime.types (File creates each file's
+    resource with this class, so the mapping holds below the root too)."""
+
+    contentTypes = {**File.contentTypes, ".js": "text/javascript"}
+
+
 # Something /healthz reports on beside the counts: its fields, and whether it is healthy
 # (if not, /healthz answers 503 so that a load balancer sends clients elsewhere).
 HealthCheck = Callable[[], tuple[dict[str, object], bool]]
@@ -213,7 +221,7 @@ def make_site(
     checks: Sequence[HealthCheck] = (),
     client: ClientConfig = ClientConfig(),
 ) -> ChatSite:
-    root = File(str(static_dir()))
+    root = StaticFiles(str(static_dir()))
     root.putChild(b"ws", UpgradeResource(factory))
     root.putChild(b"healthz", Health(hub, uptime_s, lambda: factory.draining, checks))
     root.putChild(b"config.json", Config(client))

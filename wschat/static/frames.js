@@ -1,0 +1,207 @@
+// Frames from the server, one handler per type. A message is shown once per (room, id), in id
+// order, whatever mix of history, live messages, acks and reconnects delivers it.
+
+import { ui } from './dom.js';
+import { isOpen } from './connection.js';
+import { onMembers, onPresence, requestPage, resetPages } from './members.js';
+import { flushOutbox, onAuthed, sendJoin, sendLeave, takeAwaiting } from './session.js';
+import { activeRoom, me, state } from './state.js';
+import {
+  askName,
+  nearBottom,
+  removeOutboxItem,
+  renderAll,
+  renderMe,
+  renderOutboxItem,
+  renderRoom,
+  renderTabs,
+  renderTitle,
+  renderUsers,
+  replaceMessages,
+  scrollToBottom,
+  setConn,
+  showError,
+  upsertMessage,
+} from './views.js';
+
+const RATE_LIMIT_RETRY_MS = 1200;
+const RATE_LIMIT_MAX_RETRIES = 5;
+// `unavailable`: the server's shared store (Redis) is down; nothing was stored, try again.
+const UNAVAILABLE_RETRY_MS = 2000;
+
+export function handleFrame(frame) {
+  switch (frame.type) {
+    case 'welcome': return onWelcome(frame);
+    case 'message': return onMessage(frame);
+    case 'ack': return onAck(frame);
+    case 'presence': return inRoom(frame, onPresence);
+    case 'members': return inRoom(frame, onMembers);
+    case 'resync': return onResync(frame);
+    case 'left': return onLeft(frame);
+    case 'error': return onServerError(frame);
+    case 'authed': return onAuthed(frame);
+    default: return undefined; // newer server: ignore what we do not know
+  }
+}
+
+// A frame about a room this page no longer has open is dropped.
+function inRoom(frame, handler) {
+  const room = state.rooms.get(frame.room);
+  if (room) handler(room, frame);
+}
+
+function onWelcome(frame) {
+  takeAwaiting('join', frame.room);
+  const room = state.rooms.get(frame.room);
+  if (!room) {
+    // Closed the tab while the join was on its way.
+    sendLeave(frame.room);
+    return;
+  }
+  if (typeof frame.token === 'string') state.token = frame.token;
+  room.epoch = typeof frame.epoch === 'string' ? frame.epoch : null;
+  if (typeof frame.name === 'string' && frame.name !== state.self) {
+    state.self = frame.name; // a guest's name comes back marked
+    renderMe();
+  }
+  state.attempt = 0;
+  const history = Array.isArray(frame.history) ? frame.history.filter(isMessage) : [];
+  const wasActive = room === activeRoom();
+  const keepScrollTop = wasActive && !nearBottom() ? ui.messages.scrollTop : null;
+  if (!room.welcomed || frame.recovered === false) {
+    // recovered:false: some messages since our last id are gone; never show a partial set as
+    // complete, show the server's latest history instead.
+    replaceMessages(room, history);
+  } else {
+    for (const message of history) upsertMessage(room, message);
+  }
+  room.welcomed = true;
+  room.joinState = 'joined';
+  room.users = Array.isArray(frame.users) ? new Set(frame.users) : null;
+  room.count = Number.isInteger(frame.count) ? frame.count : (room.users ? room.users.size : 0);
+  room.listing = false;
+  resetPages(room);
+  if (room.users === null && room === activeRoom() && ui.people.open) requestPage(room);
+  if (wasActive) {
+    room.scrollTop = keepScrollTop;
+    renderRoom();
+    renderUsers();
+  }
+  renderTabs();
+  setConn('online');
+  flushOutbox(room);
+}
+
+function isMessage(m) {
+  return m && Number.isInteger(m.id) && typeof m.text === 'string' && typeof m.name === 'string';
+}
+
+function onMessage(frame) {
+  const room = state.rooms.get(frame.room);
+  if (!room || !isMessage(frame)) return;
+  const isNew = !room.byId.has(frame.id);
+  const stick = room === activeRoom() && nearBottom();
+  upsertMessage(room, frame);
+  if (!isNew) return;
+  if (room === activeRoom()) {
+    if (stick || frame.name === me()) scrollToBottom();
+    else ui.jump.hidden = false;
+  } else if (frame.name !== me()) {
+    room.unread += 1;
+    renderTabs();
+  }
+  renderTitle();
+}
+
+function onAck(frame) {
+  const room = state.rooms.get(frame.room);
+  if (!room) return;
+  const item = room.outbox.find((i) => i.ref === frame.ref);
+  if (!item) return;
+  removeOutboxItem(room, item);
+  if (Number.isInteger(frame.id) && !room.byId.has(frame.id)) {
+    // Shown now as delivered; the broadcast of the same id (if any) only refreshes its time.
+    upsertMessage(room, {
+      id: frame.id, room: room.name, name: me(), text: item.text, ts: new Date().toISOString(),
+      user: state.auth.signed ? state.auth.signed.user : undefined,
+      guest: !state.auth.signed && state.auth.mode === 'optional', // as the server marks it
+    });
+  }
+  if (room === activeRoom()) scrollToBottom();
+}
+
+function onLeft(frame) {
+  if (takeAwaiting('leave', frame.room)) return;
+  const room = state.rooms.get(frame.room);
+  if (!room || room.joinState !== 'joined') return;
+  // Taken out by the server: `kicked` by an admin or the application, or `taken` (the name
+  // went to someone else while this server was cut off from the others). The tab stays;
+  // opening it again joins again.
+  room.joinState = 'error';
+  renderAll();
+  showError(frame.reason === 'taken'
+    ? `#${room.name}: your name was taken while the server was cut off; open the room to join again`
+    : `#${room.name}: you were removed from the room; open it to join again`);
+}
+
+// The server lost the thread of this room (its shared history skipped ahead of it): join
+// again with `since`, which answers with exactly what we missed or recovered:false.
+function onResync(frame) {
+  const room = state.rooms.get(frame.room);
+  if (room && room.joinState === 'joined') sendJoin(room);
+}
+
+function onServerError(frame) {
+  const text = typeof frame.message === 'string' && frame.message ? frame.message : String(frame.code);
+  if (frame.ref !== null && frame.ref !== undefined) {
+    for (const room of state.rooms.values()) {
+      const item = room.outbox.find((i) => i.ref === frame.ref);
+      if (!item) continue;
+      if (frame.code === 'unavailable') {
+        item.state = 'queued';
+        renderOutboxItem(item);
+        setTimeout(() => flushOutbox(room), UNAVAILABLE_RETRY_MS);
+      } else if (frame.code === 'rate_limited' && item.retries < RATE_LIMIT_MAX_RETRIES) {
+        // Usually a burst of queued messages after a reconnect: slow down, keep the order.
+        item.retries += 1;
+        item.state = 'queued';
+        renderOutboxItem(item);
+        setTimeout(() => flushOutbox(room), RATE_LIMIT_RETRY_MS * item.retries);
+      } else {
+        item.state = 'failed';
+        item.error = text;
+        renderOutboxItem(item);
+      }
+      break;
+    }
+    showError(text);
+    return;
+  }
+  const request = state.awaiting.shift();
+  if (request && request.kind === 'join') onJoinError(request, frame, text);
+  else showError(text);
+}
+
+function onJoinError(request, frame, text) {
+  const room = state.rooms.get(request.room);
+  if (!room) return;
+  if (frame.code === 'invalid_field' && request.withToken) {
+    // A token this server does not understand (say, a new server version): join without it.
+    state.token = null;
+    sendJoin(room);
+    return;
+  }
+  room.joinState = 'error';
+  renderTabs();
+  showError(`#${room.name}: ${text}`);
+  if (frame.code === 'unavailable') {
+    setTimeout(() => {
+      if (room.joinState === 'error' && isOpen()) sendJoin(room);
+    }, UNAVAILABLE_RETRY_MS);
+    return;
+  }
+  if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code) && !state.auth.signed) askName(text);
+  else if (state.conn !== 'online' && [...state.rooms.values()].every((r) => r.joinState === 'error')) {
+    setConn('offline', 'offline: could not join');
+  }
+}
