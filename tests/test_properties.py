@@ -135,7 +135,7 @@ def test_hub_survives_any_command_sequence(values: list[dict[str, Any]]) -> None
         for event in peer.events:
             assert json.loads(encode(event))["type"]
         for room in session.rooms:
-            assert session.name in world.hub.members(room)
+            assert session.name in world.who(session, room)
         assert len(session.rooms) <= 3
     for session, _ in sessions:
         world.hub.disconnect(session)
