@@ -277,7 +277,7 @@ def test_who_says_who_is_who() -> None:
 
 
 def test_the_open_chat_lists_carry_no_identities() -> None:
-    """With nobody signed in and no guests, welcome and presence are as before."""
+    """With nobody signed in and no guests, welcome and presence carry no subs or guests."""
     world = World()
     a, pa = world.connect()
     b, _ = world.connect()

@@ -128,7 +128,7 @@ def test_leave_and_come_back_within_one_interval_is_sent_as_joined() -> None:
 
 
 def test_a_takeover_makes_no_presence() -> None:
-    """A reconnect that takes its name back with its token is silent, as before batching."""
+    """A reconnect that takes its name back with its token is silent: no batch shows it."""
     world = World()
     _, alice = joined(world, "alice")
     bob, bob_peer = joined(world, "bob")

@@ -1,4 +1,4 @@
-"""Property-based tests: whatever a client sends, the codec and the hub answer with a
+"""Property-based tests: whatever a client sends, the wire decoder and the hub answer with a
 ChatError or a valid result, never anything else."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ COMMAND_LIKE = st.fixed_dictionaries(
 
 def encoded(value: Any) -> bytes:
     # Lone surrogates cannot be UTF-8: Autobahn already refuses such frames with 1007, so the
-    # codec only ever sees them as JSON escapes, which ensure_ascii produces.
+    # decoder only ever sees them as JSON escapes, which ensure_ascii produces.
     return json.dumps(value, ensure_ascii=True).encode()
 
 
