@@ -155,7 +155,7 @@ class Hub:
             raise NotInRoom(f"join {cmd.room!r} before saying something there", cmd.ref)
         check_text(cmd.text, cmd.ref)
         now_s = self._now_s()
-        self._take_tokens(session, now_s, cmd.ref)
+        _take_tokens(session, now_s, self.limits, cmd.ref)
         name = session.name
         assert name is not None  # a session in a room has a name
         said = NewMessage(name, cmd.text, format_ts(now_s), cmd.ref, session.user, session.guest)
@@ -232,23 +232,6 @@ class Hub:
             session.send(Left(room, "kicked"))
         return len(kicked)
 
-    def _take_tokens(self, session: Session, now_s: float, ref: str | None) -> None:
-        """Charge one message to the connection's bucket and to its address's."""
-        limits = self.limits
-        if not session.bucket.take(now_s):
-            raise RateLimited(
-                f"at most {limits.rate_per_s:g} messages a second (burst {limits.burst}); "
-                "slow down",
-                ref,
-            )
-        shared = session.address_bucket
-        if shared is not None and not shared.take(now_s):
-            raise RateLimited(
-                f"your address may send at most {limits.rate_per_ip_s:g} messages a second "
-                f"over all its connections (burst {limits.burst_per_ip}); slow down",
-                ref,
-            )
-
     def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
         if session.address_bucket is not None and session.address is not None:
@@ -319,3 +302,19 @@ async def _history(
             return found.messages, True, current
         return await store.latest(room, size), False, current
     return await store.latest(room, size), None, current
+
+
+def _take_tokens(session: Session, now_s: float, limits: Limits, ref: str | None) -> None:
+    """Charge one message to the connection's bucket and to its address's."""
+    if not session.bucket.take(now_s):
+        raise RateLimited(
+            f"at most {limits.rate_per_s:g} messages a second (burst {limits.burst}); slow down",
+            ref,
+        )
+    shared = session.address_bucket
+    if shared is not None and not shared.take(now_s):
+        raise RateLimited(
+            f"your address may send at most {limits.rate_per_ip_s:g} messages a second "
+            f"over all its connections (burst {limits.burst_per_ip}); slow down",
+            ref,
+        )
