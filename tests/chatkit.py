@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from wschat.chat.hub import Hub, Session
 from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, MemoryHistory
-from wschat.chat.model import Event
+from wschat.chat.model import Event, Members, Who
 from wschat.chat.ports import HistoryStore, RoomEvent, Roster
 
 T = TypeVar("T")
@@ -85,3 +85,10 @@ class World:
             peer.replaced = True
 
         return self.hub.connect(peer, peer.events.append, replaced, address), peer
+
+    def who(self, session: Session, room: str) -> list[str]:
+        """The room's member list as `session` is shown it by a `who` (one page)."""
+        self.hub.who(session, Who(room))
+        page = session.outbox.events.pop()
+        assert isinstance(page, Members) and page.next is None
+        return page.names

@@ -174,7 +174,7 @@ def test_two_connections_of_one_user_share_the_name() -> None:
     world.hub.disconnect(tab1)
     world.batch()
     assert pb.take() == []
-    assert world.hub.members("lobby") == ["alice", "bob"]
+    assert world.who(bob, "lobby") == ["alice", "bob"]
     run(world.hub.say(bob, Say("lobby", "still there?")))
     assert [e.text for e in p2.take() if isinstance(e, Message)] == ["still there?"]
     world.hub.leave(tab2, Leave("lobby"))
@@ -193,12 +193,12 @@ def test_the_holder_leaving_hands_the_name_to_a_companion() -> None:
     world.hub.leave(tab2, Leave("lobby"))
     run(world.hub.join(tab2, Join("lobby")))
     world.hub.leave(tab1, Leave("lobby"))
-    assert world.hub.members("lobby") == ["alice"]
+    assert world.who(tab2, "lobby") == ["alice"]
     p2.take()
     run(world.hub.say(tab2, Say("lobby", "me again")))
     assert [e.text for e in p2.take() if isinstance(e, Message)] == ["me again"]
     world.hub.disconnect(tab2)
-    assert world.hub.members("lobby") == []
+    assert world.hub.rooms() == []
 
 
 def test_another_user_with_the_same_display_name_is_refused() -> None:
@@ -277,7 +277,7 @@ def test_who_says_who_is_who() -> None:
 
 
 def test_the_open_chat_lists_carry_no_identities() -> None:
-    """With nobody signed in and no guests, welcome and presence are as before."""
+    """With nobody signed in and no guests, welcome and presence carry no subs or guests."""
     world = World()
     a, pa = world.connect()
     b, _ = world.connect()

@@ -1,4 +1,4 @@
-"""Property-based tests: whatever a client sends, the codec and the hub answer with a
+"""Property-based tests: whatever a client sends, the wire decoder and the hub answer with a
 ChatError or a valid result, never anything else."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ COMMAND_LIKE = st.fixed_dictionaries(
 
 def encoded(value: Any) -> bytes:
     # Lone surrogates cannot be UTF-8: Autobahn already refuses such frames with 1007, so the
-    # codec only ever sees them as JSON escapes, which ensure_ascii produces.
+    # decoder only ever sees them as JSON escapes, which ensure_ascii produces.
     return json.dumps(value, ensure_ascii=True).encode()
 
 
@@ -135,7 +135,7 @@ def test_hub_survives_any_command_sequence(values: list[dict[str, Any]]) -> None
         for event in peer.events:
             assert json.loads(encode(event))["type"]
         for room in session.rooms:
-            assert session.name in world.hub.members(room)
+            assert session.name in world.who(session, room)
         assert len(session.rooms) <= 3
     for session, _ in sessions:
         world.hub.disconnect(session)

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wschat.chat import errors
-from wschat.chat.hub import PARK_S, Session
+from wschat.chat.hub import Session
 from wschat.chat.identity import Identity
 from wschat.chat.limits import Limits
-from wschat.chat.model import Join, Leave, Left, Presence, Welcome
+from wschat.chat.model import Join, Leave, Left, Members, Presence, Welcome, Who
+from wschat.chat.nodes import PARK_S
 from wschat.chat.ports import (
     Claim,
     Held,
@@ -81,6 +82,11 @@ class FakeRoster:
     def attach(self, on_change: OnChange, on_lost: Callable[[str, str], None]) -> None:
         self._on_change = on_change
         self._on_lost = on_lost
+
+    def lose(self, room: str, name: str) -> None:
+        """The node's claim lapsed while it was cut off, and another node took the name."""
+        assert self._on_lost is not None
+        self._on_lost(room, name)
 
     async def watch(self, room: str) -> None:
         if room in self._watching:
@@ -248,7 +254,7 @@ def test_a_name_lost_while_cut_off_takes_the_member_out() -> None:
     session, peer = cluster.join(0, "alice")
     cluster.settle()
     peer.take()
-    cluster.worlds[0].hub._name_lost("lobby", "alice")
+    cluster.directory.nodes[0].lose("lobby", "alice")
     assert peer.take() == [Left("lobby", "taken")]
     assert session.rooms == set()
 
@@ -301,9 +307,10 @@ def test_every_client_on_every_node_ends_with_the_true_member_list(
             view.apply(peer.take())
     cluster.settle()
     truth = sorted(f"m{i}" for i in live)
-    for where, _, peer, view in live.values():
+    for where, session, peer, view in live.values():
         view.apply(peer.take())
-        assert cluster.worlds[where].hub.members("lobby") == truth
+        cluster.worlds[where].hub.who(session, Who("lobby"))
+        assert peer.take() == [Members("lobby", truth, None, len(truth))]
         assert view.count == len(truth)
         if len(truth) > limit:
             assert view.names is None

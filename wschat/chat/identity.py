@@ -1,8 +1,8 @@
 """Who is speaking: a signed identity's claims, the rooms it may join, and how signed users,
 guests and open-chat users share the room's names.
 
-Tokens are verified elsewhere (wschat/tokens.py, with PyJWT); this module gets their claims as
-a dict and the time as a number, and knows nothing of signatures or sockets.
+Tokens are verified elsewhere (wschat/server/tokens.py, with PyJWT); this module gets their
+claims as a dict and the time as a number, and knows nothing of signatures or sockets.
 
 The naming rules (docs/protocol.md, "Signed identities"):
 - a signed connection's name comes from its token; a join naming another is refused;

@@ -53,9 +53,6 @@ class AddressCap:
         if count > 0:
             self._counts[address] = count
 
-    def held(self, address: str) -> int:
-        return self._counts.get(address, 0)
-
     def proxy_hint(self, address: str) -> bool:
         """True once, for the first refusal of a loopback or private address: the likely cause
         is a reverse proxy in front whose forwarded addresses are not trusted."""
@@ -103,9 +100,6 @@ class AddressRates:
             self._held[address] = (bucket, count - 1)
         else:
             del self._held[address]
-
-    def __len__(self) -> int:
-        return len(self._held)
 
 
 class RefusalLog:

@@ -155,7 +155,8 @@ class Message:
 class Welcome:
     room: str
     name: str
-    # None above the member-list limit: the client pages with `who`.
+    # The members' display names (a signed member's `sub` is in `subs`, not here); None
+    # above the member-list limit: the client pages with `who`.
     users: list[str] | None
     count: int
     history: list[Message]

@@ -1,12 +1,12 @@
 """A room's members, in the order `who` pages them, and its presence changes not yet sent.
 
-Presence is sent in batches (see Hub). Between two batches a room remembers only which names
-changed, not how: at the batch, a changed name that is a member is `joined`, one that is not
-is `left`. Every client applies a batch as "add joined, remove left" to the list it holds (from
-its welcome, or from the previous batch), which is idempotent; so a name that joined and left
-(or left and came back) within one interval leaves every client with the right list, whether
-the client was there before the interval or came in during it (its welcome listed the members
-of that instant, and only the changed names can differ from it).
+Presence is sent in batches (chat/presence.py). Between two batches a room remembers only which
+names changed, not how: at the batch, a changed name that is a member is `joined`, one that is
+not is `left`. Every client applies a batch as "add joined, remove left" to the list it holds
+(from its welcome, or from the previous batch), which is idempotent; so a name that joined and
+left (or left and came back) within one interval leaves every client with the right list,
+whether the client was there before the interval or came in during it (its welcome listed the
+members of that instant, and only the changed names can differ from it).
 
 Each change is numbered, so that a client who came in during the interval can be sent only
 the changes after its welcome: the earlier ones are already in it.
