@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import Logger, LogLevel
 
 from wschat.logger import NamedLogger
 
@@ -18,16 +19,13 @@ class Subclass(Speaker):
     pass
 
 
-def test_a_named_logger_keeps_its_namespace_in_subclasses() -> None:
+def test_a_named_logger_keeps_its_namespace_in_subclasses(
+    log_events: EventLoggingObserver,
+) -> None:
     """Events of an instance, of a subclass too, carry the fixed namespace and the instance."""
-    seen: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(seen.append)
-    try:
-        speaker = Subclass()
-        speaker.speak()
-    finally:
-        globalLogPublisher.removeObserver(seen.append)
-    mine = [e for e in seen if e.get("log_format") == "hello"]
+    speaker = Subclass()
+    speaker.speak()
+    mine = [e for e in log_events.logged if e.get("log_format") == "hello"]
     assert [(e["log_namespace"], e["log_source"], e["log_level"]) for e in mine] == [
         ("wschat.old.Speaker", speaker, LogLevel.info)
     ]
