@@ -25,7 +25,7 @@ def test_a_named_logger_keeps_its_namespace_in_subclasses(
     """Events of an instance, of a subclass too, carry the fixed namespace and the instance."""
     speaker = Subclass()
     speaker.speak()
-    mine = [e for e in log_events.logged if e.get("log_format") == "hello"]
+    mine = [e for e in log_events if e.get("log_format") == "hello"]
     assert [(e["log_namespace"], e["log_source"], e["log_level"]) for e in mine] == [
         ("wschat.old.Speaker", speaker, LogLevel.info)
     ]
