@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
+
+from wschat.redis.link import parse_redis_url
+from wschat.redis.node import RedisNode, redis_node
+
+from .e2e.redis import RedisServer
 
 
 @pytest.fixture
@@ -16,3 +25,46 @@ def log_events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.addObserver(events)
     yield events
     globalLogPublisher.removeObserver(events)
+
+
+# A real redis-server for the tests that run the Redis engine's scripts (the contract suites of
+# tests/test_history.py and tests/test_roster.py): one per session, emptied for each test.
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server without persistence; missing, it skips (fails with CI=true)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+RedisNodeFactory = Callable[[str, int], Awaitable[RedisNode]]
+REDIS_UP_TIMEOUT_S = 5.0
+
+
+@pytest_twisted.async_yield_fixture
+async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[RedisNodeFactory]:
+    """`await make(node_name, history_size)`: a node's Redis engine, started and connected,
+    on the emptied redis-server; every one is stopped after the test."""
+    redis_server.cli("FLUSHALL")
+    started: list[RedisNode] = []
+
+    async def make(name: str, history_size: int) -> RedisNode:
+        address = parse_redis_url(redis_server.url)
+        node = redis_node(address, reactor, name, history_size)
+        for service in node.services:
+            service.startService()
+        started.append(node)
+        waited = 0.0
+        while not node.link.up:
+            if waited > REDIS_UP_TIMEOUT_S:
+                raise TimeoutError(f"{name} did not connect to redis")
+            await deferLater(reactor, 0.01)
+            waited += 0.01
+        return node
+
+    yield make
+    for node in reversed(started):
+        for service in reversed(node.services):
+            await maybeDeferred(service.stopService)

@@ -1,13 +1,15 @@
-"""Both history stores keep the same contract; SQLite also survives a reopen."""
+"""Every history store keeps the same contract (in memory, SQLite, and Redis running the real
+scripts on a real redis-server); SQLite also survives a reopen."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.memory import MemoryHistory
@@ -22,15 +24,35 @@ from wschat.store.sqlite import (
 )
 
 from .chatkit import run
+from .conftest import RedisNodeFactory
 
-StoreFactory = Callable[[int], HistoryStore]
+StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    if request.param == "memory":
-        return MemoryHistory
-    return lambda keep: SqliteHistory(str(tmp_path / "h.sqlite3"), keep)
+    """`await make_store(keep)`: an empty store that keeps about `keep` messages a room."""
+    if request.param == "redis":
+        make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
+
+        async def redis_store(keep: int) -> HistoryStore:
+            return (await make_node("n0", keep)).broker
+
+        return redis_store
+
+    async def store(keep: int) -> HistoryStore:
+        if request.param == "memory":
+            return MemoryHistory(keep)
+        return SqliteHistory(str(tmp_path / "h.sqlite3"), keep)
+
+    return store
+
+
+async def afill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
+    for i in range(count):
+        await store.append(
+            room, NewMessage(name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}")
+        )
 
 
 def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
@@ -42,65 +64,71 @@ def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> Non
         )[0]
 
 
-def test_ids_increase_per_room(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_ids_increase_per_room(make_store: StoreFactory) -> None:
     """Each room numbers its messages 1, 2, 3, ... independently."""
-    store = make_store(10)
-    a1 = run(store.append("a", NewMessage("x", "1", "t", None)))[0]
-    b1 = run(store.append("b", NewMessage("x", "1", "t", None)))[0]
-    a2 = run(store.append("a", NewMessage("x", "2", "t", None)))[0]
+    store = await make_store(10)
+    a1 = (await store.append("a", NewMessage("x", "1", "t", None)))[0]
+    b1 = (await store.append("b", NewMessage("x", "1", "t", None)))[0]
+    a2 = (await store.append("a", NewMessage("x", "2", "t", None)))[0]
     assert (a1.id, b1.id, a2.id) == (1, 1, 2)
 
 
-def test_latest_is_oldest_first_and_limited(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_latest_is_oldest_first_and_limited(make_store: StoreFactory) -> None:
     """latest(limit) gives the newest `limit` messages in id order."""
-    store = make_store(100)
-    fill(store, "lobby", 7)
-    assert [m.id for m in run(store.latest("lobby", 3))] == [5, 6, 7]
-    assert run(store.latest("empty", 3)) == []
+    store = await make_store(100)
+    await afill(store, "lobby", 7)
+    assert [m.id for m in (await store.latest("lobby", 3))] == [5, 6, 7]
+    assert (await store.latest("empty", 3)) == []
 
 
-def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
     """append with a ref the same name already stored in the room returns the kept message
     and False; another name, or another room, stores a new one."""
-    store = make_store(10)
-    first, new = run(store.append("lobby", NewMessage("alice", "hi", "t", "r1")))
+    store = await make_store(10)
+    first, new = await store.append("lobby", NewMessage("alice", "hi", "t", "r1"))
     assert new
-    again, new = run(store.append("lobby", NewMessage("alice", "hi (resent)", "t", "r1")))
+    again, new = await store.append("lobby", NewMessage("alice", "hi (resent)", "t", "r1"))
     assert (again, new) == (first, False)
-    assert run(store.append("lobby", NewMessage("bob", "hi", "t", "r1")))[1]
-    assert run(store.append("dev", NewMessage("alice", "hi", "t", "r1")))[1]
+    assert (await store.append("lobby", NewMessage("bob", "hi", "t", "r1")))[1]
+    assert (await store.append("dev", NewMessage("alice", "hi", "t", "r1")))[1]
 
 
-def test_find_ref(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_find_ref(make_store: StoreFactory) -> None:
     """A ref is found for the name that used it, in its room only."""
-    store = make_store(100)
-    fill(store, "lobby", 3)
-    found = run(store.find_ref("lobby", "alice", "r2"))
+    store = await make_store(100)
+    await afill(store, "lobby", 3)
+    found = await store.find_ref("lobby", "alice", "r2")
     assert found is not None and found.id == 2 and found.text == "m2"
-    assert run(store.find_ref("lobby", "bob", "r2")) is None
-    assert run(store.find_ref("dev", "alice", "r2")) is None
+    assert (await store.find_ref("lobby", "bob", "r2")) is None
+    assert (await store.find_ref("dev", "alice", "r2")) is None
 
 
-def test_after_is_exact_or_incomplete(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_after_is_exact_or_incomplete(make_store: StoreFactory) -> None:
     """after(since) is complete only when it holds every later message."""
-    store = make_store(100)
-    fill(store, "lobby", 5)
-    got = run(store.after("lobby", 2, 100))
+    store = await make_store(100)
+    await afill(store, "lobby", 5)
+    got = await store.after("lobby", 2, 100)
     assert got.complete and [m.id for m in got.messages] == [3, 4, 5]
-    assert run(store.after("lobby", 5, 100)).complete
-    assert not run(store.after("lobby", 6, 100)).complete
-    assert not run(store.after("lobby", 0, 3)).complete
-    assert run(store.after("empty", 0, 3)).complete
+    assert (await store.after("lobby", 5, 100)).complete
+    assert not (await store.after("lobby", 6, 100)).complete
+    assert not (await store.after("lobby", 0, 3)).complete
+    assert (await store.after("empty", 0, 3)).complete
 
 
-def test_after_notices_trimmed_messages(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_after_notices_trimmed_messages(make_store: StoreFactory) -> None:
     """Once old messages are dropped, a since before them is not recoverable."""
     keep = 5
-    store = make_store(keep)
-    fill(store, "lobby", TRIM_EVERY_MESSAGES * 2)
+    store = await make_store(keep)
+    await afill(store, "lobby", TRIM_EVERY_MESSAGES * 2)
     last = TRIM_EVERY_MESSAGES * 2
-    assert not run(store.after("lobby", 1, 1000)).complete
-    recent = run(store.after("lobby", last - keep, keep))
+    assert not (await store.after("lobby", 1, 1000)).complete
+    recent = await store.after("lobby", last - keep, keep)
     assert recent.complete and [m.id for m in recent.messages] == list(
         range(last - keep + 1, last + 1)
     )
@@ -256,17 +284,18 @@ def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> Non
     store.close()
 
 
-def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> None:
+@pytest_twisted.ensureDeferred
+async def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> None:
     """A signed sender's sub and a guest's mark are stored and read back with the message."""
-    store = make_store(10)
-    run(store.append("lobby", NewMessage("alice", "signed", "t", "r1", user="u-alice")))
-    run(store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True)))
-    run(store.append("lobby", NewMessage("bob", "open", "t", None)))
-    kept = run(store.latest("lobby", 10))
+    store = await make_store(10)
+    await store.append("lobby", NewMessage("alice", "signed", "t", "r1", user="u-alice"))
+    (await store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True)))
+    await store.append("lobby", NewMessage("bob", "open", "t", None))
+    kept = await store.latest("lobby", 10)
     assert [(m.user, m.guest) for m in kept] == [("u-alice", False), (None, True), (None, False)]
-    found = run(store.find_ref("lobby", "alice", "r1"))
+    found = await store.find_ref("lobby", "alice", "r1")
     assert found is not None and found.user == "u-alice"
-    recovered = run(store.after("lobby", 0, 10))
+    recovered = await store.after("lobby", 0, 10)
     assert [m.user for m in recovered.messages] == ["u-alice", None, None]
 
 

@@ -1,19 +1,23 @@
 """Names and presence across nodes: several hubs on one in-memory stand-in for Redis.
 
-The stand-in keeps the claims as the Lua scripts of wschat/redis_roster.py do and queues every
+The stand-in keeps the claims as the Lua scripts of wschat/redis/lua/ do and queues every
 change in the order it made them; `flush` delivers the queue to every node watching the room,
-as the room's channel would (later, and in order). The real scripts are tested against a real
-Redis in tests/e2e/test_redis_presence.py.
+as the room's channel would (later, and in order). The roster contract suite at the end runs
+against both the stand-in and the Redis roster running the real scripts on a real
+redis-server, so the stand-in cannot drift from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from wschat.chat import errors
 from wschat.chat.hub import Session
@@ -28,11 +32,14 @@ from wschat.chat.ports import (
     NodeGone,
     OnChange,
     Released,
+    Roster,
     RosterChange,
     Snapshot,
 )
+from wschat.redis.node import RedisNode
 
 from .chatkit import Peer, World, run
+from .conftest import RedisNodeFactory
 from .test_presence import View, presences
 
 
@@ -49,14 +56,20 @@ class Directory:
     """The rooms' claims, and the changes not yet delivered."""
 
     rooms: dict[str, dict[str, Record]] = field(default_factory=dict)
-    queue: list[tuple[str, RosterChange]] = field(default_factory=list)
+    # Each change numbered, as a room's pver numbers them: a snapshot covers those before it.
+    queue: list[tuple[int, str, RosterChange]] = field(default_factory=list)
+    version: int = 0
     nodes: list[FakeRoster] = field(default_factory=list)
 
     def flush(self) -> None:
         queue, self.queue = self.queue, []
-        for room, change in queue:
+        for number, room, change in queue:
             for node in self.nodes:
-                node.deliver(room, change)
+                node.deliver(number, room, change)
+
+    def announce(self, room: str, change: RosterChange) -> None:
+        self.version += 1
+        self.queue.append((self.version, room, change))
 
     def drop(self, dead: str) -> None:
         """The reaper: everything `dead` held is let go."""
@@ -67,14 +80,15 @@ class Directory:
                 if not records[name].holders:
                     del records[name]
             if gone:
-                self.queue.append((room, NodeGone(dead)))
+                self.announce(room, NodeGone(dead))
 
 
 class FakeRoster:
     def __init__(self, directory: Directory, node: str) -> None:
         self.node = node
         self._dir = directory
-        self._watching: set[str] = set()
+        # The room's number of the snapshot this node started from.
+        self._watching: dict[str, int] = {}
         self._on_change: OnChange | None = None
         self._on_lost: Callable[[str, str], None] | None = None
         directory.nodes.append(self)
@@ -91,7 +105,7 @@ class FakeRoster:
     async def watch(self, room: str) -> None:
         if room in self._watching:
             return
-        self._watching.add(room)
+        self._watching[room] = self._dir.version
         records = self._dir.rooms.get(room, {})
         held = [
             Held(name, node, rec.user, rec.guest)
@@ -102,25 +116,27 @@ class FakeRoster:
         self._on_change(room, Snapshot(held))
 
     def unwatch(self, room: str) -> None:
-        self._watching.discard(room)
+        self._watching.pop(room, None)
 
     async def claim(self, room: str, name: str, claim: Claim) -> bool:
         records = self._dir.rooms.setdefault(room, {})
         rec = records.get(name)
-        queue = self._dir.queue
+        if rec is not None and self.node in rec.holders:
+            rec.token = claim.token
+            return False
         if rec is None:
             records[name] = Record({self.node}, claim.user, claim.guest, claim.token)
-            queue.append((room, Held(name, self.node, claim.user, claim.guest)))
+            self._dir.announce(room, Held(name, self.node, claim.user, claim.guest))
             return False
         if claim.user is not None and rec.user == claim.user:
             rec.holders.add(self.node)
-            queue.append((room, Held(name, self.node, claim.user, claim.guest)))
+            self._dir.announce(room, Held(name, self.node, claim.user, claim.guest))
             return False
         if claim.takeover is not None and rec.user is None and rec.token == claim.takeover:
             [old] = rec.holders
             rec.holders = {self.node}
             rec.token = claim.moved_token
-            queue.append((room, Moved(name, old, self.node)))
+            self._dir.announce(room, Moved(name, old, self.node))
             return True
         raise errors.NameTaken(f"the name {name!r} is taken in {room!r}")
 
@@ -131,11 +147,11 @@ class FakeRoster:
         rec.holders.discard(self.node)
         if not rec.holders:
             del self._dir.rooms[room][name]
-        self._dir.queue.append((room, Released(name, self.node)))
+        self._dir.announce(room, Released(name, self.node))
 
-    def deliver(self, room: str, change: RosterChange) -> None:
-        if room not in self._watching:
-            return
+    def deliver(self, number: int, room: str, change: RosterChange) -> None:
+        if number <= self._watching.get(room, number):
+            return  # not watching, or already in its snapshot
         if isinstance(change, (Held, Released)) and change.node == self.node:
             return  # this node's own: it knew first
         assert self._on_change is not None
@@ -348,3 +364,212 @@ def test_a_takeover_keeps_the_old_connections_other_rooms_for_its_rejoins() -> N
     assert {name for name, _ in world.hub.rooms()} == {"hall", "lobby"}
     # The parked name was given back in Redis as well: anyone may take it now.
     cluster.join(1, "alice", "den")
+
+
+# The roster contract: two nodes' rosters on one shared directory, the stand-in's or Redis's.
+
+
+class Nodes:
+    """Two nodes' rosters, and every change each was told of."""
+
+    def __init__(self, rosters: list[Roster]) -> None:
+        self.rosters = rosters
+        self.seen: list[list[tuple[str, RosterChange]]] = [[] for _ in rosters]
+        for i, roster in enumerate(rosters):
+            roster.attach(self._recorder(i), lambda room, name: None)
+
+    def _recorder(self, i: int) -> OnChange:
+        def changed(room: str, change: RosterChange) -> None:
+            self.seen[i].append((room, sorted_snapshot(change)))
+
+        return changed
+
+    async def watch(self, i: int, room: str) -> None:
+        await self.rosters[i].watch(room)
+
+    async def settle(self) -> None:
+        """Every change announced so far has reached every node."""
+
+    async def node_gone(self, node: str) -> None:
+        """The reaper lets go of everything `node` held."""
+
+    async def changes(self, i: int) -> list[tuple[str, RosterChange]]:
+        await self.settle()
+        seen, self.seen[i] = self.seen[i], []
+        return seen
+
+
+def sorted_snapshot(change: RosterChange) -> RosterChange:
+    if isinstance(change, Snapshot):
+        return Snapshot(sorted(change.holdings, key=lambda h: (h.name, h.node)))
+    return change
+
+
+class FakeNodes(Nodes):
+    def __init__(self) -> None:
+        self.directory = Directory()
+        super().__init__([FakeRoster(self.directory, f"n{i}") for i in range(2)])
+
+    async def settle(self) -> None:
+        self.directory.flush()
+
+    async def node_gone(self, node: str) -> None:
+        self.directory.drop(node)
+
+
+QUIET_S = 0.05
+SETTLE_TIMEOUT_S = 5.0
+
+
+class RedisNodes(Nodes):
+    def __init__(self, nodes: list[RedisNode]) -> None:
+        self.nodes = nodes
+        super().__init__([node.roster for node in nodes])
+
+    async def watch(self, i: int, room: str) -> None:
+        # A node's hub watches both: the broker's subscription carries the roster's changes.
+        await self.nodes[i].broker.watch(room)
+        await super().watch(i, room)
+
+    async def settle(self) -> None:
+        # Redis publishes within the script; on one host the channel delivers in well under
+        # QUIET_S, so a quiet spell that long means nothing more is on its way.
+        waited = 0.0
+        before = None
+        while waited < SETTLE_TIMEOUT_S:
+            now = [len(s) for s in self.seen]
+            if now == before:
+                return
+            before = now
+            await deferLater(reactor, QUIET_S)
+            waited += QUIET_S
+
+    async def node_gone(self, node: str) -> None:
+        await self.nodes[0].roster.let_go(node)
+
+
+@pytest.fixture(params=["fake", "redis"])
+def make_nodes(request: pytest.FixtureRequest) -> Callable[[], Awaitable[Nodes]]:
+    """`await make_nodes()`: nodes n0 and n1 on an empty directory."""
+    if request.param == "fake":
+
+        async def fake() -> Nodes:
+            return FakeNodes()
+
+        return fake
+    make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
+
+    async def redis() -> Nodes:
+        return RedisNodes([await make_node(f"n{i}", 100) for i in range(2)])
+
+    return redis
+
+
+NodesFactory = Callable[[], Awaitable[Nodes]]
+
+
+def claim(user: str | None = None, token: str = "t0", takeover: str | None = None) -> Claim:
+    return Claim(user, False, token, f"{token}-moved", takeover)
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_watching_begins_with_a_snapshot_of_every_node(
+    make_nodes: NodesFactory,
+) -> None:
+    """A node that starts watching a room is told, first, everything held there."""
+    nodes = await make_nodes()
+    await nodes.watch(0, "lobby")
+    await nodes.rosters[0].claim("lobby", "alice", claim())
+    await nodes.rosters[0].claim("lobby", "bob", claim(user="u-bob"))
+    await nodes.watch(1, "lobby")
+    assert await nodes.changes(1) == [
+        ("lobby", Snapshot([Held("alice", "n0"), Held("bob", "n0", "u-bob")]))
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_a_new_name_reaches_the_other_nodes_and_is_theirs_no_more(
+    make_nodes: NodesFactory,
+) -> None:
+    """A claim of a free name is announced to the other nodes (not to the claimer); another
+    node's claim of it is NameTaken, the same node's again is no change."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    assert await nodes.rosters[0].claim("lobby", "alice", claim()) is False
+    assert await nodes.changes(1) == [("lobby", Held("alice", "n0"))]
+    with pytest.raises(errors.NameTaken):
+        await nodes.rosters[1].claim("lobby", "alice", claim(token="t1"))
+    assert await nodes.rosters[0].claim("lobby", "alice", claim(token="t2")) is False
+    assert await nodes.changes(0) == []
+    assert await nodes.changes(1) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_a_signed_user_shares_its_name_across_nodes(
+    make_nodes: NodesFactory,
+) -> None:
+    """The same signed user takes its name on one more node; another user or a guest may
+    not."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    await nodes.rosters[0].claim("lobby", "alice", claim(user="u-1"))
+    for other in (claim(user="u-2"), claim(), claim(takeover="t0")):
+        with pytest.raises(errors.NameTaken):
+            await nodes.rosters[1].claim("lobby", "alice", other)
+    assert await nodes.rosters[1].claim("lobby", "alice", claim(user="u-1")) is False
+    assert await nodes.changes(0) == [("lobby", Held("alice", "n1", "u-1"))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_a_guest_name_moves_with_its_token(make_nodes: NodesFactory) -> None:
+    """A guest's name is taken over by another node with its resume token (everyone is told
+    it Moved); a wrong token is NameTaken, and the moved token is the one that counts next."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    await nodes.rosters[0].claim("lobby", "alice", claim(token="t0"))
+    with pytest.raises(errors.NameTaken):
+        await nodes.rosters[1].claim("lobby", "alice", claim(token="t1", takeover="wrong"))
+    assert await nodes.rosters[1].claim("lobby", "alice", claim(token="t1", takeover="t0"))
+    moved = ("lobby", Moved("alice", "n0", "n1"))
+    assert await nodes.changes(0) == [moved]
+    assert await nodes.changes(1) == [("lobby", Held("alice", "n0")), moved]
+    with pytest.raises(errors.NameTaken):
+        await nodes.rosters[0].claim("lobby", "alice", claim(token="t2", takeover="t0"))
+    assert await nodes.rosters[0].claim("lobby", "alice", claim(token="t2", takeover="t1-moved"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_a_released_name_is_free(make_nodes: NodesFactory) -> None:
+    """A release is announced to the other nodes, and the name may be claimed again."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    await nodes.rosters[0].claim("lobby", "alice", claim())
+    nodes.rosters[0].release("lobby", "alice")
+    assert await nodes.changes(1) == [
+        ("lobby", Held("alice", "n0")),
+        ("lobby", Released("alice", "n0")),
+    ]
+    assert await nodes.rosters[1].claim("lobby", "alice", claim(token="t1")) is False
+    assert await nodes.changes(0) == [("lobby", Held("alice", "n1"))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_a_gone_nodes_names_are_let_go(make_nodes: NodesFactory) -> None:
+    """When the reaper lets go of a node, the others are told NodeGone and its names are
+    free."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    await nodes.rosters[1].claim("lobby", "bob", claim())
+    await nodes.node_gone("n1")
+    assert await nodes.changes(0) == [("lobby", Held("bob", "n1")), ("lobby", NodeGone("n1"))]
+    assert await nodes.rosters[0].claim("lobby", "bob", claim(token="t1")) is False

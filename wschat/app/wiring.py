@@ -26,10 +26,8 @@ from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
 from wschat.chat.model import new_resume_token
 from wschat.chat.ports import Broker, HistoryStore, Roster
-from wschat.redis.broker import RedisBroker
-from wschat.redis.history import RedisHistory
-from wschat.redis.link import RedisLink, parse_redis_url
-from wschat.redis.roster import RedisRoster
+from wschat.redis.link import parse_redis_url
+from wschat.redis.node import redis_node
 from wschat.server.api import ApiContext, make_api_site
 from wschat.server.echo import add_echo
 from wschat.server.metrics import Metrics
@@ -97,16 +95,13 @@ def make_backend(options: Options, reactor: Any) -> Backend:
     except (ValueError, OSError) as exc:
         raise usage.UsageError(f"--redis: {exc}") from None
     node = options["node-name"] or f"{socket.gethostname()}-{os.getpid()}"
-    broker = RedisBroker(reactor)
-    link = RedisLink(address, reactor, node, broker.on_message, broker.on_subscribed)
-    store = RedisHistory(link, options["history-size"])
-    roster = RedisRoster(link, reactor)
-    broker.connect(link, store, roster)
+    redis = redis_node(address, reactor, node, options["history-size"])
+    link = redis.link
 
     def redis_health() -> tuple[dict[str, object], bool]:
         return {"node": node, "redis": "up" if link.up else "down"}, link.up
 
-    return Backend(store, broker, roster, [link, roster], [redis_health])
+    return Backend(redis.broker, redis.broker, redis.roster, redis.services, [redis_health])
 
 
 def make_auth(options: Options, reactor: Any) -> AuthSettings:

@@ -1,19 +1,23 @@
-"""The Broker of several nodes: a room's messages reach this node through its Redis channel.
+"""The Broker of several nodes, which owns the history: a say is stored and announced on the
+room's channel by one script, atomically; a room's messages reach this node through that
+channel.
+
+Each room's history is a Redis Stream whose entry ids are the message ids themselves (`<id>-0`),
+so ids increase strictly per room across every node and stream order is id order (keys.py names
+the keys). The broker is also the HistoryStore: what it stored, it reads back.
 
 A node subscribes to a room's channel while it has members there. Every message it stored
 itself is also offered locally right after its ack (chat/sequence.py orders the two sources
 and drops the second copy). When the channel skips an id, or the subscription was down, the
 missing ids are read from the room's stream before anything newer is delivered; ids the
 stream no longer has make the room's members resync (they join again with `since`).
-
-The same channel carries the room's roster changes (wschat/redis_roster.py): they go to the
-roster, in the order they came.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,50 +25,79 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import Unavailable
-from wschat.chat.model import Message
-from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored
+from wschat.chat.model import Message, Recovery
+from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored, recovery
 from wschat.chat.sequence import Gap, Sequencer
-from wschat.redis.history import RedisHistory, channel_room, message_from_channel, room_keys
-from wschat.redis.link import RedisLink
-from wschat.redis.roster import RedisRoster
+from wschat.redis.keys import room_keys
+from wschat.redis.link import RedisLink, Script
 
 # How long one of our own messages seen on the channel waits for its ack to be sent first.
 OWN_HOLD_S = 2.0
 
+APPEND = Script.named("append")
+AFTER = Script.named("after")
+EPOCH = Script.named("epoch")
+
+
+def message_from_entry(room: str, entry: list[Any]) -> Message:
+    entry_id, fields = entry
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Message(
+        room,
+        int(entry_id.split("-", 1)[0]),
+        values["n"],
+        values["t"],
+        values["ts"],
+        values["r"] or None,
+        values.get("u") or None,
+        values.get("g") == "1",
+    )
+
+
+def message_from_channel(room: str, obj: dict[str, Any]) -> tuple[Message, str]:
+    """A channel announcement (parsed): the message and the node that stored it."""
+    msg = Message(
+        room,
+        int(obj["id"]),
+        obj["n"],
+        obj["t"],
+        obj["ts"],
+        obj["r"] or None,
+        obj.get("u") or None,
+        obj.get("g") == "1",
+    )
+    return msg, obj["o"]
+
 
 class _Watched:
-    __slots__ = ("filling", "ready", "sequencer", "waiters")
+    __slots__ = ("ready", "sequencer", "waiters")
 
     def __init__(self) -> None:
         self.sequencer: Sequencer | None = None
         self.waiters: list[Deferred[None]] = []
-        self.filling = False
         self.ready = False
 
 
 class RedisBroker:
     _log = Logger(namespace="wschat.redis_broker.RedisBroker")
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        keep: int,
+        clock: IReactorTime,
+        new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
+    ) -> None:
+        self._link = link
+        self._keep = keep
         self._clock = clock
-        self._link: RedisLink | None = None
-        self._store_: RedisHistory | None = None
-        self._roster: RedisRoster | None = None
-        self._deliver: Deliver | None = None
-        self._resync: Resync | None = None
+        self._new_epoch = new_epoch
+        link.preload(APPEND, AFTER, EPOCH)
+        self._deliver: Deliver = lambda room, event: None
+        self._resync: Resync = lambda room: None
         self._rooms: dict[str, _Watched] = {}
 
-    def connect(self, link: RedisLink, store: RedisHistory, roster: RedisRoster) -> None:
-        """The link calls back into the broker, and the store and roster run on the link:
-        all are made, then tied together here."""
-        self._link = link
-        self._store_ = store
-        self._roster = roster
-
-    @property
-    def _store(self) -> RedisHistory:
-        assert self._store_ is not None
-        return self._store_
+    # The Broker interface.
 
     def attach(self, deliver: Deliver, resync: Resync) -> None:
         self._deliver = deliver
@@ -73,8 +106,7 @@ class RedisBroker:
     async def publish(
         self, room: str, new: NewMessage, stored: Stored | None = None
     ) -> tuple[Message, bool]:
-        # One script stores the message and announces it on the room's channel.
-        msg, fresh = await self._store.append(room, new)
+        msg, fresh = await self.append(room, new)
         if stored is not None:
             stored(msg, fresh)
         watched = self._rooms.get(room)
@@ -102,8 +134,106 @@ class RedisBroker:
             return
         for waiter in watched.waiters:
             waiter.errback(Unavailable("left before the room's channel was ready"))
-        assert self._link is not None
-        self._link.unsubscribe(room_keys(room)["ch"])
+        self._link.unsubscribe(room_keys(room).channel)
+
+    # The HistoryStore interface.
+
+    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
+        """Store and announce, in one script (it publishes on the room's channel)."""
+        ref = new.ref
+        keys = room_keys(room)
+        try:
+            stored, msg_id, _epoch = await self._link.run(
+                APPEND,
+                [keys.seq, keys.log, keys.refs, keys.refz, keys.epoch],
+                [
+                    new.name,
+                    new.text,
+                    new.ts,
+                    ref or "",
+                    self._keep,
+                    keys.channel,
+                    self._new_epoch(),
+                    self._link.node,
+                    new.user or "",
+                    "1" if new.guest else "0",
+                ],
+            )
+        except Unavailable as exc:
+            raise Unavailable(exc.message, ref) from None
+        if int(stored) == 1:
+            msg = Message(room, int(msg_id), new.name, new.text, new.ts, ref, new.user, new.guest)
+            return msg, True
+        kept = await self._range(room, int(msg_id), int(msg_id))
+        return (
+            kept[0] if kept else Message(room, int(msg_id), new.name, new.text, new.ts, ref)
+        ), False
+
+    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+        keys = room_keys(room)
+        found = await self._link.call("HGET", keys.refs, f"{name}\n{ref}")
+        if found is None:
+            return None
+        entries = await self._link.call("XRANGE", keys.log, f"{found}-0", f"{found}-0")
+        return message_from_entry(room, entries[0]) if entries else None
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        if limit <= 0:
+            return []
+        entries = await self._link.call("XREVRANGE", room_keys(room).log, "+", "-", "COUNT", limit)
+        return [message_from_entry(room, e) for e in reversed(entries)]
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        keys = room_keys(room)
+        last, oldest, entries = await self._link.run(
+            AFTER, [keys.seq, keys.log], [f"{since + 1}-0", "+", limit + 1]
+        )
+        found = [message_from_entry(room, e) for e in entries]
+        oldest_kept = int(oldest) if int(oldest) else None
+        return recovery(since, int(last), oldest_kept, found, limit)
+
+    async def epoch(self, room: str) -> str | None:
+        return str(await self._link.run(EPOCH, [room_keys(room).epoch], [self._new_epoch()]))
+
+    def close(self) -> None:
+        return None
+
+    # From the link (through the node's router).
+
+    def announced(self, room: str, obj: dict[str, Any]) -> None:
+        """A message announced on the room's channel (its payload, parsed)."""
+        watched = self._rooms.get(room)
+        if watched is None or watched.sequencer is None:
+            return
+        msg, origin = message_from_channel(room, obj)
+        own = origin == self._link.node
+        ready, gap = watched.sequencer.channel(msg, own)
+        self._hand(room, ready)
+        if own and msg.id > watched.sequencer.last:
+            self._clock.callLater(OWN_HOLD_S, self._release, room, watched, msg.id)
+        if gap is not None:
+            self._fill(room, watched, gap)
+
+    def on_subscribed(self) -> None:
+        """The subscription is (back) up: what was published meanwhile is read from the
+        streams."""
+        for room, watched in list(self._rooms.items()):
+            if watched.sequencer is None:
+                continue
+            Deferred.fromCoroutine(self._catch_up(room, watched)).addErrback(
+                self._log_failure, room
+            )
+
+    # Inside.
+
+    async def _range(self, room: str, first: int, last: int) -> list[Message]:
+        """What is kept of ids first..last, in order."""
+        entries = await self._link.call("XRANGE", room_keys(room).log, f"{first}-0", f"{last}-0")
+        return [message_from_entry(room, e) for e in entries]
+
+    async def _last_id(self, room: str) -> int:
+        value = await self._link.call("GET", room_keys(room).seq)
+        return int(value) if value is not None else 0
 
     def _start(self, room: str, watched: _Watched) -> None:
         Deferred.fromCoroutine(self._subscribe(room, watched)).addErrback(
@@ -111,11 +241,10 @@ class RedisBroker:
         )
 
     async def _subscribe(self, room: str, watched: _Watched) -> None:
-        assert self._link is not None
-        await self._link.subscribe(room_keys(room)["ch"])
+        await self._link.subscribe(room_keys(room).channel)
         # Subscribed first, then the last id: every later one comes on the channel, every
         # earlier one is in the history the joining members are welcomed with.
-        last = await self._store.last_id(room)
+        last = await self._last_id(room)
         if self._rooms.get(room) is not watched:
             return
         watched.sequencer = Sequencer(last)
@@ -131,49 +260,12 @@ class RedisBroker:
         for waiter in waiters:
             waiter.errback(failure)
 
-    # From the link.
-
-    def on_message(self, channel: str, payload: str) -> None:
-        room = channel_room(channel)
-        watched = self._rooms.get(room) if room is not None else None
-        if room is None or watched is None or watched.sequencer is None:
-            return
-        try:
-            obj = json.loads(payload)
-            if "p" in obj:
-                assert self._roster is not None
-                self._roster.announced(room, obj)
-                return
-            msg, origin = message_from_channel(room, obj)
-        except (ValueError, KeyError, TypeError):
-            self._log.failure("bad announcement on {channel}", channel=channel)
-            return
-        assert self._link is not None
-        own = origin == self._link.node
-        ready, gap = watched.sequencer.channel(msg, own)
-        self._hand(room, ready)
-        if own and msg.id > watched.sequencer.last:
-            self._clock.callLater(OWN_HOLD_S, self._release, room, watched, msg.id)
-        if gap is not None:
-            self._fill(room, watched, gap)
-
-    def on_subscribed(self) -> None:
-        """The subscription is (back) up: what was published meanwhile is read from the
-        streams, and the rosters are read again."""
-        assert self._roster is not None
-        self._roster.on_subscribed()
-        for room, watched in list(self._rooms.items()):
-            if watched.sequencer is None:
-                continue
-            Deferred.fromCoroutine(self._catch_up(room, watched)).addErrback(
-                self._log_failure, room
-            )
-
     async def _catch_up(self, room: str, watched: _Watched) -> None:
-        assert watched.sequencer is not None
         # The link has subscribed to every watched room's channel again before saying so.
-        last = await self._store.last_id(room)
+        last = await self._last_id(room)
         sequencer = watched.sequencer
+        if sequencer is None or self._rooms.get(room) is not watched:
+            return
         if last < sequencer.last:
             # The room's history is gone (Redis restarted without it): ids start over.
             self._log.warn(
@@ -183,7 +275,7 @@ class RedisBroker:
                 new=last,
             )
             sequencer.reset(last)
-            self._tell_resync(room)
+            self._resync(room)
         elif last > sequencer.last:
             self._fill(room, watched, Gap(sequencer.last + 1, last))
 
@@ -197,7 +289,7 @@ class RedisBroker:
         )
 
     async def _read_gap(self, room: str, watched: _Watched, gap: Gap) -> None:
-        found = await self._store.range(room, gap.first, gap.last)
+        found = await self._range(room, gap.first, gap.last)
         if self._rooms.get(room) is not watched or watched.sequencer is None:
             return
         ready, lost = watched.sequencer.fill(gap.first, gap.last, found)
@@ -209,18 +301,13 @@ class RedisBroker:
                 last=gap.last,
                 room=room,
             )
-            self._tell_resync(room)
+            self._resync(room)
         self._hand(room, ready)
 
     def _hand(self, room: str, events: Sequence[RoomEvent]) -> None:
         deliver = self._deliver
-        assert deliver is not None
         for event in events:
             deliver(room, event)
-
-    def _tell_resync(self, room: str) -> None:
-        assert self._resync is not None
-        self._resync(room)
 
     def _log_failure(self, failure: Failure, room: str) -> None:
         if failure.check(Unavailable):

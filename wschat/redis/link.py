@@ -14,6 +14,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wschat.chat.errors import Unavailable
+from wschat.redis.keys import probe_channel
 
 DEFAULT_PORT = 6379
 # A command that gets no answer in this long is failed (and its connection dropped): a say
@@ -162,26 +164,29 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
+    @classmethod
+    def named(cls, *names: str) -> Script:
+        """wschat/redis/lua/<name>.lua for each name, joined in order (a shared part first)."""
+        lua = resources.files("wschat.redis") / "lua"
+        return cls("".join((lua / f"{name}.lua").read_text("utf-8") for name in names))
+
+
+# What the link hands on: a room channel's payloads, and "subscribed (again)".
+OnMessage = Callable[[str, str], None]
+
 
 class RedisLink(MultiService):
-    def __init__(
-        self,
-        address: RedisAddress,
-        reactor: IReactorTime,
-        node: str,
-        on_message: Callable[[str, str], None],
-        on_subscribed: Callable[[], None],
-    ) -> None:
+    def __init__(self, address: RedisAddress, reactor: IReactorTime, node: str) -> None:
         super().__init__()
         self.address = address
         self.node = node
         self._reactor = reactor
-        self._on_message = on_message
-        self._on_subscribed = on_subscribed
+        self._on_message: OnMessage = lambda channel, message: None
+        self._on_subscribed: Callable[[], None] = lambda: None
         self._commands: Any = None
         self._subscriber: Any = None
         self._channels: set[str] = set()
-        self.probe_channel = f"wschat:node:{node}"
+        self.probe_channel = probe_channel(node)
         self._probe_sent = 0
         self._probe_seen = 0
         self._down_since: float | None = reactor.seconds()
@@ -226,6 +231,14 @@ class RedisLink(MultiService):
         if self._down_check is not None and self._down_check.active():
             self._down_check.cancel()
         return super().stopService()
+
+    def listen(self, on_message: OnMessage, on_subscribed: Callable[[], None]) -> None:
+        """Set, once and before the link starts, who hears what: `on_message(channel,
+        payload)` for every channel subscribed to, and `on_subscribed()` each time both
+        connections are (back) up. The link is made first because everything that listens
+        also runs its commands on it."""
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
 
     def preload(self, *scripts: Script) -> None:
         """Load these scripts into Redis on every connect."""

@@ -1,20 +1,12 @@
 """The Roster of several nodes: names are claimed in Redis, and every change is announced there.
 
-Keys (the room's under its hash tag, like the history's):
-  wschat:{room}:members  hash name -> {"h": {node: 1, ...}, "u": user, "g": guest, "t": token}
-  wschat:{room}:pver     the number of the room's last roster change
-  wschat:nodes           sorted set: node -> when its lease ends (Redis's clock, ms)
-  wschat:node:<node>:rooms  the rooms where the node may hold names (for whoever reaps it)
+Every change is made by one script (wschat/redis/lua/) that also publishes it on the room's
+channel, numbered by the room's `pver` (keys.py names the keys); so every node sees a room's
+changes in the order Redis made them, knows when it missed some (a number skipped: it reads the
+whole roster again), and a snapshot plus the changes numbered after it is the roster exactly.
 
-Every change is made by one script that also publishes it on the room's channel, numbered by
-`pver`; so every node sees a room's changes in the order Redis made them, knows when it missed
-some (a number skipped: it reads the whole roster again), and a snapshot plus the changes
-numbered after it is the roster exactly.
-
-Each node renews its lease every RENEW_S. Every node looks for leases that ended, every
-RENEW_S once it has been connected for LEASE_S (so that after a Redis outage, which stops every
-renewal, nobody is reaped before it could renew), and lets go of what such a node held: a node
-killed or cut off has its members leave within LEASE_S + RENEW_S (15 s; docs/scaling.md).
+The names are held under this node's lease (lease.py): a fresh lease makes the roster claim
+its names again, and an ended one of another node makes it let go of that node's names.
 """
 
 from __future__ import annotations
@@ -24,10 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,190 +31,17 @@ from wschat.chat.ports import (
     RosterChange,
     Snapshot,
 )
-from wschat.redis.history import room_keys
+from wschat.redis.keys import room_keys, rooms_key
+from wschat.redis.lease import NodeLease
 from wschat.redis.link import RedisLink, Script
 
-LEASE_S = 12.0
-RENEW_S = 3.0
-# How long a reaper has to finish with a dead node before another one may start over.
-REAP_RETRY_S = 30.0
-# After Redis lost this node's lease (it came back empty), new names wait this long: the
-# longest reconnect delay of the other nodes (redis_link.RETRY, 5 s and up to 1 s of jitter),
-# so that each has claimed its members' names again before anyone may take them.
-RESTORE_S = 7.0
-NODES_KEY = "wschat:nodes"
-
-_CHANGE = """
-local function announce(pver, channel, changes)
-  if #changes == 0 then return end
-  local v = redis.call('INCR', pver)
-  redis.call('PUBLISH', channel, cjson.encode({p = v, c = changes}))
-end
-local function store(members, name, rec)
-  if next(rec.h) == nil then
-    redis.call('HDEL', members, name)
-  else
-    redis.call('HSET', members, name, cjson.encode(rec))
-  end
-end
-"""
-
-# Returns 'new', 'shared' (the same user on one more node), 'moved' (a takeover by token),
-# 'held' (this node held it already) or 'taken'.
-CLAIM = Script(
-    _CHANGE
-    + """
-local members, pver, channel = KEYS[1], KEYS[2], KEYS[3]
-local name, node, user, guest, takeover, token, moved =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local raw = redis.call('HGET', members, name)
-if not raw then
-  store(members, name, {h = {[node] = 1}, u = user, g = guest, t = token})
-  announce(pver, channel, {{'h', name, node, user, guest}})
-  return 'new'
-end
-local rec = cjson.decode(raw)
-if rec.h[node] then
-  rec.t = token
-  store(members, name, rec)
-  return 'held'
-end
-if user ~= '' and rec.u == user then
-  rec.h[node] = 1
-  store(members, name, rec)
-  announce(pver, channel, {{'h', name, node, user, guest}})
-  return 'shared'
-end
-if takeover ~= '' and rec.u == '' and rec.t == takeover then
-  local old = next(rec.h)
-  rec.h = {[node] = 1}
-  rec.t = moved
-  store(members, name, rec)
-  announce(pver, channel, {{'m', name, old, node}})
-  return 'moved'
-end
-return 'taken'
-"""
-)
-
-RELEASE = Script(
-    _CHANGE
-    + """
-local members, pver, channel = KEYS[1], KEYS[2], KEYS[3]
-local name, node = ARGV[1], ARGV[2]
-local raw = redis.call('HGET', members, name)
-if not raw then return 0 end
-local rec = cjson.decode(raw)
-if not rec.h[node] then return 0 end
-rec.h[node] = nil
-store(members, name, rec)
-announce(pver, channel, {{'r', name, node}})
-return 1
-"""
-)
-
-SNAPSHOT = Script(
-    """
-return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
-"""
-)
-
+CLAIM = Script.named("change", "claim")
+RELEASE = Script.named("change", "release")
+SNAPSHOT = Script.named("snapshot")
 # A dead node's holdings in one room are let go.
-DROP = Script(
-    _CHANGE
-    + """
-local members, pver, channel = KEYS[1], KEYS[2], KEYS[3]
-local node = ARGV[1]
-local all = redis.call('HGETALL', members)
-local n = 0
-for i = 1, #all, 2 do
-  local rec = cjson.decode(all[i + 1])
-  if rec.h[node] then
-    rec.h[node] = nil
-    store(members, all[i], rec)
-    n = n + 1
-  end
-end
-if n > 0 then announce(pver, channel, {{'d', node}}) end
-return n
-"""
-)
-
-# Make this node's holdings in a room exactly the names given (name, user, guest, token...):
-# after a reconnect (Redis may have lost them, or releases were lost on the way). Returns the
-# names another node holds now.
-SYNC = Script(
-    _CHANGE
-    + """
-local members, pver, channel = KEYS[1], KEYS[2], KEYS[3]
-local node = ARGV[1]
-local want = {}
-for i = 2, #ARGV, 4 do want[ARGV[i]] = i end
-local changes, lost, have = {}, {}, {}
-local all = redis.call('HGETALL', members)
-for i = 1, #all, 2 do
-  local name, rec = all[i], cjson.decode(all[i + 1])
-  if rec.h[node] then
-    if want[name] then
-      have[name] = true
-    else
-      rec.h[node] = nil
-      store(members, name, rec)
-      changes[#changes + 1] = {'r', name, node}
-    end
-  end
-end
-for name, i in pairs(want) do
-  if not have[name] then
-    local user, guest, token = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local raw = redis.call('HGET', members, name)
-    local rec = raw and cjson.decode(raw)
-    if not rec then
-      store(members, name, {h = {[node] = 1}, u = user, g = guest, t = token})
-      changes[#changes + 1] = {'h', name, node, user, guest}
-    elseif user ~= '' and rec.u == user then
-      rec.h[node] = 1
-      store(members, name, rec)
-      changes[#changes + 1] = {'h', name, node, user, guest}
-    else
-      lost[#lost + 1] = name
-    end
-  end
-end
-announce(pver, channel, changes)
-return lost
-"""
-)
-
-# Returns 1 if the node had no lease (first start, or reaped meanwhile).
-RENEW = Script(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-"""
-)
-
-# Nodes whose lease ended (not this one); each is given REAP_RETRY_S to be reaped by us.
-EXPIRED = Script(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
-local out = {}
-for _, node in ipairs(dead) do
-  if node ~= ARGV[1] then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), node)
-    out[#out + 1] = node
-  end
-end
-return out
-"""
-)
-
-
-def rooms_key(node: str) -> str:
-    return f"wschat:node:{node}:rooms"
+DROP = Script.named("change", "drop")
+# After a reconnect: this node's holdings in a room made exactly the names given.
+SYNC = Script.named("change", "sync")
 
 
 def digest(token: str) -> str:
@@ -234,8 +50,7 @@ def digest(token: str) -> str:
 
 
 def _keys(room: str) -> list[str]:
-    keys = room_keys(room)
-    return [keys["members"], keys["pver"], keys["ch"]]
+    return room_keys(room).roster
 
 
 def changes_from(items: list[list[str]]) -> list[RosterChange]:
@@ -276,16 +91,17 @@ class _Watched:
         self.waiters: list[Deferred[None]] = []
 
 
-class RedisRoster(Service):
+class RedisRoster:
     _log = Logger(namespace="wschat.redis_roster.RedisRoster")
 
-    def __init__(self, link: RedisLink, clock: IReactorTime) -> None:
+    def __init__(self, link: RedisLink, lease: NodeLease) -> None:
         self._link = link
-        self._clock = clock
+        self._lease = lease
         self.node = link.node
-        link.preload(CLAIM, RELEASE, SNAPSHOT, DROP, SYNC, RENEW, EXPIRED)
-        self._on_change: OnChange | None = None
-        self._on_lost: Callable[[str, str], None] | None = None
+        link.preload(CLAIM, RELEASE, SNAPSHOT, DROP, SYNC)
+        lease.attach(self)
+        self._on_change: OnChange = lambda room, change: None
+        self._on_lost: Callable[[str, str], None] = lambda room, name: None
         self._rooms: dict[str, _Watched] = {}
         # What this node holds: room -> name -> (user, guest, token digest), for SYNC.
         self._held: dict[str, dict[str, tuple[str, str, str]]] = {}
@@ -295,26 +111,10 @@ class RedisRoster(Service):
         self._listed: set[str] = set()
         self._needs_sync = True
         self._syncing = False
-        # Whether this node had a lease yet, and until when new claims wait after one was lost;
-        # None: a (re)connect has not been confirmed by a renewal yet.
-        self._had_lease = False
-        self._subscribed = False
-        self._claims_from: float | None = 0.0
-        self._tick = LoopingCall(self._renew)
-        self._tick.clock = clock
 
     def attach(self, on_change: OnChange, on_lost: Callable[[str, str], None]) -> None:
         self._on_change = on_change
         self._on_lost = on_lost
-
-    def startService(self) -> None:
-        super().startService()
-        self._tick.start(RENEW_S, now=True)
-
-    def stopService(self) -> None:
-        if self._tick.running:
-            self._tick.stop()
-        super().stopService()
 
     # The Roster interface.
 
@@ -346,9 +146,7 @@ class RedisRoster(Service):
         if not self._link.up:
             # (Its command connection alone may be back: this node has not checked its lease.)
             raise Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
-        since = self._claims_from
-        if since is None or self._clock.seconds() < since:
-            raise Unavailable("the chat's shared store (Redis) is restoring names; try again soon")
+        self._lease.check_claims()
         if room not in self._listed:
             # Listed before anything is held there, so that whoever reaps this node finds it.
             self._listed.add(room)
@@ -392,7 +190,7 @@ class RedisRoster(Service):
             held.pop(name, None)
         self._fire(self._link.run(RELEASE, _keys(room), [name, self.node]))
 
-    # From the channel (through the broker) and the link.
+    # From the channel and the link (through the node's router), and the lease.
 
     def announced(self, room: str, payload: dict[str, Any]) -> None:
         watched = self._rooms.get(room)
@@ -406,14 +204,27 @@ class RedisRoster(Service):
 
     def on_subscribed(self) -> None:
         """The subscription is (back) up: changes may have been missed, and Redis may have
-        lost what this node holds."""
+        lost what this node holds; the lease's next renewal syncs."""
         self._needs_sync = True
-        if self._subscribed:
-            # A reconnect: until a renewal says whether Redis kept the lease, a name freed by
-            # Redis losing everything may belong to a node not yet back.
-            self._claims_from = None
-        self._subscribed = True
-        self._renew()
+
+    async def renewed(self, fresh: bool) -> None:
+        if fresh or self._needs_sync:
+            self._needs_sync = True
+            await self._resync()
+
+    async def let_go(self, node: str) -> None:
+        rooms = await self._link.call("SMEMBERS", rooms_key(node))
+        members = 0
+        for room in rooms:
+            members += int(await self._link.run(DROP, _keys(room), [node]))
+        await self._link.call("DEL", rooms_key(node))
+        self._log.warn(
+            "node {dead} stopped renewing its lease: let go of its {members} members "
+            "in {rooms} rooms",
+            dead=node,
+            members=members,
+            rooms=len(rooms),
+        )
 
     # Inside.
 
@@ -435,7 +246,6 @@ class RedisRoster(Service):
         watched.version = version
         node = self.node
         on_change = self._on_change
-        assert on_change is not None
         for change in changes_from(items):
             if isinstance(change, Moved) and change.old == node:
                 self._held.get(room, {}).pop(change.name, None)
@@ -458,7 +268,6 @@ class RedisRoster(Service):
             watched.loading = False
         if self._rooms.get(room) is not watched:
             return
-        assert self._on_change is not None
         self._on_change(room, Snapshot(holdings_from(flat)))
         watched.version = int(version)
         pending, watched.pending = watched.pending, []
@@ -505,7 +314,6 @@ class RedisRoster(Service):
             lost = await self._link.run(SYNC, _keys(room), args)
             for name in lost:
                 held.pop(name, None)
-                assert self._on_lost is not None
                 self._on_lost(room, name)
         keep = {room for room, names in self._held.items() if names} | self._rooms.keys()
         for room in set(listed) - keep:
@@ -518,49 +326,6 @@ class RedisRoster(Service):
                 watched.version = None
                 watched.pending = []
                 self._load(room, watched)
-
-    def _renew(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._renew_async()).addErrback(
-            self._log_unless_down, "renewing the lease of {node} failed", node=self.node
-        )
-
-    async def _renew_async(self) -> None:
-        if not self._link.up:
-            return
-        fresh = int(await self._link.run(RENEW, [NODES_KEY], [self.node, int(LEASE_S * 1000)]))
-        if self._claims_from is None:
-            lost = fresh == 1 and self._had_lease
-            self._claims_from = self._clock.seconds() + (RESTORE_S if lost else 0.0)
-            if lost:
-                self._log.warn(
-                    "redis had lost the lease of {node}: restoring names, new ones wait {s}s",
-                    node=self.node,
-                    s=RESTORE_S,
-                )
-        self._had_lease = True
-        if fresh == 1 or self._needs_sync:
-            self._needs_sync = True
-            await self._resync()
-        up_since = self._link.up_since
-        if up_since is not None and self._clock.seconds() - up_since >= LEASE_S:
-            await self._reap()
-
-    async def _reap(self) -> None:
-        dead = await self._link.run(EXPIRED, [NODES_KEY], [self.node, int(REAP_RETRY_S * 1000)])
-        for node in dead:
-            rooms = await self._link.call("SMEMBERS", rooms_key(node))
-            members = 0
-            for room in rooms:
-                members += int(await self._link.run(DROP, _keys(room), [node]))
-            await self._link.call("ZREM", NODES_KEY, node)
-            await self._link.call("DEL", rooms_key(node))
-            self._log.warn(
-                "node {dead} stopped renewing its lease: let go of its {members} members "
-                "in {rooms} rooms",
-                dead=node,
-                members=members,
-                rooms=len(rooms),
-            )
 
     def _fire(self, work: Any) -> None:
         """Start a command whose answer nobody waits for; if it fails, sync at the next tick."""

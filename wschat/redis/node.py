@@ -1,0 +1,77 @@
+"""One node of several on Redis: its link, broker, roster and lease, made in order and tied
+once; and the routing of what the link hears.
+
+A room's channel carries both its messages and its roster changes (one channel, so that one
+subscription per room keeps them in Redis's order): a payload with a `p` (the roster change's
+number) goes to the roster, any other to the broker.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wschat.redis.broker import RedisBroker
+from wschat.redis.keys import channel_room
+from wschat.redis.lease import NodeLease
+from wschat.redis.link import RedisAddress, RedisLink
+from wschat.redis.roster import RedisRoster
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNode:
+    link: RedisLink
+    broker: RedisBroker
+    roster: RedisRoster
+    lease: NodeLease
+
+    @property
+    def services(self) -> list[IService]:
+        """To start in this order (the connections first) and stop in reverse."""
+        return [self.link, self.lease]
+
+
+class _Router:
+    # A bad payload was the broker's to report when it routed them.
+    _log = Logger(namespace="wschat.redis_broker.RedisBroker")
+
+    def __init__(self, broker: RedisBroker, roster: RedisRoster, lease: NodeLease) -> None:
+        self._broker = broker
+        self._roster = roster
+        self._lease = lease
+
+    def message(self, channel: str, payload: str) -> None:
+        room = channel_room(channel)
+        if room is None:
+            return
+        try:
+            obj = json.loads(payload)
+            if "p" in obj:
+                self._roster.announced(room, obj)
+            else:
+                self._broker.announced(room, obj)
+        except (ValueError, KeyError, TypeError):
+            self._log.failure("bad announcement on {channel}", channel=channel)
+
+    def subscribed(self) -> None:
+        # The roster first: the renewal the lease sends now syncs its names.
+        self._roster.on_subscribed()
+        self._lease.on_subscribed()
+        self._broker.on_subscribed()
+
+
+def redis_node(
+    address: RedisAddress, reactor: IReactorTime, node: str, history_size: int
+) -> RedisNode:
+    """Make a node's Redis engine; its services are not started."""
+    link = RedisLink(address, reactor, node)
+    broker = RedisBroker(link, history_size, reactor)
+    lease = NodeLease(link, reactor)
+    roster = RedisRoster(link, lease)
+    router = _Router(broker, roster, lease)
+    link.listen(router.message, router.subscribed)
+    return RedisNode(link, broker, roster, lease)
