@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable
+from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable, Unavailable
 from wschat.chat.history import HistoryStore
 from wschat.chat.hub import Hub
 from wschat.chat.identity import MAX_SUB_CHARS
@@ -139,7 +139,8 @@ class Api(Resource):
             return await handler(request, params)
         except ApiError as exc:
             return exc.status, {"error": exc.code, "message": exc.message}
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, Unavailable) as exc:
+            # Our disk failing or the shared store (Redis) out of reach: retry later.
             return 503, {"error": exc.code, "message": exc.message}
         except NoSuchMember as exc:
             return 404, {"error": exc.code, "message": exc.message}
