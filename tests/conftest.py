@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
+
+from wschat.server.factory import ChatFactory
+from wschat.testing import autobahn_clock, make_factory
 
 
 @pytest.fixture
@@ -16,3 +20,17 @@ def log_events() -> Iterator[EventLoggingObserver]:
     globalLogPublisher.addObserver(events)
     yield events
     globalLogPublisher.removeObserver(events)
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """A task.Clock for the test's time; Autobahn's timers (pings, handshakes) run on it too."""
+    clock = Clock()
+    with autobahn_clock(clock):
+        yield clock
+
+
+@pytest.fixture
+def factory(clock: Clock) -> ChatFactory:
+    """An in-memory server with the production settings (wschat.testing.make_factory)."""
+    return make_factory(clock)

@@ -186,11 +186,11 @@ def test_every_close_code_is_documented() -> None:
     """docs/protocol.md's close-code table lists every code the server closes with."""
     from pathlib import Path
 
-    from wschat.server import protocol as ws
+    from wschat.server import closes
 
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    codes = [v for k, v in vars(ws).items() if k.startswith("CLOSE_") and isinstance(v, int)]
-    assert len(codes) >= 8
+    codes = [v for k, v in vars(closes).items() if k.startswith("CLOSE_") and isinstance(v, int)]
+    assert len(codes) == 10
     for code in codes:
         assert f"| {code} |" in doc or f"| **{code}** |" in doc, code
 

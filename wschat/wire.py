@@ -107,7 +107,7 @@ def _kick(obj: dict[str, Any], ref: str | None) -> Kick:
     return Kick(_room(obj, ref), name)
 
 
-# One entry per request type; ws.ChatProtocol has a handle_<type> for each.
+# One entry per request type; server/connection.py has a handle_<type> for each.
 _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Join.kind: _join,
     Say.kind: _say,

@@ -19,7 +19,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wschat.server.protocol import STATE_OPEN, ChatFactory, ChatProtocol
+from wschat.server.factory import ChatFactory
+from wschat.server.protocol import STATE_OPEN, ChatProtocol
 
 DEFAULT_DRAIN_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0

@@ -13,7 +13,7 @@ from twisted.python.components import Componentized
 
 from wschat.app.drain import DrainingService
 from wschat.chat.history import HistoryStore
-from wschat.server.protocol import ChatFactory
+from wschat.server.factory import ChatFactory
 
 
 class WschatService(DrainingService):

@@ -41,8 +41,9 @@ from wschat.redis.link import RedisLink, parse_redis_url
 from wschat.redis.roster import RedisRoster
 from wschat.server.api import ApiContext, KeyFileError, load_api_keys, make_api_site
 from wschat.server.echo import add_echo
+from wschat.server.factory import ChatFactory
 from wschat.server.metrics import Metrics
-from wschat.server.protocol import AuthSettings, ChatFactory, WsSettings
+from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.site import ClientConfig, HealthCheck, make_site
 from wschat.server.tokens import (
     JwksKeys,

@@ -22,7 +22,8 @@ from twisted.web.static import File
 
 from wschat import __version__
 from wschat.chat.hub import Hub
-from wschat.server.protocol import SERVER_NAME, ChatFactory
+from wschat.private import release_request
+from wschat.server.factory import SERVER_NAME, ChatFactory
 
 # An idle HTTP connection is closed after this long.
 HTTP_IDLE_TIMEOUT_S = 30
@@ -176,7 +177,7 @@ class UpgradeResource(WebSocketResource):
     def render(self, request: Request) -> bytes | int:
         result: bytes | int = super().render(request)
         if result is NOT_DONE_YET:
-            request.channel.requests.remove(request)
+            release_request(request)
         return result
 
 
