@@ -510,3 +510,23 @@ def test_the_cap_hints_at_trust_proxies_once_for_a_private_address(
         assert Client(factory).response.startswith(b"HTTP/1.1 429")
     hints = [e for e in log_events if "--trust-proxies" in e.get("log_format", "")]
     assert len(hints) == 1
+
+
+def test_connection_log_lines_keep_the_chatprotocol_namespace(
+    factory: ChatFactory, log_events: EventLoggingObserver
+) -> None:
+    """Admission, connection and protocol lines all log under wschat.ws.ChatProtocol, the
+    namespace operators filter on."""
+    Client(factory, origin="https://evil.example")
+    client = Client(factory)
+    client.join("lobby", "alice")
+    client.send(text({"type": "say", "room": "nowhere", "text": "x"}))
+    client.frames()
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    ours = [e for e in log_events if not e["log_namespace"].startswith("autobahn.")]
+    namespaces = {e["log_format"][:10]: e["log_namespace"] for e in ours}
+    assert namespaces == {
+        "refused {c": "wschat.ws.ChatProtocol",  # the origin, from admission.py
+        "refused {k": "wschat.ws.ChatProtocol",  # not_in_room, from connection.py
+        "closed {cl": "wschat.ws.ChatProtocol",
+    }

@@ -13,6 +13,10 @@ from twisted.logger import Logger
 from wschat.chat.limits import AddressCap
 from wschat.server.settings import WsSettings
 
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.ws.ChatProtocol")
+
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
     """Browsers always send Origin; without one the client is not a browser and CSWSH is moot."""
@@ -40,7 +44,6 @@ class Admission:
     """The handshake's gate for one server; `addresses` counts the connections it let in."""
 
     # The namespace under which operators and the e2e tests find these lines.
-    _log = Logger(namespace="wschat.ws.ChatProtocol")
 
     def __init__(self, settings: WsSettings) -> None:
         self._settings = settings
@@ -58,7 +61,7 @@ class Admission:
         host = request.headers.get("host")
         allowed = self._settings.allowed_origins
         if not origin_allowed(origin, host, allowed):
-            self._log.info(
+            _log.info(
                 "refused {client}: origin {origin} not allowed (compared with {against})",
                 client=client,
                 origin=origin,
@@ -67,9 +70,9 @@ class Admission:
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         ip = address_of(client)
         if not self.addresses.admit(ip):
-            self._log.info("refused {client}: too many connections from {ip}", client=client, ip=ip)
+            _log.info("refused {client}: too many connections from {ip}", client=client, ip=ip)
             if self._settings.trusted_proxies == 0 and self.addresses.proxy_hint(ip):
-                self._log.warn(
+                _log.warn(
                     "{ip} holds --max-connections-per-ip {limit} connections; if wschat is "
                     "behind a reverse proxy, start it with --trust-proxies N so that each "
                     "client counts under its own forwarded address",

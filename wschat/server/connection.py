@@ -49,6 +49,10 @@ from wschat.server.settings import AuthSettings
 from wschat.server.tokens import TokenVerifier
 from wschat.wire import decode
 
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.ws.ChatProtocol")
+
 
 class Transport(Protocol):
     """The wire under a Connection."""
@@ -85,7 +89,6 @@ class Connection:
     """A client's session with the hub, from the opened WebSocket to its close."""
 
     # The namespace under which operators and the e2e tests find these lines.
-    _log = Logger(namespace="wschat.ws.ChatProtocol")
 
     def __init__(self, transport: Transport, context: ConnectionContext, client: str) -> None:
         self._transport = transport
@@ -144,7 +147,7 @@ class Connection:
             return
         session, self._session = self._session, None
         self._context.hub.disconnect(session)
-        self._log.info(
+        _log.info(
             "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}"
             " user={user}",
             client=self._client,
@@ -194,7 +197,7 @@ class Connection:
     def handle_kick(self, session: Session, cmd: Kick) -> None:
         identity.require_admin(session)
         connections = self._context.hub.kick(cmd.room, cmd.name)
-        self._log.info(
+        _log.info(
             "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
         )
         session.send(Kicked(cmd.room, cmd.name, connections))
@@ -210,7 +213,7 @@ class Connection:
             try:
                 signed = await verifier.verify(cmd.token)
             except TokenInvalid as exc:
-                self._log.info("refused auth from {client}: {why}", client=self._client, why=exc)
+                _log.info("refused auth from {client}: {why}", client=self._client, why=exc)
                 raise _Close(CLOSE_UNAUTHORIZED, exc.message) from None
             except KeysUnavailable as exc:
                 raise _Close(CLOSE_TRY_AGAIN_LATER, exc.message) from None
@@ -256,12 +259,12 @@ class Connection:
 
     def _token_expired(self) -> None:
         self._expiry = None
-        self._log.info("closing {client}: its token expired", client=self._client)
+        _log.info("closing {client}: its token expired", client=self._client)
         self._transport.close(CLOSE_TOKEN_EXPIRED, "token expired: refresh before exp")
 
     def _auth_too_slow(self) -> None:
         self._auth_deadline = None
-        self._log.info("closing {client}: no auth in time", client=self._client)
+        _log.info("closing {client}: no auth in time", client=self._client)
         timeout_s = self._context.sign_in_timeout_s
         self._transport.close(CLOSE_UNAUTHORIZED, f"no 'auth' within {timeout_s:g} s")
 
@@ -274,19 +277,19 @@ class Connection:
         if failure.check(ChatError):
             self._refuse(failure.value)
             return
-        self._log.failure("request from {client} failed", failure, client=self._client)
+        _log.failure("request from {client} failed", failure, client=self._client)
         self._context.counts.errors["internal"] += 1
         self.send(Error("internal", "the server failed on this request"))
 
     def _refuse(self, exc: ChatError) -> None:
         self._context.counts.errors[exc.code] += 1
         if self._refusals.refused(exc.code):
-            self._log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
+            _log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
         self.send(Error(exc.code, exc.message, exc.ref))
 
     def _replaced(self) -> None:
         """A reconnect with this connection's token took its name over: the session is the
         new connection's now, so this one closes without leaving the hub."""
         self._session = None
-        self._log.info("replaced {client} by a reconnect with its token", client=self._client)
+        _log.info("replaced {client} by a reconnect with its token", client=self._client)
         self._transport.close(CLOSE_REPLACED, "replaced by a newer connection")

@@ -32,6 +32,11 @@ except ImportError:  # installed without a C compiler: Output.flush writes each 
         return [(out, 0) for out in outboxes]
 
 
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.output.Output")
+
+
 class Sink(Protocol):
     """The connection an Outbox belongs to, as the write path sees it."""
 
@@ -80,8 +85,6 @@ class Addressee(Protocol):
 class Output:
     """Queues frames per connection and writes each connection's output once per turn."""
 
-    _log = Logger(namespace="wschat.output.Output")
-
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._dirty: list[Outbox] = []
@@ -128,14 +131,14 @@ class Output:
         except Exception:
             # Out of memory inside the C loop: what it did not send is back in `pending`
             # (see _sendmany.c), so writing every connection from Python loses nothing.
-            self._log.failure("the C write loop failed; writing this turn from Python")
+            _log.failure("the C write loop failed; writing this turn from Python")
             leftovers = [(out, 0) for out in dirty]
         for out, sent in leftovers:
             try:
                 self.flush(out, sent)
             except Exception:
                 # One connection's failure must not stall the others' output of this turn.
-                self._log.failure("writing a connection's output failed; dropping it")
+                _log.failure("writing a connection's output failed; dropping it")
                 out.pending = None
                 out.fd = -1
                 sink = out.sink

@@ -40,15 +40,19 @@ if TYPE_CHECKING:
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
 
 
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.ws.ChatProtocol")
+
+
 @implementer(IPushProducer)
 class ChatProtocol(WebSocketServerProtocol):
     """One client's WebSocket; the Transport of its Connection and the Sink of its Outbox.
 
     Autobahn owns `self.log`, `self.peer` (the client's address), `self.is_open` (a Deferred)
-    and `factory.server`: ours are `_log`, `_client`, `output_open` and SERVER_NAME."""
+    and `factory.server`: ours are the module's `_log`, `_client`, `output_open` and SERVER_NAME."""
 
     factory: ChatFactory
-    _log = Logger(namespace="wschat.ws.ChatProtocol")
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,7 +75,7 @@ class ChatProtocol(WebSocketServerProtocol):
         except ConnectionDeny:
             raise
         except Exception:
-            self._log.failure("handshake of {client} failed", client=self._client)
+            _log.failure("handshake of {client} failed", client=self._client)
             raise ConnectionDeny(
                 ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error"
             ) from None
@@ -97,7 +101,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 pass  # no producer was registered (a bare transport, as in tests)
             consumer.registerProducer(self, True)
         except Exception:
-            self._log.failure("could not open {client}", client=self._client)
+            _log.failure("could not open {client}", client=self._client)
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -151,7 +155,7 @@ class ChatProtocol(WebSocketServerProtocol):
         try:
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
         except Exception:
-            self._log.failure("could not close {client} after a failed write", client=self._client)
+            _log.failure("could not close {client} after a failed write", client=self._client)
             self.dropConnection(abort=True)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
@@ -175,7 +179,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._bytes_while_paused += size
         limit = self.factory.settings.max_output_bytes
         if self._bytes_while_paused > limit:
-            self._log.warn(
+            _log.warn(
                 "closing slow consumer {client}: over {limit} bytes of output waiting",
                 client=self._client,
                 limit=limit,

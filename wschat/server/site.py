@@ -40,6 +40,11 @@ CSP_TEMPLATE = (
 )
 
 
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.web.HeadDeadlineChannel")
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """What /config.json tells the browser client: the --auth mode and --client-token-url."""
@@ -122,7 +127,6 @@ class Config(Resource):
 class HeadDeadlineChannel(HTTPChannel):
     """HTTP/1.1 with an absolute deadline on each request head."""
 
-    _log = Logger(namespace="wschat.web.HeadDeadlineChannel")
     head_timeout_s = REQUEST_HEAD_TIMEOUT_S
     _head_deadline: IDelayedCall | None = None
 
@@ -160,7 +164,7 @@ class HeadDeadlineChannel(HTTPChannel):
         self._head_deadline = None
         transport = ITCPTransport(self.transport, None)
         if transport is not None:
-            self._log.info(
+            _log.info(
                 "closing {peer}: no complete request head in {timeout}s",
                 peer=transport.getPeer(),
                 timeout=self.head_timeout_s,
