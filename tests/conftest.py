@@ -8,12 +8,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import RedisNode, redis_node
+from wschat.server.factory import ChatFactory
+from wschat.testing import autobahn_clock, make_factory
 
 from .e2e.redis import RedisServer
 
@@ -68,3 +70,17 @@ async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[RedisNodeFacto
     for node in reversed(started):
         for service in reversed(node.services):
             await maybeDeferred(service.stopService)
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """A task.Clock for the test's time; Autobahn's timers (pings, handshakes) run on it too."""
+    clock = Clock()
+    with autobahn_clock(clock):
+        yield clock
+
+
+@pytest.fixture
+def factory(clock: Clock) -> ChatFactory:
+    """An in-memory server with the production settings (wschat.testing.make_factory)."""
+    return make_factory(clock)

@@ -18,7 +18,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from treq.testing import StubTreq
 
-from wschat.chat.errors import StorageUnavailable
+from wschat.chat.errors import StorageUnavailable, Unavailable
 from wschat.chat.hub import Session
 from wschat.chat.identity import Identity, sign_in
 from wschat.chat.memory import MemoryHistory
@@ -46,6 +46,16 @@ class FlakyHistory(MemoryHistory):
         if self.broken:
             raise StorageUnavailable("disk unreadable")
         return await super().latest(room, limit)
+
+
+class UnreachableHistory(MemoryHistory):
+    """A shared store (Redis) that is out of reach."""
+
+    async def append(self, *args: Any, **kwargs: Any) -> tuple[Message, bool]:
+        raise Unavailable("Redis is out of reach")
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        raise Unavailable("Redis is out of reach")
 
 
 @dataclass
@@ -421,3 +431,18 @@ def test_the_key_file(tmp_path: Path) -> None:
     path.write_text("# nothing\n")
     with pytest.raises(KeyFileError, match="no API key"):
         load_api_keys(str(path))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/publish", {"room": "lobby", "text": "hi"}),
+        ("GET", "/api/rooms/lobby/history", None),
+    ],
+)
+def test_a_shared_store_out_of_reach_is_503(method: str, path: str, body: object) -> None:
+    """With --redis and Redis down (Unavailable), publish and history reads answer 503
+    `unavailable`, as docs/api.yaml promises, not 400."""
+    w = ApiWorld(world=World(store=UnreachableHistory(100)))
+    answer = w.call(method, path, body)
+    assert (answer.status, answer.body["error"]) == (503, "unavailable")

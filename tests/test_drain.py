@@ -4,43 +4,30 @@ from __future__ import annotations
 
 import pytest
 from twisted.application.service import Service
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from wschat.app.lifecycle import Drain, DrainingService, closes_due
-from wschat.chat.hub import Hub
-from wschat.chat.memory import LocalBroker, MemoryHistory
-from wschat.server.protocol import CLOSE_SERVICE_RESTART, ChatFactory, ChatProtocol, WsSettings
-
-from .wsframes import OP_CLOSE, client_frame, close_code, handshake, parse_frames, text
+from wschat.server.factory import ChatFactory
+from wschat.testing import OP_CLOSE, Client, client_frame, close_code, text
+from wschat.wire import CLOSE_SERVICE_RESTART
 
 
-class Peer:
-    """One connection driven by hand; remembers when the server's close frame came."""
+class Peer(Client):
+    """A client that remembers when the server's close frame came."""
 
-    def __init__(self, factory: ChatFactory, clock: Clock) -> None:
-        self.clock = clock
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-        assert isinstance(protocol, ChatProtocol)
-        self.protocol: ChatProtocol = protocol
-        self.transport: StringTransport = StringTransport()
-        self.protocol.makeConnection(self.transport)
-        self.protocol.dataReceived(handshake())
-        self.status: bytes = self.transport.value().split(b"\r\n", 1)[0]
-        self.transport.clear()
+    def __init__(self, factory: ChatFactory) -> None:
+        super().__init__(factory)
+        self.status: bytes = self.response.split(b"\r\n", 1)[0]
         self.closed_at: float | None = None
         self.close_code: int | None = None
 
     def poll(self) -> None:
-        self.clock.advance(0)
-        data = self.transport.value()
-        self.transport.clear()
-        for opcode, payload in parse_frames(data):
+        for opcode, payload in self.frames():
             if opcode == OP_CLOSE and self.closed_at is None:
                 self.closed_at, self.close_code = self.clock.seconds(), close_code(payload)
 
@@ -50,30 +37,8 @@ class Peer:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr("txaio.config.loop", clock)  # Autobahn's timers
-    return clock
-
-
-@pytest.fixture
-def factory(clock: Clock) -> ChatFactory:
-    factory = ChatFactory(WsSettings(), clock)
-    hub = Hub(
-        (store := MemoryHistory(10)),
-        LocalBroker(store),
-        factory.fanout,
-        clock.seconds,
-        lambda: "t",
-        clock.callLater,
-    )
-    factory.attach(hub)
-    return factory
-
-
-def peers(factory: ChatFactory, clock: Clock, count: int) -> list[Peer]:
-    connected = [Peer(factory, clock) for _ in range(count)]
+def peers(factory: ChatFactory, count: int) -> list[Peer]:
+    connected = [Peer(factory) for _ in range(count)]
     for i, peer in enumerate(connected):
         peer.protocol.dataReceived(text({"type": "join", "room": "lobby", "name": f"u{i}"}))
         peer.poll()
@@ -98,10 +63,10 @@ def test_drain_closes_each_connection_1012_evenly_and_fires_when_all_are_gone(
     factory: ChatFactory, clock: Clock, log_events: EventLoggingObserver
 ) -> None:
     """A 5 s drain sends 1012 every 0.5 s to 10 clients, upgrades get 503; done when all left."""
-    connected = peers(factory, clock, 10)
+    connected = peers(factory, 10)
     drained = Drain(factory, clock, drain_s=5.0, timeout_s=30.0).run()
     assert factory.draining
-    late = Peer(factory, clock)
+    late = Peer(factory)
     assert late.status.startswith(b"HTTP/1.1 503 ")
     for _ in range(120):
         for peer in connected:
@@ -121,7 +86,7 @@ def test_drain_closes_each_connection_1012_evenly_and_fires_when_all_are_gone(
 
 def test_drain_of_zero_seconds_closes_all_at_once(factory: ChatFactory, clock: Clock) -> None:
     """--drain-seconds 0 tells every connection in the same turn."""
-    connected = peers(factory, clock, 5)
+    connected = peers(factory, 5)
     Drain(factory, clock, drain_s=0.0, timeout_s=30.0).run()
     for peer in connected:
         peer.poll()
@@ -132,7 +97,7 @@ def test_shutdown_timeout_aborts_connections_that_do_not_close(
     factory: ChatFactory, clock: Clock, log_events: EventLoggingObserver
 ) -> None:
     """Peers that never answer the close are aborted at the timeout, and the drain ends."""
-    connected = peers(factory, clock, 3)
+    connected = peers(factory, 3)
     drained = Drain(factory, clock, drain_s=1.0, timeout_s=2.0).run()
     clock.advance(1.99)
     assert not drained.called

@@ -16,14 +16,11 @@ from twisted.web.iweb import IResponse
 import wschat
 from wschat.chat.memory import MemoryHistory
 from wschat.chat.ports import NewMessage
+from wschat.server.factory import ChatFactory
 from wschat.server.metrics import Metrics, TimedHistory
-from wschat.server.protocol import ChatFactory
+from wschat.testing import Client, make_factory, text
 
 from .chatkit import run
-from .test_ws import Client, clock, make_factory
-from .wsframes import text
-
-__all__ = ["clock"]  # the fixture, imported for the tests below
 
 
 def scrape(metrics: Metrics) -> dict[str, float]:

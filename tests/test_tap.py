@@ -33,7 +33,7 @@ from wschat.app.wiring import DEFAULT_BACKLOG, Options, makeService
 from wschat.certs import write_dev_cert
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
-from wschat.server.protocol import AuthSettings, WsSettings
+from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.site import ChatSite
 from wschat.store.sweep import HistorySweeper
 

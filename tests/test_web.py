@@ -15,37 +15,25 @@ import pytest
 import treq
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IResponse
 
 import wschat
 from wschat.chat.hub import Hub
-from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.chat.model import Join
-from wschat.server.protocol import ChatFactory, WsSettings
+from wschat.server.factory import ChatFactory
 from wschat.server.site import make_site
+from wschat.testing import TcpLikeTransport, handshake, make_factory
 
 from .chatkit import Peer, run
-from .wsframes import handshake
 
 
 def make() -> tuple[StubTreq, Hub, ChatFactory]:
     clock = Clock()
-    factory = ChatFactory(WsSettings(), clock)
+    factory = make_factory(clock)
     clock.advance(100)
-    hub = Hub(
-        (store := MemoryHistory(10)),
-        LocalBroker(store),
-        factory.fanout,
-        clock.seconds,
-        lambda: "t",
-        clock.callLater,
-    )
-    factory.attach(hub)
-    site = make_site(factory, hub, lambda: 12.5)
-    return StubTreq(site.resource), hub, factory
+    site = make_site(factory, factory.hub, lambda: 12.5)
+    return StubTreq(site.resource), factory.hub, factory
 
 
 def body(stub: StubTreq, response: IResponse) -> bytes:
@@ -96,13 +84,6 @@ def test_healthz_is_503_draining_while_the_server_drains() -> None:
     assert status["version"] == wschat.__version__
 
 
-class TCPLikeTransport(StringTransport):
-    """A StringTransport with the `protocol` attribute of a TCP transport (Autobahn swaps it
-    for the WebSocket protocol on upgrade)."""
-
-    protocol: IProtocol | None = None
-
-
 @pytest.fixture
 def no_cycle_collector() -> Iterator[None]:
     enabled = gc.isenabled()
@@ -116,19 +97,11 @@ def test_upgrade_leaves_no_http_garbage_behind(no_cycle_collector: None) -> None
     """After the upgrade the HTTP channel is freed at once, by reference counting, instead of
     waiting in a cycle with its request for the cycle collector."""
     clock = Clock()
-    factory = ChatFactory(WsSettings(), clock)
-    hub = Hub(
-        (store := MemoryHistory(10)),
-        LocalBroker(store),
-        factory.fanout,
-        clock.seconds,
-        lambda: "t",
-        clock.callLater,
-    )
-    factory.attach(hub)
+    factory = make_factory(clock)
+    hub = factory.hub
     site = make_site(factory, hub, lambda: 0.0, reactor=clock)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    transport = TCPLikeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = TcpLikeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
     transport.protocol = channel
     channel.makeConnection(transport)
     channel.dataReceived(handshake())

@@ -2,127 +2,41 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.internet.testing import EventLoggingObserver
 from twisted.python.failure import Failure
 
-from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
-from wschat.chat.memory import LocalBroker, MemoryHistory
+from wschat.server import connection
+from wschat.server.admission import origin_allowed
+from wschat.server.connection import Connection
+from wschat.server.factory import ChatFactory
 from wschat.server.output import Sink
-from wschat.server.protocol import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_REPLACED,
-    CLOSE_SLOW_CONSUMER,
-    ChatFactory,
-    ChatProtocol,
-    WsSettings,
-    origin_allowed,
-)
-from wschat.wire import REQUEST_TYPES
-
-from .missing import missing
-from .wsframes import (
+from wschat.server.protocol import ChatProtocol
+from wschat.server.settings import WsSettings
+from wschat.testing import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_TEXT,
+    Client,
     client_frame,
     close_code,
-    handshake,
+    make_factory,
     parse_frames,
     text,
 )
+from wschat.wire import CLOSE_INTERNAL_ERROR, CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, REQUEST_TYPES
 
-
-class TcpLikeTransport(StringTransport):
-    """A StringTransport that, like a TCP transport, lets a protocol unregister a producer it
-    never registered (Autobahn does when it refuses a handshake)."""
-
-    def unregisterProducer(self) -> None:
-        if self.producer is not None:
-            super().unregisterProducer()
-
-
-class Client:
-    """One connection: a ChatProtocol on a StringTransport, driven by hand."""
-
-    def __init__(
-        self,
-        factory: ChatFactory,
-        origin: str | None = None,
-        protocols: str | None = None,
-        extensions: str | None = None,
-    ) -> None:
-        # Twisted's buildProtocol returns a typing.Protocol that mypy does not match with
-        # ChatProtocol (whose Autobahn base is untyped); narrowed from object, it does.
-        protocol: object = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-        assert isinstance(protocol, ChatProtocol)
-        assert isinstance(factory.clock, Clock)
-        self.protocol: ChatProtocol = protocol
-        self.transport = TcpLikeTransport()
-        self.clock: Clock = factory.clock
-        self.protocol.makeConnection(self.transport)
-        self.protocol.dataReceived(handshake(origin, protocols, extensions))
-        self.response, _, rest = self.transport.value().partition(b"\r\n\r\n")
-        self.transport.clear()
-        self._pending = rest
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def frames(self) -> list[tuple[int, bytes]]:
-        # Output is written at the end of the reactor turn, as the real reactor would.
-        self.clock.advance(0)
-        data, self._pending = self._pending + self.transport.value(), b""
-        self.transport.clear()
-        return parse_frames(data)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(p) for op, p in self.frames() if op == OP_TEXT]
-
-    def join(self, room: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
-        self.send(text({"type": "join", "room": room, "name": name, **extra}))
-        [welcome] = [e for e in self.events() if e["type"] == "welcome"]
-        return welcome
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    # Autobahn's timers (pings, handshake timeouts) go through txaio's loop. (By name: txaio
-    # sets `config` up at run time, so its type stubs do not know it.)
-    monkeypatch.setattr("txaio.config.loop", clock)
-    return clock
-
-
-def make_factory(
-    clock: Clock, settings: WsSettings = WsSettings(), limits: Limits = Limits()
-) -> ChatFactory:
-    factory = ChatFactory(settings, clock)
-    hub = Hub(
-        (store := MemoryHistory(limits.history_size)),
-        LocalBroker(store),
-        factory.fanout,
-        clock.seconds,
-        lambda: "tok",
-        clock.callLater,
-        limits,
-    )
-    factory.attach(hub)
-    return factory
-
-
-@pytest.fixture
-def factory(clock: Clock) -> ChatFactory:
-    return make_factory(clock)
+from .missing import missing
 
 
 def test_handshake_selects_our_subprotocol_when_offered(factory: ChatFactory) -> None:
@@ -510,7 +424,7 @@ def test_an_unexpected_handshake_failure_is_a_plain_500(
     def broken(address: str) -> bool:
         raise ValueError("internal detail 0xdeadbeef")
 
-    monkeypatch.setattr(factory.addresses, "admit", broken)
+    monkeypatch.setattr(factory.admission.addresses, "admit", broken)
     response = Client(factory).response
     assert response.startswith(b"HTTP/1.1 500")
     assert b"deadbeef" not in response and b"ValueError" not in response
@@ -562,7 +476,15 @@ def test_the_write_paths_hooks_are_not_shadowed_by_autobahn(factory: ChatFactory
 def test_every_request_type_has_one_handler() -> None:
     """Each request type the codec decodes is served by a handle_<type> method."""
     for kind in REQUEST_TYPES:
-        assert callable(getattr(ChatProtocol, f"handle_{kind}", None)), kind
+        assert callable(getattr(Connection, f"handle_{kind}", None)), kind
+
+
+def test_the_connection_logic_imports_no_autobahn() -> None:
+    """server/connection.py reaches its wire only through its Transport interface."""
+    tree = ast.parse(Path(connection.__file__).read_text("utf-8"))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not [m for m in imported if m and m.startswith("autobahn")]
 
 
 def test_an_origin_refusal_says_what_it_compared(
@@ -587,3 +509,23 @@ def test_the_cap_hints_at_trust_proxies_once_for_a_private_address(
         assert Client(factory).response.startswith(b"HTTP/1.1 429")
     hints = [e for e in log_events if "--trust-proxies" in e.get("log_format", "")]
     assert len(hints) == 1
+
+
+def test_connection_log_lines_keep_the_chatprotocol_namespace(
+    factory: ChatFactory, log_events: EventLoggingObserver
+) -> None:
+    """Admission, connection and protocol lines all log under wschat.ws.ChatProtocol, the
+    namespace operators filter on."""
+    Client(factory, origin="https://evil.example")
+    client = Client(factory)
+    client.join("lobby", "alice")
+    client.send(text({"type": "say", "room": "nowhere", "text": "x"}))
+    client.frames()
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    ours = [e for e in log_events if not e["log_namespace"].startswith("autobahn.")]
+    namespaces = {e["log_format"][:10]: e["log_namespace"] for e in ours}
+    assert namespaces == {
+        "refused {c": "wschat.ws.ChatProtocol",  # the origin, from admission.py
+        "refused {k": "wschat.ws.ChatProtocol",  # not_in_room, from connection.py
+        "closed {cl": "wschat.ws.ChatProtocol",
+    }

@@ -10,32 +10,23 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from wschat.chat.hub import Hub
 from wschat.chat.identity import GUEST_MARK, AuthMode
-from wschat.chat.memory import LocalBroker, MemoryHistory
-from wschat.server.protocol import (
-    CLOSE_TOKEN_EXPIRED,
-    CLOSE_TRY_AGAIN_LATER,
-    CLOSE_UNAUTHORIZED,
-    AuthSettings,
-    ChatFactory,
-    WsSettings,
-)
+from wschat.chat.memory import MemoryHistory
+from wschat.server.factory import ChatFactory
+from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.tokens import JwksKeys, KeySource, StaticKey, TokenVerifier
+from wschat.testing import OP_CLOSE, Client, close_code, make_factory, text
+from wschat.wire import CLOSE_TOKEN_EXPIRED, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED
 
 from .jwtkit import NOW_S, SECRET, claims, hs256, rsa_pair, signed
-from .test_ws import Client
-from .wsframes import OP_CLOSE, close_code, text
 
 GRACE_S = 25.0
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """A clock at the epoch time the tokens speak of; Autobahn's timers run on it too."""
-    clock = Clock()
+def clock(clock: Clock) -> Clock:
+    """The shared clock, at the epoch time the tokens speak of."""
     clock.advance(NOW_S)
-    monkeypatch.setattr("txaio.config.loop", clock)
     return clock
 
 
@@ -50,22 +41,8 @@ def auth_factory(
     )
     # No keep-alive pings: these clients never answer them, and hours pass on the clock.
     settings = WsSettings(ping_interval_s=0)
-    factory = ChatFactory(settings, clock, AuthSettings(mode, verifier, GRACE_S))
-    hub = Hub(
-        (store := MemoryHistory(100)),
-        LocalBroker(store),
-        factory.fanout,
-        clock.seconds,
-        lambda: "tok",
-        clock.callLater,
-    )
-    factory.attach(hub)
-    return factory
-
-
-def closes(client: Client) -> list[tuple[int, bytes]]:
-    """The close frames the client received: (code, reason)."""
-    return [(close_code(p), p[2:]) for op, p in client.frames() if op == OP_CLOSE]
+    auth = AuthSettings(mode, verifier, GRACE_S)
+    return make_factory(clock, settings, auth=auth, store=MemoryHistory(100))
 
 
 def sign_in(client: Client, token: str) -> dict[str, Any]:
@@ -112,7 +89,7 @@ def test_required_closes_4401_on_any_other_first_frame(clock: Clock, first: Any)
     """With --auth required a first frame other than `auth` (even a bad one) closes 4401."""
     client = Client(auth_factory(clock))
     client.send(text(first))
-    [(code, reason)] = closes(client)
+    [(code, reason)] = client.closes()
     assert code == CLOSE_UNAUTHORIZED and b"auth" in reason
 
 
@@ -145,9 +122,9 @@ def test_no_auth_within_the_handshake_timeout_closes_4401(clock: Clock) -> None:
     """A connection that sends nothing is closed 4401 after --handshake-timeout."""
     client = Client(auth_factory(clock))
     clock.advance(WsSettings().open_handshake_timeout_s - 0.5)
-    assert closes(client) == []
+    assert client.closes() == []
     clock.advance(0.5)
-    [(code, reason)] = closes(client)
+    [(code, reason)] = client.closes()
     assert code == CLOSE_UNAUTHORIZED and b"within" in reason
 
 
@@ -156,7 +133,7 @@ def test_an_auth_in_time_disarms_the_deadline(clock: Clock) -> None:
     client = Client(auth_factory(clock))
     sign_in(client, hs256(claims()))
     clock.advance(WsSettings().open_handshake_timeout_s * 2)
-    assert closes(client) == []
+    assert client.closes() == []
 
 
 def test_optional_lets_guests_in_marked(clock: Clock) -> None:
@@ -186,23 +163,13 @@ def test_optional_auth_with_a_bad_token_still_closes(clock: Clock) -> None:
     """In optional mode a client that tries to sign in and fails is closed, not made a guest."""
     client = Client(auth_factory(clock, AuthMode.OPTIONAL))
     client.send(text({"type": "auth", "token": hs256(claims(), b"wrong-secret-" * 4)}))
-    [(code, _)] = closes(client)
+    [(code, _)] = client.closes()
     assert code == CLOSE_UNAUTHORIZED
 
 
 def test_off_refuses_auth_and_keeps_the_connection(clock: Clock) -> None:
     """With --auth off, auth and refresh are refused with auth_unexpected; chat goes on."""
-    factory = ChatFactory(WsSettings(), clock)
-    factory.attach(
-        Hub(
-            (store := MemoryHistory(10)),
-            LocalBroker(store),
-            factory.fanout,
-            clock.seconds,
-            lambda: "t",
-            clock.callLater,
-        )
-    )
+    factory = make_factory(clock)
     client = Client(factory)
     client.send(text({"type": "auth", "token": "x"}) + text({"type": "refresh", "token": "x"}))
     assert [e["code"] for e in client.events()] == ["auth_unexpected", "auth_unexpected"]
@@ -215,9 +182,9 @@ def test_an_expired_token_is_closed_4440_after_the_grace(clock: Clock) -> None:
     sign_in(client, hs256(claims(exp=int(NOW_S) + 60)))
     client.join("lobby")
     clock.advance(60 + GRACE_S - 1)
-    assert closes(client) == []
+    assert client.closes() == []
     clock.advance(1)
-    [(code, _)] = closes(client)
+    [(code, _)] = client.closes()
     assert code == CLOSE_TOKEN_EXPIRED
 
 
@@ -226,9 +193,9 @@ def test_the_leeway_adds_to_the_grace(clock: Clock) -> None:
     client = Client(auth_factory(clock, leeway_s=10))
     sign_in(client, hs256(claims(exp=int(NOW_S) + 60)))
     clock.advance(60 + 10 + GRACE_S - 1)
-    assert closes(client) == []
+    assert client.closes() == []
     clock.advance(1)
-    assert [code for code, _ in closes(client)] == [CLOSE_TOKEN_EXPIRED]
+    assert [code for code, _ in client.closes()] == [CLOSE_TOKEN_EXPIRED]
 
 
 def test_refresh_before_expiry_moves_the_deadline(clock: Clock) -> None:
@@ -240,9 +207,9 @@ def test_refresh_before_expiry_moves_the_deadline(clock: Clock) -> None:
     [authed] = client.events()
     assert authed["type"] == "authed" and authed["expires_in"] == 550
     clock.advance(100)
-    assert closes(client) == []
+    assert client.closes() == []
     clock.advance(600 - 150 + GRACE_S)
-    assert [code for code, _ in closes(client)] == [CLOSE_TOKEN_EXPIRED]
+    assert [code for code, _ in client.closes()] == [CLOSE_TOKEN_EXPIRED]
 
 
 def test_refresh_in_the_grace_period_saves_the_connection(clock: Clock) -> None:
@@ -253,7 +220,7 @@ def test_refresh_in_the_grace_period_saves_the_connection(clock: Clock) -> None:
     client.send(text({"type": "refresh", "token": hs256(claims(exp=int(NOW_S) + 3600))}))
     assert client.events()[0]["type"] == "authed"
     clock.advance(10)
-    assert closes(client) == []
+    assert client.closes() == []
 
 
 def test_a_bad_refresh_is_an_error_and_the_old_token_still_counts(clock: Clock) -> None:
@@ -267,7 +234,7 @@ def test_a_bad_refresh_is_an_error_and_the_old_token_still_counts(clock: Clock) 
     codes = [e["code"] for e in client.events()]
     assert codes == ["auth_invalid", "auth_mismatch", "auth_mismatch"]
     clock.advance(60 + GRACE_S)
-    assert [code for code, _ in closes(client)] == [CLOSE_TOKEN_EXPIRED]
+    assert [code for code, _ in client.closes()] == [CLOSE_TOKEN_EXPIRED]
 
 
 def test_rooms_of_the_token_limit_joins(clock: Clock) -> None:
@@ -311,14 +278,14 @@ def test_keys_that_cannot_be_fetched_close_1013(clock: Clock) -> None:
         auth_factory(clock, keys=JwksKeys("https://app.example/jwks", down, clock.seconds))
     )
     client.send(text({"type": "auth", "token": signed(claims(), rsa_pair(), kid="k1")}))
-    assert [code for code, _ in closes(client)] == [CLOSE_TRY_AGAIN_LATER]
+    assert [code for code, _ in client.closes()] == [CLOSE_TRY_AGAIN_LATER]
 
 
 def test_a_long_reason_is_cut_to_fit_a_close_frame(clock: Clock) -> None:
     """Close reasons are cut to 123 bytes (a control frame holds 125) on a UTF-8 boundary."""
     client = Client(auth_factory(clock))
     client.send(text({"type": "auth", "token": hs256(claims(rooms=["é" * 200]))}))
-    [(code, reason)] = closes(client)
+    [(code, reason)] = client.closes()
     assert code == CLOSE_UNAUTHORIZED and len(reason) <= 123
     reason.decode("utf-8")
 
@@ -352,5 +319,5 @@ def test_the_application_disconnects_a_user_4403(clock: Clock) -> None:
     sign_in(other, hs256(claims("u-bob")))
     assert factory.disconnect_user("u-alice") == 2
     for tab in tabs:
-        assert [code for code, _ in closes(tab)] == [4403]
-    assert closes(other) == []
+        assert [code for code, _ in tab.closes()] == [4403]
+    assert other.closes() == []

@@ -48,6 +48,8 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_DISCONNECTED = 4403
 CLOSE_TOKEN_EXPIRED = 4440
+# RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the code.
+MAX_CLOSE_REASON_BYTES = 123
 
 # SQLite's INTEGER is a signed 64-bit value; a larger `since` can only be a client bug.
 MAX_ID = 2**63 - 1
@@ -120,7 +122,7 @@ def _kick(obj: dict[str, Any], ref: str | None) -> Kick:
     return Kick(_room(obj, ref), name)
 
 
-# One entry per request type; ws.ChatProtocol has a handle_<type> for each.
+# One entry per request type; server/connection.py has a handle_<type> for each.
 _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Join.kind: _join,
     Say.kind: _say,

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from tests.wsframes import OP_PING, client_frame
+from wschat.testing import OP_PING, client_frame
 
 from .process import ServerProcess
 from .rawws import TIMEOUT_S

@@ -1,7 +1,7 @@
 """A hand-made WebSocket client on a raw socket, for what a well-behaved library refuses to do.
 
 It sends frames byte by byte as we build them (invalid UTF-8, any opcode, or any bytes at all,
-built with tests/wsframes.py), never answers pings and reads only when asked to, so the tests
+built with wschat/testing.py), never answers pings and reads only when asked to, so the tests
 can play a broken, dead, slow or hostile peer.
 """
 
@@ -13,7 +13,7 @@ import ssl
 import struct
 from typing import Any
 
-from tests.wsframes import client_frame
+from wschat.testing import client_frame
 
 OP_CONT = 0x0
 OP_TEXT = 0x1

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.wsframes import OP_PING, OP_PONG, OP_TEXT, client_frame
+from wschat.testing import OP_PING, OP_PONG, OP_TEXT, client_frame
 
 from .abuse import health, http_exchange, ping, rss_mib, wait_for
 from .client import Chat

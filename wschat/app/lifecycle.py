@@ -22,7 +22,8 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from wschat.chat.ports import HistoryStore
-from wschat.server.protocol import STATE_OPEN, ChatFactory, ChatProtocol
+from wschat.server.factory import ChatFactory
+from wschat.server.protocol import STATE_OPEN, ChatProtocol
 
 DEFAULT_DRAIN_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0

@@ -18,7 +18,7 @@ from wschat.app.tls import (
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
 from wschat.server.api import KeyFileError, load_api_keys
-from wschat.server.protocol import AuthSettings, WsSettings
+from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.tokens import KeyConfigError, load_public_key, load_secret
 from wschat.store.sqlite import MEMORY
 

@@ -30,8 +30,9 @@ from wschat.redis.link import parse_redis_url
 from wschat.redis.node import redis_node
 from wschat.server.api import ApiContext, make_api_site
 from wschat.server.echo import add_echo
+from wschat.server.factory import ChatFactory
 from wschat.server.metrics import Metrics
-from wschat.server.protocol import AuthSettings, ChatFactory, WsSettings
+from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.site import ClientConfig, HealthCheck, make_site
 from wschat.server.tokens import JwksKeys, KeySource, TokenVerifier, http_fetch
 from wschat.store.sqlite import MEMORY, SqliteHistory

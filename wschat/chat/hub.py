@@ -216,9 +216,6 @@ class Hub:
             if (session := members.get(name)) is not None
         ]
 
-    # server/api.py's name for members_of, until its calls are switched.
-    roster = members_of
-
     def kick(self, room: str, name: str) -> int:
         """Take the name out of the room, all its connections; each is told `left` with the
         reason `kicked`, the others see it leave. Not a ban: it may join again."""

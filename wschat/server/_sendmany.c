@@ -1,6 +1,6 @@
 /* The write at the end of a reactor turn, for many connections in one call: each
- * connection's Outbox (wschat/ws.py) holds its queued frames and, while writing to the socket
- * directly is safe, its descriptor. ChatFactory._flush_all and ChatProtocol.flush write
+ * connection's Outbox (wschat/server/output.py) holds its queued frames and, while writing
+ * to the socket directly is safe, its descriptor. Output._flush_all and Output.flush write
  * whatever this hands back, and everything when the module is not built.
  *
  * Why in C: a fan-out writes to every member, and in Python each write cost about a

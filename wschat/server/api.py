@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable
+from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable, Unavailable
 from wschat.chat.hub import Hub
 from wschat.chat.identity import MAX_SUB_CHARS
 from wschat.chat.model import MAX_NAME_CHARS, MAX_REF_CHARS, Message, check_room
@@ -139,7 +139,8 @@ class Api(Resource):
             return await handler(request, params)
         except ApiError as exc:
             return exc.status, {"error": exc.code, "message": exc.message}
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, Unavailable) as exc:
+            # Our disk failing or the shared store (Redis) out of reach: retry later.
             return 503, {"error": exc.code, "message": exc.message}
         except NoSuchMember as exc:
             return 404, {"error": exc.code, "message": exc.message}
@@ -205,7 +206,7 @@ class Api(Resource):
 
     async def _members(self, request: Request, params: list[str]) -> tuple[int, dict[str, Any]]:
         room = check_room(params[0])
-        roster = self._context.hub.roster(room)
+        roster = self._context.hub.members_of(room)
         if not roster:
             raise ApiError(404, "room_not_found", f"nobody is in {room!r}")
         members = []
@@ -226,7 +227,7 @@ class Api(Resource):
         limit = size if limit is None else limit
         store = self._context.store
         latest = await store.latest(room, limit)
-        if not latest and not self._context.hub.roster(room):
+        if not latest and not self._context.hub.members_of(room):
             raise ApiError(404, "room_not_found", f"{room!r} has no members and no history")
         result: dict[str, Any] = {"room": room}
         messages: list[Message] = latest

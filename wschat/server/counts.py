@@ -1,7 +1,7 @@
 """What the adapters count for /metrics: plain integers, bumped once per event (a connection,
 a request, a broadcast), never per recipient, and read only when /metrics is scraped
-(wschat/metrics.py). Plain ints rather than prometheus_client counters: each of those takes
-a lock per increment, which the write path need not pay."""
+(wschat/server/metrics.py). Plain ints rather than prometheus_client counters: each of those
+takes a lock per increment, which the write path need not pay."""
 
 from __future__ import annotations
 

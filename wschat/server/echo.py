@@ -7,7 +7,8 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web.server import Site
 
-from wschat.server.protocol import WsSettings, protocol_options
+from wschat.server.factory import protocol_options
+from wschat.server.settings import WsSettings
 
 
 class EchoProtocol(WebSocketServerProtocol):

@@ -1,6 +1,6 @@
 """/metrics: the Prometheus text format, on a listener of its own (`--metrics-listen`).
 
-The figures are read when scraped: the adapters keep plain integers (wschat/counts.py,
+The figures are read when scraped: the adapters keep plain integers (wschat/server/counts.py,
 Output.frames_queued/bytes_queued) and the hub its counts, so that counting costs the chat
 nothing but an integer addition per event. Only the history append time is a
 prometheus_client Histogram, observed once per stored message.
@@ -27,7 +27,7 @@ from wschat import __version__
 from wschat.chat.hub import Hub
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import HistoryStore, NewMessage
-from wschat.server.protocol import ChatFactory
+from wschat.server.factory import ChatFactory
 
 # From a few tens of microseconds (SQLite, WAL, synchronous=NORMAL) to Redis round trips
 # and a disk that stalls.

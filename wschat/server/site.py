@@ -22,7 +22,8 @@ from twisted.web.static import File
 
 from wschat import __version__
 from wschat.chat.hub import Hub
-from wschat.server.protocol import SERVER_NAME, ChatFactory
+from wschat.private import release_request
+from wschat.server.factory import SERVER_NAME, ChatFactory
 
 # An idle HTTP connection is closed after this long.
 HTTP_IDLE_TIMEOUT_S = 30
@@ -37,6 +38,11 @@ CSP_TEMPLATE = (
     "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
+
+
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.web.HeadDeadlineChannel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,6 @@ class Config(Resource):
 class HeadDeadlineChannel(HTTPChannel):
     """HTTP/1.1 with an absolute deadline on each request head."""
 
-    _log = Logger(namespace="wschat.web.HeadDeadlineChannel")
     head_timeout_s = REQUEST_HEAD_TIMEOUT_S
     _head_deadline: IDelayedCall | None = None
 
@@ -167,7 +172,7 @@ class HeadDeadlineChannel(HTTPChannel):
         self._head_deadline = None
         transport = ITCPTransport(self.transport, None)
         if transport is not None:
-            self._log.info(
+            _log.info(
                 "closing {peer}: no complete request head in {timeout}s",
                 peer=transport.getPeer(),
                 timeout=self.head_timeout_s,
@@ -184,7 +189,7 @@ class UpgradeResource(WebSocketResource):
     def render(self, request: Request) -> bytes | int:
         result: bytes | int = super().render(request)
         if result is NOT_DONE_YET:
-            request.channel.requests.remove(request)
+            release_request(request)
         return result
 
 

@@ -1,10 +1,10 @@
 """Shared timers for Autobahn's per-connection deadlines (pings, handshakes).
 
-Autobahn asks `factory._batched_timer.call_later` for every ping and handshake timeout. txaio's
-batched timer quantizes to whole seconds (`int(now + delay)`), so a 0.5 s timeout fires at once;
-one DelayedCall per connection instead costs ~600 bytes each at tens of thousands of idle
-connections. This timer puts deadlines into buckets of BUCKET_S, rounded *up*: nothing fires
-early, at most BUCKET_S late, and there is one DelayedCall per bucket.
+Autobahn asks its factory's batched timer for every ping and handshake timeout; wschat/private.py
+puts this one there. txaio's own quantizes to whole seconds (`int(now + delay)`), so a 0.5 s
+timeout fires at once; one DelayedCall per connection instead costs ~600 bytes each at tens of
+thousands of idle connections. This timer puts deadlines into buckets of BUCKET_S, rounded *up*:
+nothing fires early, at most BUCKET_S late, and there is one DelayedCall per bucket.
 """
 
 from __future__ import annotations

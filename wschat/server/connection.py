@@ -1,0 +1,295 @@
+"""One chat connection, whatever wire carries it: the sign-in gate and its timers, the frames
+held while a token is verified, one `handle_<type>` per request type of the codec, and every
+refusal turned into an error event in one place (`_failed`).
+
+It reaches its wire only through `Transport`, which wschat/server/protocol.py implements over
+Autobahn: this module imports no Autobahn. With --auth optional or required a connection may
+sign in with its first frame (`auth`): the token is verified by wschat/server/tokens.py, and
+chat/identity.py says what the identity may do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wschat.chat import identity
+from wschat.chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
+from wschat.chat.hub import Hub, Session
+from wschat.chat.identity import AuthMode, Identity
+from wschat.chat.limits import RefusalLog
+from wschat.chat.model import (
+    Auth,
+    Authed,
+    Command,
+    Error,
+    Event,
+    Join,
+    Kick,
+    Kicked,
+    Leave,
+    Refresh,
+    Say,
+    Who,
+)
+from wschat.server.counts import Counts
+from wschat.server.settings import AuthSettings
+from wschat.server.tokens import TokenVerifier
+from wschat.wire import (
+    CLOSE_REPLACED,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED,
+    decode,
+)
+
+# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
+# class's name instead), which operators' log filters and the e2e tests match.
+_log = Logger(namespace="wschat.ws.ChatProtocol")
+
+
+class Transport(Protocol):
+    """The wire under a Connection."""
+
+    def send_event(self, event: Event) -> None:
+        """Frame `event` and queue it for the client; nothing once the wire is closing."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with `code` (any of wschat/wire.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    """What all connections of one server share."""
+
+    hub: Hub
+    clock: IReactorTime
+    counts: Counts
+    auth: AuthSettings
+    # How long a connection has to sign in with --auth required.
+    sign_in_timeout_s: float
+
+
+class _Close(Exception):
+    """Raised by a request that ends the connection: closed with `code`, not answered."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """A client's session with the hub, from the opened WebSocket to its close."""
+
+    # The namespace under which operators and the e2e tests find these lines.
+
+    def __init__(self, transport: Transport, context: ConnectionContext, client: str) -> None:
+        self._transport = transport
+        self._context = context
+        # The client's address, for the log lines.
+        self._client = client
+        self._session: Session | None = None
+        self._refusals = RefusalLog()
+        self._opened_at = 0.0
+        self._first_frame = True
+        # Frames that arrive while an `auth` is being verified (a JWKS fetch), in order.
+        self._held: list[bytes] | None = None
+        self._auth_deadline: IDelayedCall | None = None
+        self._expiry: IDelayedCall | None = None
+
+    def open(self, outbox: object, address: str | None) -> None:
+        """Join the hub; `outbox` is where broadcasts to this connection are queued."""
+        context = self._context
+        # Logged once, at close (with how long it lasted): a line at open as well would cost
+        # a fair share of the connect rate (twisted.logger formats every line in full).
+        self._opened_at = context.clock.seconds()
+        self._session = context.hub.connect(outbox, self.send, self._replaced, address)
+        if context.auth.mode is AuthMode.REQUIRED:
+            self._auth_deadline = context.clock.callLater(
+                context.sign_in_timeout_s, self._auth_too_slow
+            )
+
+    @property
+    def user(self) -> str | None:
+        """The signed-in identity's sub, if any."""
+        return self._session.user if self._session is not None else None
+
+    def send(self, event: Event) -> None:
+        if not isinstance(event, Error):
+            self._refusals.served()
+        self._transport.send_event(event)
+
+    def receive(self, payload: bytes) -> None:
+        """One text frame from the client."""
+        session = self._session
+        if session is None:
+            return
+        if self._held is not None:
+            self._held.append(payload)
+            return
+        maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
+
+    def closed(self, code: int | None, reason: str | None, clean: bool) -> None:
+        """The wire has closed: stop the timers and leave the hub."""
+        self._held = None
+        for timer in (self._auth_deadline, self._expiry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._auth_deadline = self._expiry = None
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        self._context.hub.disconnect(session)
+        _log.info(
+            "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}"
+            " user={user}",
+            client=self._client,
+            duration=self._context.clock.seconds() - self._opened_at,
+            code=code,
+            reason=reason,
+            clean=clean,
+            user=session.user,
+        )
+
+    # Requests: one handle_<type> per request type of the codec.
+
+    def _dispatch(self, session: Session, payload: bytes) -> object:
+        first, self._first_frame = self._first_frame, False
+        try:
+            command: Command = decode(payload)
+        except ChatError:
+            self._check_signed_in(session, None, first)
+            raise
+        self._check_signed_in(session, command, first)
+        return getattr(self, "handle_" + command.kind)(session, command)
+
+    def _check_signed_in(self, session: Session, command: Command | None, first: bool) -> None:
+        """--auth required: nothing but `auth` until signed in. --auth optional: a connection
+        whose first frame is not `auth` is a guest from then on."""
+        mode = self._context.auth.mode
+        if isinstance(command, Auth) or session.identity is not None:
+            return
+        if mode is AuthMode.REQUIRED:
+            raise _Close(CLOSE_UNAUTHORIZED, "sign in first: the first frame must be 'auth'")
+        if mode is AuthMode.OPTIONAL and first:
+            session.guest = True
+
+    def handle_join(self, session: Session, cmd: Join) -> Coroutine[Any, Any, None]:
+        return self._context.hub.join(session, cmd)
+
+    def handle_say(self, session: Session, cmd: Say) -> Coroutine[Any, Any, None]:
+        self._context.counts.messages_received += 1
+        return self._context.hub.say(session, cmd)
+
+    def handle_leave(self, session: Session, cmd: Leave) -> None:
+        self._context.hub.leave(session, cmd)
+
+    def handle_who(self, session: Session, cmd: Who) -> None:
+        self._context.hub.who(session, cmd)
+
+    def handle_kick(self, session: Session, cmd: Kick) -> None:
+        identity.require_admin(session)
+        connections = self._context.hub.kick(cmd.room, cmd.name)
+        _log.info(
+            "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
+        )
+        session.send(Kicked(cmd.room, cmd.name, connections))
+
+    async def handle_auth(self, session: Session, cmd: Auth) -> None:
+        verifier = self._verifier()
+        identity.check_may_sign_in(session)
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
+        self._held = []
+        try:
+            try:
+                signed = await verifier.verify(cmd.token)
+            except TokenInvalid as exc:
+                _log.info("refused auth from {client}: {why}", client=self._client, why=exc)
+                raise _Close(CLOSE_UNAUTHORIZED, exc.message) from None
+            except KeysUnavailable as exc:
+                raise _Close(CLOSE_TRY_AGAIN_LATER, exc.message) from None
+            identity.sign_in(session, signed)
+        except BaseException:
+            self._held = None
+            raise
+        self._arm_expiry(signed)
+        session.send(self._authed(signed))
+        held, self._held = self._held, None
+        for payload in held:
+            self.receive(payload)
+
+    async def handle_refresh(self, session: Session, cmd: Refresh) -> None:
+        verifier = self._verifier()
+        if session.identity is None:
+            raise AuthUnexpected("'refresh' needs a connection that signed in with 'auth'")
+        signed = await verifier.verify(cmd.token)
+        identity.refresh(session, signed)
+        self._arm_expiry(signed)
+        session.send(self._authed(signed))
+
+    # Signed identities.
+
+    def _verifier(self) -> TokenVerifier:
+        auth = self._context.auth
+        if auth.verifier is None or auth.mode is AuthMode.OFF:
+            raise AuthUnexpected("this server has no signed identities (--auth off)")
+        return auth.verifier
+
+    def _authed(self, signed: Identity) -> Authed:
+        now_s = self._context.clock.seconds()
+        return Authed(signed.name, signed.sub, signed.expires_in_s(now_s), signed.admin)
+
+    def _arm_expiry(self, signed: Identity) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        clock, auth = self._context.clock, self._context.auth
+        assert auth.verifier is not None
+        deadline_s = signed.exp_s + auth.verifier.leeway_s + auth.grace_s
+        delay_s = max(0.0, deadline_s - clock.seconds())
+        self._expiry = clock.callLater(delay_s, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        _log.info("closing {client}: its token expired", client=self._client)
+        self._transport.close(CLOSE_TOKEN_EXPIRED, "token expired: refresh before exp")
+
+    def _auth_too_slow(self) -> None:
+        self._auth_deadline = None
+        _log.info("closing {client}: no auth in time", client=self._client)
+        timeout_s = self._context.sign_in_timeout_s
+        self._transport.close(CLOSE_UNAUTHORIZED, f"no 'auth' within {timeout_s:g} s")
+
+    # Endings.
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(_Close):
+            self._transport.close(failure.value.code, failure.value.reason)
+            return
+        if failure.check(ChatError):
+            self._refuse(failure.value)
+            return
+        _log.failure("request from {client} failed", failure, client=self._client)
+        self._context.counts.errors["internal"] += 1
+        self.send(Error("internal", "the server failed on this request"))
+
+    def _refuse(self, exc: ChatError) -> None:
+        self._context.counts.errors[exc.code] += 1
+        if self._refusals.refused(exc.code):
+            _log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
+        self.send(Error(exc.code, exc.message, exc.ref))
+
+    def _replaced(self) -> None:
+        """A reconnect with this connection's token took its name over: the session is the
+        new connection's now, so this one closes without leaving the hub."""
+        self._session = None
+        _log.info("replaced {client} by a reconnect with its token", client=self._client)
+        self._transport.close(CLOSE_REPLACED, "replaced by a newer connection")

@@ -1,0 +1,37 @@
+"""What an operator sets for the WebSocket server; defaults are the production values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wschat.chat.identity import AuthMode
+from wschat.server.tokens import TokenVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class WsSettings:
+    """WebSocket-level settings; defaults are the production values (see docs/deployment.md)."""
+
+    max_message_bytes: int = 65536
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 5.0
+    open_handshake_timeout_s: float = 10.0
+    close_handshake_timeout_s: float = 5.0
+    max_output_bytes: int = 1024 * 1024
+    # Empty: only pages served from the request's own host may connect.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 0
+    # 0: no limit. Many people can share one address (NAT), so this is generous.
+    max_connections_per_ip: int = 256
+    trusted_proxies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Signed identities: --auth, the verifier of the --jwt-* options, and --jwt-grace."""
+
+    mode: AuthMode = AuthMode.OFF
+    verifier: TokenVerifier | None = None
+    # A connection whose token expired is closed (4440) this long after `exp` (+ leeway)
+    # unless a `refresh` came: long enough for a client that woke from sleep to fetch one.
+    grace_s: float = 25.0
