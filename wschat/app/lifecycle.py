@@ -17,11 +17,12 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from wschat.chat.ports import HistoryStore
+from wschat.logger import NamedLogger
 from wschat.server.factory import ChatFactory
 from wschat.server.protocol import STATE_OPEN, ChatProtocol
 
@@ -45,7 +46,7 @@ def closes_due(total: int, drain_s: float, elapsed_s: float) -> int:
 class Drain:
     """One drain of a factory's connections; `run()` fires when all are closed."""
 
-    _log = Logger(namespace="wschat.drain.Drain")
+    _log = NamedLogger("wschat.drain.Drain")
 
     def __init__(
         self, factory: ChatFactory, clock: IReactorTime, drain_s: float, timeout_s: float
@@ -127,7 +128,7 @@ class DrainingService(MultiService):
     """The top of wschat's service tree. Stopping it drains first, while every child (the
     listening ports among them) still runs; then it stops the children as MultiService does."""
 
-    _log = Logger(namespace="wschat.drain.DrainingService")
+    _log = NamedLogger("wschat.drain.DrainingService")
 
     def __init__(self, drain: Callable[[], Deferred[None]]) -> None:
         super().__init__()
@@ -170,7 +171,7 @@ class ChatService(Service):
     so it stops after them (and after the drain): no new connections, then
     1001 to any client still open, then the database."""
 
-    _log = Logger(namespace="wschat.service.ChatService")
+    _log = NamedLogger("wschat.service.ChatService")
 
     def __init__(self, factory: ChatFactory, store: HistoryStore, reactor: IReactorTime) -> None:
         self.factory = factory

@@ -35,10 +35,11 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
+
+from wschat.logger import NamedLogger
 
 TLS_PREFIX = "wschat-tls"
 # The keywords of a `wschat-tls:` string, named as in Twisted's `ssl:` endpoint string; the
@@ -253,7 +254,7 @@ class TlsReloader(Service):
     """SIGHUP reloads every TLS endpoint's pair. The handler is installed even without TLS
     endpoints: SIGHUP's default action would kill the server (`systemctl reload` sends it)."""
 
-    _log = Logger(namespace="wschat.tlsreload.TlsReloader")
+    _log = NamedLogger("wschat.tlsreload.TlsReloader")
 
     def __init__(self, endpoints: list[ReloadableTls], reactor: IReactorFromThreads) -> None:
         self._endpoints = endpoints

@@ -21,13 +21,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import Unavailable
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored, recovery
 from wschat.chat.sequence import Gap, Sequencer
+from wschat.logger import NamedLogger
 from wschat.redis.keys import room_keys
 from wschat.redis.link import RedisLink, Script
 
@@ -79,7 +79,7 @@ class _Watched:
 
 
 class RedisBroker:
-    _log = Logger(namespace="wschat.redis_broker.RedisBroker")
+    _log = NamedLogger("wschat.redis_broker.RedisBroker")
 
     def __init__(
         self,

@@ -19,10 +19,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import Unavailable
+from wschat.logger import NamedLogger
 from wschat.redis.keys import NODES_KEY
 from wschat.redis.link import RedisLink, Script
 
@@ -52,7 +52,7 @@ class LeaseHolder(Protocol):
 
 class NodeLease(Service):
     # Its events are the roster's, as they were when the roster kept the lease.
-    _log = Logger(namespace="wschat.redis_roster.RedisRoster")
+    _log = NamedLogger("wschat.redis_roster.RedisRoster")
 
     def __init__(self, link: RedisLink, clock: IReactorTime) -> None:
         self._link = link

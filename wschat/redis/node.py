@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from wschat.logger import NamedLogger
 from wschat.redis.broker import RedisBroker
 from wschat.redis.keys import channel_room
 from wschat.redis.lease import NodeLease
@@ -37,7 +37,7 @@ class RedisNode:
 
 class _Router:
     # A bad payload was the broker's to report when it routed them.
-    _log = Logger(namespace="wschat.redis_broker.RedisBroker")
+    _log = NamedLogger("wschat.redis_broker.RedisBroker")
 
     def __init__(self, broker: RedisBroker, roster: RedisRoster, lease: NodeLease) -> None:
         self._broker = broker

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import NameTaken, Unavailable
@@ -31,6 +30,7 @@ from wschat.chat.ports import (
     RosterChange,
     Snapshot,
 )
+from wschat.logger import NamedLogger
 from wschat.redis.keys import room_keys, rooms_key
 from wschat.redis.lease import NodeLease
 from wschat.redis.link import RedisLink, Script
@@ -92,7 +92,7 @@ class _Watched:
 
 
 class RedisRoster:
-    _log = Logger(namespace="wschat.redis_roster.RedisRoster")
+    _log = NamedLogger("wschat.redis_roster.RedisRoster")
 
     def __init__(self, link: RedisLink, lease: NodeLease) -> None:
         self._link = link

@@ -15,9 +15,9 @@ from typing import Protocol
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from wschat.chat.model import format_ts
+from wschat.logger import NamedLogger
 from wschat.store.sqlite import Swept
 
 SWEEP_INTERVAL_S = 1.0
@@ -34,7 +34,7 @@ class Sweepable(Protocol):
 
 
 class HistorySweeper(Service):
-    _log = Logger(namespace="wschat.sweep.HistorySweeper")
+    _log = NamedLogger("wschat.sweep.HistorySweeper")
 
     def __init__(
         self,
