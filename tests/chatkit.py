@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from twisted.internet.task import Clock
@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from wschat.chat.hub import Hub, Session
 from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, MemoryHistory
-from wschat.chat.model import Event, Members, Who
+from wschat.chat.model import Event, Members, Presence, Welcome, Who
 from wschat.chat.ports import HistoryStore, RoomEvent, Roster
 
 T = TypeVar("T")
@@ -92,3 +92,34 @@ class World:
         page = session.outbox.events.pop()
         assert isinstance(page, Members) and page.next is None
         return page.names
+
+
+def presences(peer: Peer) -> list[Presence]:
+    return [e for e in peer.take() if isinstance(e, Presence)]
+
+
+class View:
+    """What a client knows of a room's members, built only from what it was sent, with the
+    browser client's rule: a batch with lists while it holds none (the room came back under
+    the limit) makes it page through `who` (`fetch`), then go on applying batches."""
+
+    def __init__(self, fetch: Callable[[], list[str]] | None = None) -> None:
+        self.names: set[str] | None = None
+        self.count = 0
+        self._fetch = fetch
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Welcome):
+                self.names = set(event.users) if event.users is not None else None
+                self.count = event.count
+            elif isinstance(event, Presence):
+                self.count = event.count
+                if event.joined is None or event.left is None:
+                    self.names = None
+                    continue
+                if self.names is None and self._fetch is not None:
+                    self.names = set(self._fetch())
+                if self.names is not None:
+                    self.names |= set(event.joined)
+                    self.names -= set(event.left)

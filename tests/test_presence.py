@@ -11,46 +11,15 @@ from hypothesis import strategies as st
 from wschat.chat import errors
 from wschat.chat.hub import Session
 from wschat.chat.limits import Limits
-from wschat.chat.model import Event, Join, Leave, Members, Presence, Welcome, Who
+from wschat.chat.model import Join, Leave, Members, Presence, Welcome, Who
 
-from .chatkit import Peer, World, run
-
-
-def presences(peer: Peer) -> list[Presence]:
-    return [e for e in peer.take() if isinstance(e, Presence)]
+from .chatkit import Peer, View, World, presences, run
 
 
 def joined(world: World, name: str, room: str = "lobby") -> tuple[Session, Peer]:
     session, peer = world.connect(name)
     run(world.hub.join(session, Join(room, name)))
     return session, peer
-
-
-class View:
-    """What a client knows of a room's members, built only from what it was sent, with the
-    browser client's rule: a batch with lists while it holds none (the room came back under
-    the limit) makes it page through `who` (`fetch`), then go on applying batches."""
-
-    def __init__(self, fetch: Callable[[], list[str]] | None = None) -> None:
-        self.names: set[str] | None = None
-        self.count = 0
-        self._fetch = fetch
-
-    def apply(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, Welcome):
-                self.names = set(event.users) if event.users is not None else None
-                self.count = event.count
-            elif isinstance(event, Presence):
-                self.count = event.count
-                if event.joined is None or event.left is None:
-                    self.names = None
-                    continue
-                if self.names is None and self._fetch is not None:
-                    self.names = set(self._fetch())
-                if self.names is not None:
-                    self.names |= set(event.joined)
-                    self.names -= set(event.left)
 
 
 def test_changes_within_an_interval_go_out_as_one_frame() -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -290,3 +291,38 @@ def _complete(reply: bytes) -> bool:
     if head[:1] == b"$" and int(head[1:]) >= 0:
         return len(rest) >= int(head[1:]) + 2
     return True
+
+
+def count_rows(server: ServerProcess, sql: str, *params: object) -> int:
+    """Read the server's database from the side (WAL mode lets us while it runs)."""
+    db = sqlite3.connect(server.db_path)
+    try:
+        (count,) = db.execute(sql, params).fetchone()
+    finally:
+        db.close()
+    assert isinstance(count, int)
+    return count
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.05)
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def gone(pid: int) -> bool:
+    """Exited; a zombie waiting for a reaper that never comes counts as exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status

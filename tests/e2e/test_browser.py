@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .api import api_server, call
 from .browser import (
     EXPECT_TIMEOUT_MS,
     REPO_ROOT,
@@ -29,7 +30,6 @@ from .browser import (
 )
 from .client import Chat
 from .conftest import ServerFactory
-from .test_api import api_server, call
 
 sync_api = import_playwright()
 expect = sync_api.expect

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 import pytest
 
 from .client import Chat
 from .conftest import ServerFactory
-from .process import CLEAN_STOP_CODES, ServerProcess
+from .process import CLEAN_STOP_CODES, ServerProcess, count_rows
 from .rawws import RawWs
 
 pytestmark = pytest.mark.e2e
-
-
-def count_rows(server: ServerProcess, sql: str, *params: object) -> int:
-    """Read the server's database from the side (WAL mode lets us while it runs)."""
-    db = sqlite3.connect(server.db_path)
-    try:
-        (count,) = db.execute(sql, params).fetchone()
-    finally:
-        db.close()
-    assert isinstance(count, int)
-    return count
 
 
 def marker(sender: Chat, room: str, *watchers: Chat) -> None:

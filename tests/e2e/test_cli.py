@@ -16,8 +16,8 @@ import pytest
 from ..jwtkit import claims, hs256, write_secret
 from .client import Chat
 from .conftest import ServerFactory
+from .process import count_rows
 from .terminal import Terminal
-from .test_chat import count_rows
 
 pytestmark = pytest.mark.e2e
 

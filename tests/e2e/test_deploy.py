@@ -7,16 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from wschat.app.options import Options
 
-from .process import TWISTD, free_port
+from .process import TWISTD, free_port, gone, healthy, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,30 +41,6 @@ def declared_options() -> list[str]:
     flags and opt_ methods)."""
     names = [name.rstrip("=") for name in Options().longOpt]
     return sorted({f"--{n}" for n in names} - {"--help", "--version"})
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.05)
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def gone(pid: int) -> bool:
-    """Exited; a zombie waiting for a reaper that never comes counts as exited."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
 
 
 def test_help_lists_every_option(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import pytest
 
 from .client import Chat
 from .conftest import ServerFactory
-from .process import TWISTD, free_port
-from .test_deploy import gone, healthy, wait_for
+from .process import TWISTD, free_port, gone, healthy, wait_for
 
 pytestmark = pytest.mark.e2e
 
