@@ -31,7 +31,8 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 # The edit-test loop: the chat domain and the adapters in memory (the top-level
-# tests/test_*.py), without twistd, a browser or Redis; seconds, not minutes. `make test`
+# tests/test_*.py), without twistd or a browser (the store and roster contract suites start one
+# redis-server for the Redis engine); seconds, not minutes. `make test`
 # is still the whole suite, and what CI runs.
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m 'not e2e' tests/test_*.py

@@ -55,7 +55,7 @@ def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
 
 def join_when_available(chat: Chat, room: str, name: str, **extra: Any) -> dict[str, Any]:
     """Join as a client does after Redis restarted: again while it answers `unavailable`
-    (a node restoring names waits redis_roster.RESTORE_S before it gives out new ones)."""
+    (a node restoring names waits wschat.redis.lease.RESTORE_S before it gives out new ones)."""
     deadline = time.monotonic() + 20
     while True:
         chat.send(type="join", room=room, name=name, **extra)

@@ -129,7 +129,7 @@ def test_a_killed_node_has_its_members_leave_within_the_bound(
     # Their names are free again, on the surviving node.
     assert Chat(a.ws_url).join("lobby", "d1")["count"] == 2
     assert "stopped renewing its lease" in a.log()
-    # All along, the live node's subscription answered its probes (redis_link.py).
+    # All along, the live node's subscription answered its probes (wschat/redis/link.py).
     assert "went silent" not in a.log()
 
 
