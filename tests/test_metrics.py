@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import cast
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,10 +15,11 @@ from twisted.internet.task import Clock
 from twisted.web.iweb import IResponse
 
 import wschat
-from wschat.chat.memory import MemoryHistory
+from wschat.chat.memory import LocalBroker, MemoryHistory
+from wschat.chat.model import Message
 from wschat.chat.ports import NewMessage
 from wschat.server.factory import ChatFactory
-from wschat.server.metrics import Metrics, TimedHistory
+from wschat.server.metrics import Metrics, TimedBroker
 from wschat.testing import Client, make_factory, text
 
 from .chatkit import run
@@ -100,13 +102,18 @@ def test_labels_are_only_codes_and_version(clock: Clock) -> None:
 
 
 def test_history_append_time_is_a_histogram(clock: Clock) -> None:
-    """Each append is timed once into wschat_history_append_seconds; reads are not timed."""
+    """Each message is timed once into wschat_history_append_seconds, until it is stored
+    (before the ack): delivering it to the members afterwards is not counted."""
     factory = make_factory(clock)
     metrics = with_metrics(factory)
-    ticks = iter([10.0, 10.002])
-    store = TimedHistory(MemoryHistory(5), metrics.append_seconds.observe, lambda: next(ticks))
-    run(store.append("r", NewMessage("n", "t", "ts", None)))
-    assert [m.text for m in run(store.latest("r", 5))] == ["t"]
+    ticks = iter([10.0, 10.002, 99.0])
+    store = MemoryHistory(5)
+    broker = TimedBroker(LocalBroker(store), metrics.append_seconds.observe, lambda: next(ticks))
+    delivered: list[Message] = []
+    broker.attach(lambda room, event: delivered.append(cast(Message, event)), lambda room: None)
+    acked: list[int] = []
+    run(broker.publish("r", NewMessage("n", "t", "ts", None), lambda m, _: acked.append(m.id)))
+    assert acked == [1] and [m.text for m in delivered] == ["t"]
     seen = scrape(metrics)
     assert seen["wschat_history_append_seconds_count"] == 1
     assert abs(seen["wschat_history_append_seconds_sum"] - 0.002) < 1e-9
@@ -137,7 +144,9 @@ def test_the_grafana_dashboard_uses_only_metrics_we_export(clock: Clock) -> None
     client.join("lobby", "x")
     client.send(text({"type": "say", "room": "nowhere", "text": "x"}))
     client.protocol.onClose(True, 1000, None)
-    run(metrics.timed(MemoryHistory(5)).append("r", NewMessage("n", "t", "ts", None)))
+    timed = metrics.timed(LocalBroker(MemoryHistory(5)))
+    timed.attach(lambda room, event: None, lambda room: None)
+    run(timed.publish("r", NewMessage("n", "t", "ts")))
     exported = {key.split("{")[0] for key in scrape(metrics)}
     dashboard = json.loads(
         (Path(__file__).parent.parent / "contrib/grafana/wschat.json").read_text()

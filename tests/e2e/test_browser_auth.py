@@ -173,6 +173,8 @@ def test_the_page_signs_in_with_the_applications_token(
     assert auth["token"].count(".") == 2
     assert "token" not in page.url
     assert all("name" not in j for j in frames_of(page, "join"))
+    # Bob's next frames in order: Alice's join (batched), her message, then his own ack.
+    bob.expect_presence(joined=["Alice"])
     page.fill("#input", "hello, signed")
     page.press("#input", "Enter")
     got = bob.recv()

@@ -153,8 +153,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     factory = ChatFactory(settings, reactor, make_auth(options, reactor))
     metrics = Metrics(factory) if options["metrics_listen"] else None
     hub = Hub(
-        backend.store if metrics is None else metrics.timed(backend.store),
-        backend.broker,
+        backend.store,
+        backend.broker if metrics is None else metrics.timed(backend.broker),
         factory.fanout,
         reactor.seconds,
         new_resume_token,

@@ -25,8 +25,8 @@ from twisted.web.server import Request, Site
 
 from wschat import __version__
 from wschat.chat.hub import Hub
-from wschat.chat.model import Message, Recovery
-from wschat.chat.ports import HistoryStore, NewMessage
+from wschat.chat.model import Message
+from wschat.chat.ports import Broker, Deliver, NewMessage, Resync, Stored
 from wschat.server.factory import ChatFactory
 
 # From a few tens of microseconds (SQLite, WAL, synchronous=NORMAL) to Redis round trips
@@ -113,40 +113,48 @@ class ChatCollector(Collector):
         yield build
 
 
-class TimedHistory:
-    """A HistoryStore that reports how long each append took; the rest passes through."""
+class TimedBroker:
+    """A Broker that reports how long each message took to be stored (and, on Redis,
+    announced): the time until the ack may go out. Delivering it to this node's members after
+    that is not counted; neither are history reads."""
 
     def __init__(
         self,
-        store: HistoryStore,
+        broker: Broker,
         observe: Callable[[float], None],
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._store = store
+        self._broker = broker
         self._observe = observe
         self._timer = timer
 
-    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
+    def attach(self, deliver: Deliver, resync: Resync) -> None:
+        self._broker.attach(deliver, resync)
+
+    async def publish(
+        self, room: str, new: NewMessage, stored: Stored | None = None
+    ) -> tuple[Message, bool]:
         started = self._timer()
-        try:
-            return await self._store.append(room, new)
-        finally:
+        observed = False
+
+        def timed(msg: Message, fresh: bool) -> None:
+            nonlocal observed
+            observed = True
             self._observe(self._timer() - started)
+            if stored is not None:
+                stored(msg, fresh)
 
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
-        return await self._store.find_ref(room, name, ref)
+        try:
+            return await self._broker.publish(room, new, timed)
+        finally:
+            if not observed:  # not stored: how long the failure took counts too
+                self._observe(self._timer() - started)
 
-    async def latest(self, room: str, limit: int) -> list[Message]:
-        return await self._store.latest(room, limit)
+    async def watch(self, room: str) -> None:
+        await self._broker.watch(room)
 
-    async def after(self, room: str, since: int, limit: int) -> Recovery:
-        return await self._store.after(room, since, limit)
-
-    async def epoch(self, room: str) -> str | None:
-        return await self._store.epoch(room)
-
-    def close(self) -> None:
-        self._store.close()
+    def unwatch(self, room: str) -> None:
+        self._broker.unwatch(room)
 
 
 class MetricsPage(Resource):
@@ -189,8 +197,8 @@ class Metrics:
     def attach(self, hub: Hub) -> None:
         self.registry.register(ChatCollector(self._factory, hub))
 
-    def timed(self, store: HistoryStore) -> TimedHistory:
-        return TimedHistory(store, self.append_seconds.observe)
+    def timed(self, broker: Broker) -> TimedBroker:
+        return TimedBroker(broker, self.append_seconds.observe)
 
     def site(self, reactor: object = None) -> Site:
         root = Resource()

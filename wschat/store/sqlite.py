@@ -1,4 +1,4 @@
-"""The durable HistoryStore: SQLite in WAL mode, schema from versioned files in wschat/store/schema/."""
+"""The durable HistoryStore: SQLite in WAL mode, its schema from versioned files in schema/."""
 
 from __future__ import annotations
 
