@@ -88,7 +88,19 @@ class _Close(Exception):
 class Connection:
     """A client's session with the hub, from the opened WebSocket to its close."""
 
-    # The namespace under which operators and the e2e tests find these lines.
+    # One per connection: slots keep tens of thousands of them small.
+    __slots__ = (
+        "_auth_deadline",
+        "_client",
+        "_context",
+        "_expiry",
+        "_first_frame",
+        "_held",
+        "_opened_at",
+        "_refusals",
+        "_session",
+        "_transport",
+    )
 
     def __init__(self, transport: Transport, context: ConnectionContext, client: str) -> None:
         self._transport = transport
