@@ -190,7 +190,7 @@ def test_every_close_code_is_documented() -> None:
 
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     codes = [v for k, v in vars(wire).items() if k.startswith("CLOSE_") and isinstance(v, int)]
-    assert len(codes) == 10
+    assert len(codes) == 11
     for code in codes:
         assert f"| {code} |" in doc or f"| **{code}** |" in doc, code
 

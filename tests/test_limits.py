@@ -47,15 +47,18 @@ def test_the_proxy_hint_is_given_once_and_only_for_private_addresses() -> None:
     assert not cap.proxy_hint("::1")
 
 
-def test_only_the_first_of_a_run_of_rate_limit_refusals_is_logged() -> None:
-    """A flood logs one line per run; other refusals always log; being served ends a run."""
+def test_only_the_first_refusal_of_each_kind_in_a_run_is_logged() -> None:
+    """A flood of any one refusal logs one line per run, whatever its kind; each kind logs
+    its first; being served ends a run; every refusal is counted."""
     log = RefusalLog()
     assert [log.refused("rate_limited") for _ in range(3)] == [True, False, False]
-    assert log.refused("bad_json")
-    assert log.refused("rate_limited")
-    log.served()
-    assert log.refused("rate_limited")
+    assert [log.refused("bad_json") for _ in range(3)] == [True, False, False]
     assert not log.refused("rate_limited")
+    assert log.refused("unknown_type")
+    log.served()
+    assert log.refused("bad_json")
+    assert not log.refused("bad_json")
+    assert log.count == 10
 
 
 def test_address_rates_share_one_bucket_while_connections_hold_it() -> None:

@@ -29,7 +29,7 @@ from zope.interface import implementer, provider
 import wschat
 from wschat.app.lifecycle import ChatService
 from wschat.app.tls import TlsFiles, ssl_as_tls, tls_description
-from wschat.app.wiring import DEFAULT_BACKLOG, Options, makeService
+from wschat.app.wiring import DEFAULT_BACKLOG, Options, make_auth, makeService
 from wschat.certs import write_dev_cert
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
@@ -304,6 +304,17 @@ def test_auth_defaults_follow_the_key_options(tmp_path: Path) -> None:
     public = str(write_public_key(tmp_path, rsa_pair()))
     assert parse("--jwt-public-key-file", public)["jwt-key"].algorithms == ("RS256",)
     assert parse("--jwks-url", "https://app.example/jwks")["auth"] is AuthMode.REQUIRED
+
+
+def test_held_frames_are_capped_by_default_and_by_option(tmp_path: Path) -> None:
+    """--max-held-frames/--max-held-bytes default to 100 frames and 1 MiB and reach the
+    connections' AuthSettings."""
+    secret = str(write_secret(tmp_path))
+    default = make_auth(parse("--jwt-secret-file", secret), MemoryReactorClock())
+    assert (default.max_held_frames, default.max_held_bytes) == (100, 1024 * 1024)
+    args = ("--max-held-frames", "7", "--max-held-bytes", "5000")
+    chosen = make_auth(parse("--jwt-secret-file", secret, *args), MemoryReactorClock())
+    assert (chosen.max_held_frames, chosen.max_held_bytes) == (7, 5000)
 
 
 @pytest.mark.parametrize(

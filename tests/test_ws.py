@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from wschat.chat.limits import Limits
@@ -495,7 +497,25 @@ def test_an_origin_refusal_says_what_it_compared(
     Client(factory, origin="https://chat.example:8443")
     [line] = [e for e in log_events if "not allowed" in e.get("log_format", "")]
     assert line["origin"] == "https://chat.example:8443"
-    assert line["against"] == "host chat.example:8080"
+    assert line["against"] == "host 'chat.example:8080'"
+
+
+def test_client_strings_reach_the_log_escaped(
+    factory: ChatFactory, log_events: EventLoggingObserver
+) -> None:
+    """A refused Origin with C1 characters (NEL, CSI), and a close reason forging a log line,
+    are written escaped: no control character reaches a log line."""
+    Client(factory, origin="https://evil.example\x85\x9b2J")
+    client = Client(factory)
+    client.join("lobby", "alice")
+    forged = "bye\r\n2030-01-01T00:00:00+0000 [wschat] admin signed in\x1b[31m"
+    client.send(client_frame(OP_CLOSE, struct.pack("!H", 1000) + forged.encode()))
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    lines = [formatEvent(e) for e in log_events]
+    [refused] = [line for line in lines if line.startswith("refused ")]
+    [closed] = [line for line in lines if line.startswith("closed ")]
+    assert "\\x85" in refused and "\\x9b2J" in refused and "\\r\\n2030-01-01" in closed
+    assert all(line.isprintable() for line in lines), lines
 
 
 def test_the_cap_hints_at_trust_proxies_once_for_a_private_address(

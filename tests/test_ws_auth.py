@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from wschat.chat.identity import GUEST_MARK, AuthMode
 from wschat.chat.memory import MemoryHistory
@@ -16,7 +20,12 @@ from wschat.server.factory import ChatFactory
 from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.tokens import JwksKeys, KeySource, StaticKey, TokenVerifier
 from wschat.testing import OP_CLOSE, Client, close_code, make_factory, text
-from wschat.wire import CLOSE_TOKEN_EXPIRED, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED
+from wschat.wire import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED,
+)
 
 from .jwtkit import NOW_S, SECRET, claims, hs256, rsa_pair, signed
 
@@ -265,6 +274,68 @@ def test_frames_after_a_slow_auth_wait_for_it(clock: Clock) -> None:
     assert client.events() == []
     fetches[0].callback(json.dumps({"keys": [rsa_pair().jwk("k1")]}).encode())
     assert [e["type"] for e in client.events()] == ["authed", "welcome"]
+
+
+def slow_jwks(clock: Clock) -> tuple[JwksKeys, list[Deferred[bytes]]]:
+    """A JWKS whose fetches wait until the test answers them."""
+    fetches: list[Deferred[bytes]] = []
+
+    def slow_fetch(url: str) -> Deferred[bytes]:
+        fetched: Deferred[bytes] = Deferred()
+        fetches.append(fetched)
+        return fetched
+
+    return JwksKeys("https://app.example/jwks", slow_fetch, clock.seconds), fetches
+
+
+JWKS_BODY = json.dumps({"keys": [rsa_pair().jwk("k1")]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("settings", "frames"),
+    [
+        (AuthSettings(max_held_frames=5), [text({"type": "who", "room": "lobby"})] * 6),
+        (AuthSettings(max_held_bytes=100_000), [text({"type": "x", "pad": "y" * 60_000})] * 2),
+    ],
+)
+def test_frames_held_during_sign_in_are_capped(
+    clock: Clock, settings: AuthSettings, frames: list[bytes]
+) -> None:
+    """While `auth` waits for the JWKS, a client that sends more frames or bytes than
+    --max-held-frames/--max-held-bytes is closed 1008, and nothing it sent is served."""
+    keys, fetches = slow_jwks(clock)
+    verifier = TokenVerifier(keys, clock.seconds)
+    auth = AuthSettings(
+        AuthMode.REQUIRED, verifier, GRACE_S, settings.max_held_frames, settings.max_held_bytes
+    )
+    factory = make_factory(clock, WsSettings(ping_interval_s=0), auth=auth)
+    client = Client(factory)
+    client.send(text({"type": "auth", "token": signed(claims(), rsa_pair(), kid="k1")}))
+    client.send(b"".join(frames[:-1]))
+    assert client.frames() == []
+    client.send(frames[-1])
+    assert [code for code, _ in client.closes()] == [CLOSE_POLICY_VIOLATION]
+    client.send(text({"type": "join", "room": "lobby"}))
+    fetches[0].callback(JWKS_BODY)
+    assert client.frames() == []
+
+
+def test_a_close_during_the_jwks_fetch_ends_the_sign_in(
+    clock: Clock, log_events: EventLoggingObserver
+) -> None:
+    """A client gone while its `auth` waits for the JWKS: once the keys come, nothing is
+    signed in, nothing fails, and no expiry timer is left on the closed connection."""
+    keys, fetches = slow_jwks(clock)
+    client = Client(auth_factory(clock, keys=keys))
+    client.send(text({"type": "auth", "token": signed(claims(), rsa_pair(), kid="k1")}))
+    client.send(text({"type": "join", "room": "lobby"}))
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    fetches[0].callback(JWKS_BODY)
+    assert [e for e in log_events if e["log_level"] >= LogLevel.warn] == []
+    # IDelayedCall does not declare func; Clock's DelayedCall has it.
+    timers = [getattr(getattr(c, "func", None), "__name__", "") for c in clock.getDelayedCalls()]
+    assert "_token_expired" not in timers
+    assert client.frames() == []
 
 
 def test_keys_that_cannot_be_fetched_close_1013(clock: Clock) -> None:

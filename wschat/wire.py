@@ -40,6 +40,7 @@ SUBPROTOCOL = "wschat.v1"
 # The close codes of docs/protocol.md, for the server and for clients (wschat-cli).
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013

@@ -309,7 +309,8 @@ def test_foreign_origin_is_still_refused_through_nginx(behind_nginx: ProxyFactor
     # The Host wschat compared with is the one the client sent, port included.
     host = re.escape(f"127.0.0.1:{proxied.port}")
     wait_for_log(
-        proxied.server, rf"origin https://evil\.example not allowed \(compared with host {host}\)"
+        proxied.server,
+        rf"origin 'https://evil\.example' not allowed \(compared with host '{host}'\)",
     )
 
 

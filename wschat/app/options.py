@@ -348,6 +348,21 @@ class Options(usage.Options):
             "come (then close 4440).",
             _non_negative_float,
         ],
+        [
+            "max-held-frames",
+            None,
+            _AUTH.max_held_frames,
+            "Frames a connection may send while its 'auth' is verified (a JWKS fetch); "
+            "beyond: close 1008.",
+            _positive_int,
+        ],
+        [
+            "max-held-bytes",
+            None,
+            _AUTH.max_held_bytes,
+            "Bytes of those frames; beyond: close 1008.",
+            _positive_int,
+        ],
     ]
     optFlags = [
         [

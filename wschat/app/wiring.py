@@ -121,7 +121,13 @@ def make_auth(options: Options, reactor: Any) -> AuthSettings:
         issuer=options["jwt-issuer"],
         leeway_s=options["jwt-leeway"],
     )
-    return AuthSettings(mode, verifier, options["jwt-grace"])
+    return AuthSettings(
+        mode,
+        verifier,
+        options["jwt-grace"],
+        options["max-held-frames"],
+        options["max-held-bytes"],
+    )
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

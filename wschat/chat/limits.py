@@ -103,24 +103,25 @@ class AddressRates:
 
 
 class RefusalLog:
-    """Which refusals of one connection are worth a log line: all of them, but only the first
-    of a run of rate-limit refusals (a flood would otherwise write a line per message). A run
-    ends when the connection is served anything else."""
+    """Which refusals of one connection are worth a log line: only the first of each kind
+    (wire code) in a run, since a client sending bad frames in a loop would otherwise write a
+    line per frame. A run ends when the connection is served anything else. `count` keeps
+    the total, for the line at close."""
 
-    __slots__ = ("_in_run",)
+    __slots__ = ("_logged", "count")
 
     def __init__(self) -> None:
-        self._in_run = False
+        self._logged: set[str] = set()
+        self.count = 0
 
     def refused(self, code: str) -> bool:
         """A refusal with this wire code is being sent; True if it should be logged."""
-        if code != "rate_limited":
-            self._in_run = False
-            return True
-        if self._in_run:
+        self.count += 1
+        if code in self._logged:
             return False
-        self._in_run = True
+        self._logged.add(code)
         return True
 
     def served(self) -> None:
-        self._in_run = False
+        if self._logged:
+            self._logged = set()

@@ -62,10 +62,10 @@ class Admission:
         allowed = self._settings.allowed_origins
         if not origin_allowed(origin, host, allowed):
             _log.info(
-                "refused {client}: origin {origin} not allowed (compared with {against})",
+                "refused {client}: origin {origin!r} not allowed (compared with {against})",
                 client=client,
                 origin=origin,
-                against=f"--allowed-origin {' '.join(allowed)}" if allowed else f"host {host}",
+                against=f"--allowed-origin {' '.join(allowed)}" if allowed else f"host {host!r}",
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         ip = address_of(client)

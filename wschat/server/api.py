@@ -244,7 +244,7 @@ class Api(Resource):
         room = check_room(_field(body, "room", str))
         name = _field(body, "name", str)
         connections = self._context.hub.kick(room, name)
-        _log.info("the application kicked {name} from {room}", name=name, room=room)
+        _log.info("the application kicked {name!r} from {room!r}", name=name, room=room)
         return 200, {"room": room, "name": name, "connections": connections}
 
     async def _disconnect(self, request: Request, params: list[str]) -> tuple[int, dict[str, Any]]:
@@ -252,7 +252,9 @@ class Api(Resource):
         user = _field(body, "user", str)
         connections = self._context.disconnect_user(user)
         _log.info(
-            "the application disconnected {user}: {count} connections", user=user, count=connections
+            "the application disconnected {user!r}: {count} connections",
+            user=user,
+            count=connections,
         )
         return 200, {"user": user, "connections": connections}
 

@@ -42,6 +42,7 @@ from wschat.server.counts import Counts
 from wschat.server.settings import AuthSettings
 from wschat.server.tokens import TokenVerifier
 from wschat.wire import (
+    CLOSE_POLICY_VIOLATION,
     CLOSE_REPLACED,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
@@ -96,6 +97,7 @@ class Connection:
         "_expiry",
         "_first_frame",
         "_held",
+        "_held_bytes",
         "_opened_at",
         "_refusals",
         "_session",
@@ -113,6 +115,7 @@ class Connection:
         self._first_frame = True
         # Frames that arrive while an `auth` is being verified (a JWKS fetch), in order.
         self._held: list[bytes] | None = None
+        self._held_bytes = 0
         self._auth_deadline: IDelayedCall | None = None
         self._expiry: IDelayedCall | None = None
 
@@ -144,9 +147,28 @@ class Connection:
         if session is None:
             return
         if self._held is not None:
-            self._held.append(payload)
+            self._hold(payload)
             return
         maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
+
+    def _hold(self, payload: bytes) -> None:
+        """Keep a frame for after the verdict on the `auth`, within --max-held-frames and
+        --max-held-bytes: else a client could fill the server's memory while the JWKS is
+        fetched."""
+        assert self._held is not None
+        auth = self._context.auth
+        self._held_bytes += len(payload)
+        if len(self._held) >= auth.max_held_frames or self._held_bytes > auth.max_held_bytes:
+            _log.info(
+                "closing {client}: over {frames} frames or {size} bytes sent during sign-in",
+                client=self._client,
+                frames=auth.max_held_frames,
+                size=auth.max_held_bytes,
+            )
+            self._held = None
+            self._transport.close(CLOSE_POLICY_VIOLATION, "too much sent before the sign-in ended")
+            return
+        self._held.append(payload)
 
     def closed(self, code: int | None, reason: str | None, clean: bool) -> None:
         """The wire has closed: stop the timers and leave the hub."""
@@ -160,14 +182,15 @@ class Connection:
         session, self._session = self._session, None
         self._context.hub.disconnect(session)
         _log.info(
-            "closed {client} after {duration:.1f}s: code={code} reason={reason} clean={clean}"
-            " user={user}",
+            "closed {client} after {duration:.1f}s: code={code} reason={reason!r} clean={clean}"
+            " user={user!r} refusals={refusals}",
             client=self._client,
             duration=self._context.clock.seconds() - self._opened_at,
             code=code,
             reason=reason,
             clean=clean,
             user=session.user,
+            refusals=self._refusals.count,
         )
 
     # Requests: one handle_<type> per request type of the codec.
@@ -210,7 +233,10 @@ class Connection:
         identity.require_admin(session)
         connections = self._context.hub.kick(cmd.room, cmd.name)
         _log.info(
-            "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
+            "{user!r} kicked {name!r} from {room!r}",
+            user=session.user,
+            name=cmd.name,
+            room=cmd.room,
         )
         session.send(Kicked(cmd.room, cmd.name, connections))
 
@@ -220,15 +246,19 @@ class Connection:
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
         self._auth_deadline = None
-        self._held = []
+        self._held, self._held_bytes = [], 0
         try:
             try:
                 signed = await verifier.verify(cmd.token)
             except TokenInvalid as exc:
-                _log.info("refused auth from {client}: {why}", client=self._client, why=exc)
+                _log.info("refused auth from {client}: {why!r}", client=self._client, why=exc)
                 raise _Close(CLOSE_UNAUTHORIZED, exc.message) from None
             except KeysUnavailable as exc:
                 raise _Close(CLOSE_TRY_AGAIN_LATER, exc.message) from None
+            if self._session is not session or self._held is None:
+                # Closed while the keys were fetched (by the client, or for what it sent in
+                # the meantime): nothing is left to sign in.
+                return
             identity.sign_in(session, signed)
         except BaseException:
             self._held = None

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from wschat.chat.model import Event
 from wschat.private import forget_handshake
 from wschat.server.connection import Connection
+from wschat.server.counts import close_label
 from wschat.server.output import Outbox
 from wschat.wire import (
     CLOSE_DISCONNECTED,
@@ -71,7 +72,10 @@ class ChatProtocol(WebSocketServerProtocol):
         # Autobahn would answer an unexpected exception with HTTP 500 and the exception's
         # text in the body: log it here instead, and say nothing about it to the client.
         try:
-            self._client = str(self.peer)
+            client = str(self.peer)
+            # With --trust-proxies this is what the proxy wrote in X-Forwarded-For, and it
+            # starts every log line about the connection: escaped unless plainly printable.
+            self._client = client if client.isprintable() else ascii(client)
             self._counted_ip = self.factory.admission.admit(request, self._client)
         except ConnectionDeny:
             raise
@@ -109,7 +113,8 @@ class ChatProtocol(WebSocketServerProtocol):
         if isBinary:
             self.close(CLOSE_UNSUPPORTED_DATA, "wschat speaks JSON in text frames")
             return
-        if self._connection is not None:
+        # Once the server has sent its close frame, nothing more is served.
+        if self._connection is not None and self.state == STATE_OPEN:
             self._connection.receive(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -120,7 +125,7 @@ class ChatProtocol(WebSocketServerProtocol):
             self._counted_ip = None
         if self._was_open:
             self._was_open = False
-            self.factory.counts.closed["none" if code is None else str(code)] += 1
+            self.factory.counts.closed[close_label(code)] += 1
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.closed(code, reason, wasClean)

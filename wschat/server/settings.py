@@ -35,3 +35,7 @@ class AuthSettings:
     # A connection whose token expired is closed (4440) this long after `exp` (+ leeway)
     # unless a `refresh` came: long enough for a client that woke from sleep to fetch one.
     grace_s: float = 25.0
+    # What a connection may send while its `auth` waits for the JWKS (up to its fetch
+    # timeout): held in memory, so bounded; beyond either, the connection is closed 1008.
+    max_held_frames: int = 100
+    max_held_bytes: int = 1024 * 1024
