@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import time
 from pathlib import Path
 from typing import cast
@@ -11,7 +12,9 @@ from typing import cast
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 import wschat
@@ -20,7 +23,7 @@ from wschat.chat.model import Message
 from wschat.chat.ports import NewMessage
 from wschat.server.factory import ChatFactory
 from wschat.server.metrics import Metrics, TimedBroker
-from wschat.testing import Client, make_factory, text
+from wschat.testing import OP_CLOSE, Client, client_frame, make_factory, text
 
 from .chatkit import run
 
@@ -84,6 +87,23 @@ def test_counts_follow_connections_messages_errors_and_closes(clock: Clock) -> N
     assert after["wschat_connections"] == 0
     assert after['wschat_connections_closed_total{code="1000"}'] == 1
     assert after['wschat_connections_closed_total{code="none"}'] == 1
+
+
+def test_close_codes_of_the_clients_own_count_as_other(clock: Clock) -> None:
+    """Clients closing with 40 codes of their own (3000-3039) add one series, `other`; the
+    codes of RFC 6455 and of wschat keep their own labels."""
+    factory = make_factory(clock)
+    metrics = with_metrics(factory)
+    for code in [*range(3000, 3040), 1001, 4401]:
+        client = Client(factory)
+        client.send(client_frame(OP_CLOSE, struct.pack("!H", code) + b"bye"))
+        client.protocol.connectionLost(Failure(ConnectionDone()))
+    closed = {k: v for k, v in scrape(metrics).items() if k.startswith("wschat_connections_closed")}
+    assert closed == {
+        'wschat_connections_closed_total{code="other"}': 40,
+        'wschat_connections_closed_total{code="1001"}': 1,
+        'wschat_connections_closed_total{code="4401"}': 1,
+    }
 
 
 def test_labels_are_only_codes_and_version(clock: Clock) -> None:

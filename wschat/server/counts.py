@@ -7,6 +7,25 @@ from __future__ import annotations
 
 from collections import Counter
 
+from wschat import wire
+
+# The close codes that label wschat_connections_closed: RFC 6455's (1000-1015, which Autobahn
+# also reports for closes it makes itself) and this server's own (docs/protocol.md). A client
+# may close with any code of 3000-4999; each would be a series of its own, so all those others
+# count as "other".
+CLOSE_LABELS = frozenset(
+    [str(code) for code in range(1000, 1016)]
+    + [str(getattr(wire, name)) for name in dir(wire) if name.startswith("CLOSE_")]
+)
+
+
+def close_label(code: int | None) -> str:
+    """The `code` label of a closed connection ("none": dropped without a close frame)."""
+    if code is None:
+        return "none"
+    label = str(code)
+    return label if label in CLOSE_LABELS else "other"
+
 
 class Counts:
     __slots__ = (
@@ -20,7 +39,7 @@ class Counts:
 
     def __init__(self) -> None:
         self.opened = 0
-        # By close code as a string; "none" when the connection dropped without a close frame.
+        # By close_label: the close code as a string, "none" or "other".
         self.closed: Counter[str] = Counter()
         # `say` requests received, whether stored or refused.
         self.messages_received = 0

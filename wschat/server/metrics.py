@@ -71,7 +71,8 @@ class ChatCollector(Collector):
         )
         closed = CounterMetricFamily(
             "wschat_connections_closed",
-            "WebSocket connections closed, by close code (none: dropped without one).",
+            "WebSocket connections closed, by close code (none: dropped without one; other: "
+            "a code of the client's own).",
             labels=["code"],
         )
         for code, count in sorted(counts.closed.items()):
