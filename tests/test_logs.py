@@ -70,6 +70,22 @@ def test_the_destination_is_the_one_twistd_would_use(tmp_path: Path, sigusr1: No
     log_file.close()
 
 
+def test_rotated_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
+    """With --max-log-files 2 only name.1 and name.2 are kept however often the log rotates;
+    text goes to such a file too, unless twistd's syslog or --logger takes the log."""
+    log_file = twistd_log_file({"logfile": str(tmp_path / "w.log")}, NoThreads(), 2)
+    assert isinstance(log_file, LogFile)
+    for _ in range(4):
+        log_file.write("a line\n")
+        log_file.rotate()
+    log_file.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.log", "w.log.1", "w.log.2"]
+    file_opts = {"logfile": str(tmp_path / "t.log")}
+    assert observer_for("text", file_opts, NoThreads(), 2) is not None
+    assert observer_for("text", {**file_opts, "syslog": True}, NoThreads()) is None
+    assert observer_for("text", {**file_opts, "logger": object()}, NoThreads()) is None
+
+
 @pytest.mark.parametrize(
     ("twistd", "problem"),
     [

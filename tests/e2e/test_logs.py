@@ -107,3 +107,52 @@ def test_the_daemon_log_rotates_on_sigusr1_and_at_1_mb(tmp_path: Path, log_forma
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: gone(pid), 20, "the daemon to exit")
     assert "Server Shut Down." in logfile.read_text()
+
+
+def rotate_after(pid: int, port: int, marker: str, logfile: Path) -> None:
+    """Log `marker`, then SIGUSR1, and wait until the rotated file holds it."""
+    first = logfile.with_name(logfile.name + ".1")
+    request(port, marker)
+    wait_for(lambda: marker in logfile.read_text(), 10, "the marker in the log")
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: first.exists() and marker in first.read_text(), 10, "a rotation")
+
+
+def test_the_daemon_keeps_at_most_max_log_files_rotated_files(tmp_path: Path) -> None:
+    """--max-log-files 2: after four rotations only wschat.log.1 and .2 are left."""
+    pidfile, logfile, port = tmp_path / "wschat.pid", tmp_path / "wschat.log", free_port()
+    done = subprocess.run(
+        [
+            TWISTD,
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(logfile),
+            "wschat",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--history-db",
+            ":memory:",
+            "--max-log-files",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: pidfile.exists() and healthy(f"http://127.0.0.1:{port}/healthz"), 20, "up")
+    pid = int(pidfile.read_text())
+    try:
+        for n in range(4):
+            rotate_after(pid, port, f"/rotation-{n}", logfile)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: gone(pid), 20, "the daemon to exit")
+    assert sorted(p.name for p in tmp_path.glob("wschat.log*")) == [
+        "wschat.log",
+        "wschat.log.1",
+        "wschat.log.2",
+    ]
+    assert "/rotation-2" in logfile.with_name("wschat.log.2").read_text()

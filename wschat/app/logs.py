@@ -1,10 +1,12 @@
-"""`--log-format json`: JSON lines where twistd would write its text lines.
+"""`--log-format json`, and `--max-log-files` for either format: the log written where twistd
+would write it, rotated as twistd rotates it, with at most that many rotated files kept.
 
 twistd chooses its log observer after makeService: from `--logger`, else from an ILogObserver
 component of the application (a .tac file's way), else from `--logfile`/`--nodaemon`. A plugin
 has no `--logger` of its own, so the top service sets the component (lifecycle.WschatService),
 with an observer that writes to the destination twistd would have used, rotated as twistd
-rotates it: at 1 MB and on SIGUSR1.
+rotates it (at 1 MB and on SIGUSR1), but keeping no more than --max-log-files old files:
+twistd's own LogFile keeps them all.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.logger import ILogObserver, LogEvent, eventAsText, jsonFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    eventAsText,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 from zope.interface import provider
 
 LOG_FORMATS = ("text", "json")
+# Rotated files kept (wschat.log.1 to .10): 10 MB of history at twistd's 1 MB rotation.
+DEFAULT_MAX_LOG_FILES = 10
 
 
 def log_format(value: str) -> str:
@@ -56,13 +66,16 @@ def check_twistd_options(log_format: str, twistd: Mapping[str, Any]) -> None:
         raise usage.UsageError("Daemons cannot log to stdout (--logfile - needs --nodaemon)")
 
 
-def twistd_log_file(twistd: Mapping[str, Any], reactor: IReactorFromThreads) -> IO[Any]:
+def twistd_log_file(
+    twistd: Mapping[str, Any], reactor: IReactorFromThreads, max_files: int = DEFAULT_MAX_LOG_FILES
+) -> IO[Any]:
     """Where twistd's own observer would write (its UnixAppLogger's rules), with its rotation:
-    the file rotates itself at 1 MB and, on SIGUSR1, at once."""
+    the file rotates itself at 1 MB and, on SIGUSR1, at once; `max_files` rotated files are
+    kept, the older ones deleted."""
     logfile = twistd.get("logfile") or ""
     if logfile == "-" or (twistd.get("nodaemon") and not logfile):
         return sys.stdout
-    log_file = LogFile.fromFullPath(logfile or "twistd.log")
+    log_file = LogFile.fromFullPath(logfile or "twistd.log", maxRotatedFiles=max_files)
     if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has claimed it
 
         def rotate(signum: int, frame: object) -> None:
@@ -73,9 +86,18 @@ def twistd_log_file(twistd: Mapping[str, Any], reactor: IReactorFromThreads) -> 
 
 
 def observer_for(
-    log_format: str, twistd: Mapping[str, Any] | None, reactor: IReactorFromThreads
+    log_format: str,
+    twistd: Mapping[str, Any] | None,
+    reactor: IReactorFromThreads,
+    max_files: int = DEFAULT_MAX_LOG_FILES,
 ) -> ILogObserver | None:
-    """The observer for --log-format; None leaves twistd's own (text) in place."""
-    if log_format == "text" or twistd is None:
+    """The observer for --log-format; None leaves twistd's own in place: for text on stdout,
+    syslog or twistd's --logger, where no file of ours rotates."""
+    if twistd is None:
         return None
-    return json_lines_observer(twistd_log_file(twistd, reactor))
+    if log_format == "text":
+        if twistd.get("syslog") or twistd.get("logger") is not None:
+            return None
+        out = twistd_log_file(twistd, reactor, max_files)
+        return None if out is sys.stdout else textFileLogObserver(out)
+    return json_lines_observer(twistd_log_file(twistd, reactor, max_files))

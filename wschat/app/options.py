@@ -7,7 +7,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from wschat.app.lifecycle import DEFAULT_DRAIN_S, DEFAULT_SHUTDOWN_TIMEOUT_S
-from wschat.app.logs import check_twistd_options, log_format
+from wschat.app.logs import DEFAULT_MAX_LOG_FILES, check_twistd_options, log_format
 from wschat.app.tls import (
     TLS_PREFIX,
     TlsFiles,
@@ -282,6 +282,13 @@ class Options(usage.Options):
             "text: twistd's log lines; json: one JSON object per line, in the same place "
             "(--logfile or stdout), rotated the same way.",
             log_format,
+        ],
+        [
+            "max-log-files",
+            None,
+            DEFAULT_MAX_LOG_FILES,
+            "Rotated --logfile files kept (name.1 to name.N); older ones are deleted.",
+            _positive_int,
         ],
         [
             "trust-proxies",

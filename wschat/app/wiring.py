@@ -185,7 +185,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         add_echo(site, settings)
 
     drain = Drain(factory, reactor, options["drain-seconds"], options["shutdown-timeout"])
-    log_observer = observer_for(options["log-format"], getattr(options, "parent", None), reactor)
+    log_observer = observer_for(
+        options["log-format"],
+        getattr(options, "parent", None),
+        reactor,
+        options["max-log-files"],
+    )
     top = WschatService(drain.run, log_observer)
     # Started first and stopped last: the connections close before Redis goes.
     for service in backend.services:
