@@ -149,6 +149,25 @@ def test_takeover_with_token_is_silent() -> None:
     assert world.hub.connection_count == 2
 
 
+def test_a_takeover_keeps_to_max_rooms_over_both_connections_rooms() -> None:
+    """A takeover that would put the new connection in more than --max-rooms rooms (its own
+    and the old one's together) is refused, and nothing moves; one that fits goes through."""
+    world = World(Limits(max_rooms=2))
+    old, p_old = world.connect("old")
+    run(world.hub.join(old, Join("lobby", "alice")))
+    run(world.hub.join(old, Join("dev")))
+    assert old.resume_token is not None
+    new, _ = world.connect("new")
+    run(world.hub.join(new, Join("ops", "alice")))
+    with pytest.raises(errors.TooManyRooms):
+        run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    assert new.rooms == {"ops"} and old.rooms == {"lobby", "dev"} and not p_old.replaced
+    assert world.who(old, "lobby") == ["alice"]
+    world.hub.leave(new, Leave("ops"))
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    assert new.rooms == {"lobby", "dev"} and p_old.replaced
+
+
 def test_rejoin_is_a_fresh_welcome() -> None:
     """Joining a room again answers with a welcome and broadcasts nothing."""
     world = World()
