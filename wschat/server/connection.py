@@ -207,7 +207,7 @@ class Connection:
         self._context.hub.who(session, cmd)
 
     def handle_kick(self, session: Session, cmd: Kick) -> None:
-        identity.require_admin(session)
+        identity.require_admin(session, cmd.room)
         connections = self._context.hub.kick(cmd.room, cmd.name)
         _log.info(
             "{user} kicked {name} from {room}", user=session.user, name=cmd.name, room=cmd.room
