@@ -151,6 +151,21 @@ class Message:
     guest: bool = False
 
 
+# What a message's JSON object in a welcome adds around its strings, at most: the keys, quotes,
+# the id's digits, `user` and `guest`, and the comma before the next one.
+MESSAGE_JSON_OVERHEAD_BYTES = 112
+
+
+def message_bytes(msg: Message) -> int:
+    """At least what `msg` weighs in a welcome's history as sent (UTF-8 JSON, wschat/wire.py):
+    its strings' UTF-8 bytes, one more for each character JSON escapes (of the controls, text
+    allows only newline and tab), and the overhead; the domain keeps to the wire unseen."""
+    total = MESSAGE_JSON_OVERHEAD_BYTES
+    for value in (msg.room, msg.name, msg.text, msg.ts, msg.user or ""):
+        total += len(value.encode("utf-8")) + sum(value.count(ch) for ch in '"\\\n\t')
+    return total
+
+
 @dataclass(frozen=True, slots=True)
 class Welcome:
     room: str
