@@ -1,13 +1,15 @@
-"""Requests that cost the server more than they cost the sender, against the real server:
-every request is charged, and one join draws a bounded welcome."""
+"""Requests against the real server: every request is charged, one join draws a bounded
+welcome, and no client can pre-empt the application's publishes."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from .api import api_server, call
 from .client import Chat
 from .conftest import ServerFactory
 
@@ -75,3 +77,26 @@ def _answer(chat: Chat) -> str:
     while (event := chat.recv())["type"] in ("presence", "message"):
         pass
     return str(event["code"]) if event["type"] == "error" else str(event["type"])
+
+
+def test_a_client_cannot_pre_empt_an_api_publish(
+    wschat_server: ServerFactory, tmp_path: Path
+) -> None:
+    """No client may join as `api` (any case); a client and the application saying the same
+    ref under one name are two stored messages: the publish is 201, stored and broadcast."""
+    server, api = api_server(wschat_server, tmp_path)
+    mallory = Chat(server.ws_url)
+    for name in ("api", "API"):
+        mallory.send(type="join", room="lobby", name=name)
+        assert _answer(mallory) == "name_invalid"
+    mallory.join("lobby", "bot")
+    assert mallory.say("lobby", "pre-empted?", ref="a1")["type"] == "ack"
+    assert mallory.expect("message")["text"] == "pre-empted?"
+    publish = {"room": "lobby", "name": "bot", "text": "from the application", "ref": "a1"}
+    status, published = call(api, "POST", "/api/publish", publish)
+    assert status == 201
+    assert mallory.expect("message")["text"] == "from the application"
+    assert call(api, "POST", "/api/publish", publish) == (200, published)
+    history = call(api, "GET", "/api/rooms/lobby/history")[1]
+    assert [m["text"] for m in history["messages"]] == ["pre-empted?", "from the application"]
+    mallory.close()

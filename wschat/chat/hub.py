@@ -24,6 +24,7 @@ from wschat.chat.limits import AddressRates, Limits
 from wschat.chat.membership import Membership
 from wschat.chat.memory import LocalRoster
 from wschat.chat.model import (
+    RESERVED_NAMES,
     Ack,
     Event,
     Join,
@@ -206,14 +207,14 @@ class Hub:
     async def publish(
         self, room: str, name: str, text: str, ref: str | None, user: str | None = None
     ) -> tuple[Message, bool]:
-        """Post as the application: stored, then broadcast exactly like a `say`; a `ref`
-        already stored under this name in the room returns that message (and False)."""
+        """Post as the application: stored, then broadcast exactly like a `say`; a `ref` the
+        application already stored under this name in the room returns that message (and
+        False). Its refs are its own: a client's say with the same name and ref is another."""
         check_room(room, ref)
         check_name(name, ref)
         check_text(text, ref)
-        return await self._broker.publish(
-            room, NewMessage(name, text, format_ts(self._now_s()), ref, user)
-        )
+        said = NewMessage(name, text, format_ts(self._now_s()), ref, user, application=True)
+        return await self._broker.publish(room, said)
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room with members here, and how many, sorted by name."""
@@ -257,6 +258,9 @@ class Hub:
             if cmd.name is None:
                 raise NameRequired("the first join of a connection needs a name")
             name = check_name(cmd.name)
+            if not session.guest and name.casefold() in RESERVED_NAMES:
+                # The application's (a guest's name is marked, a signed one its token's).
+                raise NameInvalid(f"the name {name!r} is reserved for the server's application")
             session.name = guest_name(name) if session.guest else name
         elif cmd.name is not None and cmd.name != session.name:
             if session.identity is not None:

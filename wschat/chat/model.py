@@ -14,6 +14,10 @@ from wschat.chat.errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid,
 MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64
 MAX_TEXT_CHARS = 2000
+# The name the application's messages go out under when it names none (POST /api/publish):
+# no client may join under it, in any case (RESERVED_NAMES, casefolded).
+DEFAULT_PUBLISH_NAME = "api"
+RESERVED_NAMES = frozenset({DEFAULT_PUBLISH_NAME})
 MAX_REF_CHARS = 64
 MAX_RESUME_TOKEN_CHARS = 128
 # A JWT with a long `rooms` claim is a few KiB; this is far above any sane one.
