@@ -97,6 +97,25 @@ async def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_applications_refs_are_apart_from_the_clients(make_store: StoreFactory) -> None:
+    """An application's publish and a client's say with the same name and ref are two messages,
+    each stored once: a resend of either finds its own, never the other's."""
+    store = await make_store(10)
+    said, new = await store.append("lobby", NewMessage("api", "client", "t", "r1"))
+    assert new
+    published, new = await store.append(
+        "lobby", NewMessage("api", "application", "t", "r1", application=True)
+    )
+    assert new and published.id == said.id + 1
+    again = await store.append("lobby", NewMessage("api", "again", "t", "r1", application=True))
+    assert again == (published, False)
+    assert (await store.append("lobby", NewMessage("api", "again", "t", "r1"))) == (said, False)
+    assert await store.find_ref("lobby", "api", "r1", application=True) == published
+    assert await store.find_ref("lobby", "api", "r1") == said
+    assert [m.text for m in await store.latest("lobby", 10)] == ["client", "application"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_find_ref(make_store: StoreFactory) -> None:
     """A ref is found for the name that used it, in its room only."""
     store = await make_store(100)
@@ -301,21 +320,22 @@ async def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> 
 
 def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
     """A history written by the schema-1 wschat gains the sender columns; old messages have
-    no user and are no guest's."""
+    no user, are no guest's, and their refs stay the clients' (a resend is still known)."""
     from importlib import resources
 
     path = str(tmp_path / "h.sqlite3")
     db = sqlite3.connect(path)
     db.executescript(resources.files("wschat.store").joinpath("schema/v1.sql").read_text("utf-8"))
-    db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', 't', NULL)")
+    db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', 't', 'r1')")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
     store = SqliteHistory(path, 10)
     [old] = run(store.latest("lobby", 10))
     assert (old.text, old.user, old.guest) == ("old", None, False)
+    assert run(store.append("lobby", NewMessage("alice", "old", "t", "r1"))) == (old, False)
     assert run(store.append("lobby", NewMessage("bob", "new", "t", None, user="u-bob")))[0].id == 2
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()

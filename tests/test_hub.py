@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wschat.chat import errors
 from wschat.chat.limits import Limits
 from wschat.chat.memory import MemoryHistory
-from wschat.chat.model import Ack, Join, Leave, Left, Message, Presence, Say, Welcome, format_ts
+from wschat.chat.model import (
+    Ack,
+    Join,
+    Leave,
+    Left,
+    Message,
+    Presence,
+    Say,
+    Welcome,
+    Who,
+    format_ts,
+)
+from wschat.wire import event_fields
 
 from .chatkit import World, run
 
@@ -149,6 +163,25 @@ def test_takeover_with_token_is_silent() -> None:
     assert world.hub.connection_count == 2
 
 
+def test_a_takeover_keeps_to_max_rooms_over_both_connections_rooms() -> None:
+    """A takeover that would put the new connection in more than --max-rooms rooms (its own
+    and the old one's together) is refused, and nothing moves; one that fits goes through."""
+    world = World(Limits(max_rooms=2))
+    old, p_old = world.connect("old")
+    run(world.hub.join(old, Join("lobby", "alice")))
+    run(world.hub.join(old, Join("dev")))
+    assert old.resume_token is not None
+    new, _ = world.connect("new")
+    run(world.hub.join(new, Join("ops", "alice")))
+    with pytest.raises(errors.TooManyRooms):
+        run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    assert new.rooms == {"ops"} and old.rooms == {"lobby", "dev"} and not p_old.replaced
+    assert world.who(old, "lobby") == ["alice"]
+    world.hub.leave(new, Leave("ops"))
+    run(world.hub.join(new, Join("lobby", "alice", resume_token=old.resume_token)))
+    assert new.rooms == {"lobby", "dev"} and p_old.replaced
+
+
 def test_rejoin_is_a_fresh_welcome() -> None:
     """Joining a room again answers with a welcome and broadcasts nothing."""
     world = World()
@@ -195,6 +228,48 @@ def test_rate_limit_refuses_beyond_burst_and_recovers() -> None:
     world.now_s += 1.0
     run(world.hub.say(alice, Say("lobby", "3", "r3")))
     assert [m.text for m in run(world.store.latest("lobby", 10))] == ["1", "2", "3"]
+
+
+def test_join_leave_and_who_share_a_request_bucket_apart_from_say() -> None:
+    """join, who and leave each take a token of the request bucket (refused with rate_limited
+    beyond its burst, doing nothing); say draws from its own; time restores the allowance."""
+    world = World(Limits(request_rate_per_s=1.0, request_burst=3))
+    alice, _ = world.connect()
+    run(world.hub.join(alice, Join("lobby", "alice")))
+    world.who(alice, "lobby")
+    world.hub.leave(alice, Leave("lobby"))
+    with pytest.raises(errors.RateLimited, match="join, leave, who"):
+        run(world.hub.join(alice, Join("lobby")))
+    with pytest.raises(errors.RateLimited):
+        world.hub.who(alice, Who("lobby"))
+    assert alice.rooms == set()
+    world.now_s += 1.0
+    run(world.hub.join(alice, Join("lobby")))
+    run(world.hub.say(alice, Say("lobby", "say is charged apart")))
+    assert alice.rooms == {"lobby"}
+
+
+def test_a_welcome_keeps_the_newest_history_that_fits_its_bytes() -> None:
+    """The welcome's history, as encoded on the wire, is at most --welcome-history-bytes: the
+    newest messages that fit; a `since` it cannot fully answer says recovered false."""
+    cap = 20_000
+    world = World(Limits(welcome_history_bytes=cap))
+    alice, _ = world.connect()
+    run(world.hub.join(alice, Join("lobby", "alice")))
+    for index in range(10):
+        run(world.hub.say(alice, Say("lobby", '"😀\n' * 500 + str(index))))
+    world.now_s += 10.0
+    bob, pb = world.connect()
+    run(world.hub.join(bob, Join("lobby", "bob", since=0)))
+    [welcome] = pb.take()
+    assert isinstance(welcome, Welcome) and welcome.recovered is False
+    fields = event_fields(welcome)["history"]
+    assert len(json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()) <= cap
+    assert [m.id for m in welcome.history] == [7, 8, 9, 10]
+    run(world.hub.join(bob, Join("lobby", since=6)))
+    [welcome] = pb.take()
+    assert isinstance(welcome, Welcome) and welcome.recovered is True
+    assert [m.id for m in welcome.history] == [7, 8, 9, 10]
 
 
 def test_rate_per_ip_is_shared_by_the_connections_of_one_address() -> None:

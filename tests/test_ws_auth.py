@@ -380,6 +380,23 @@ def test_an_admin_kicks_and_others_may_not(clock: Clock) -> None:
     assert [m[0] for m in factory.hub.members_of("lobby")] == ["mod"]
 
 
+def test_an_admin_kicks_only_in_the_rooms_of_its_token(clock: Clock) -> None:
+    """An admin whose token's `rooms` is ["team-*"] may kick in team-a, not in lobby."""
+    factory = auth_factory(clock)
+    mod, bob = Client(factory), Client(factory)
+    sign_in(mod, hs256(claims("u-mod", name="mod", admin=True, rooms=["team-*"])))
+    sign_in(bob, hs256(claims("u-bob", name="bob")))
+    bob.join("lobby")
+    bob.join("team-a")
+    mod.send(text({"type": "kick", "room": "lobby", "name": "bob"}))
+    assert [e.get("code") for e in mod.events()] == ["forbidden"]
+    assert bob.events() == []
+    mod.send(text({"type": "kick", "room": "team-a", "name": "bob"}))
+    assert mod.events() == [{"type": "kicked", "room": "team-a", "name": "bob", "connections": 1}]
+    assert bob.events() == [{"type": "left", "room": "team-a", "reason": "kicked"}]
+    assert [m[0] for m in factory.hub.members_of("lobby")] == ["bob"]
+
+
 def test_the_application_disconnects_a_user_4403(clock: Clock) -> None:
     """disconnect_user (the API's) closes every connection of that sub with 4403."""
     factory = auth_factory(clock)

@@ -153,6 +153,29 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "request-rate",
+            None,
+            _LIMITS.request_rate_per_s,
+            "Requests other than say (join, leave, who, kick, refresh) per second a connection "
+            "may send on average.",
+            _positive_float,
+        ],
+        [
+            "request-burst",
+            None,
+            _LIMITS.request_burst,
+            "Such requests a connection may send at once above --request-rate (keep it above "
+            "--max-rooms: a reconnecting client rejoins all its rooms at once).",
+            _positive_int,
+        ],
+        [
+            "welcome-history-bytes",
+            None,
+            _LIMITS.welcome_history_bytes,
+            "Bytes of history one welcome carries at most (the newest messages that fit).",
+            _positive_int,
+        ],
+        [
             "history-ttl",
             None,
             None,

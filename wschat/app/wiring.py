@@ -154,6 +154,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         presence_interval_s=options["presence-interval"],
         rate_per_ip_s=options["rate-per-ip"],
         burst_per_ip=options["burst-per-ip"],
+        request_rate_per_s=options["request-rate"],
+        request_burst=options["request-burst"],
+        welcome_history_bytes=options["welcome-history-bytes"],
     )
     backend = make_backend(options, reactor)
     factory = ChatFactory(settings, reactor, make_auth(options, reactor))

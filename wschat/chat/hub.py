@@ -24,6 +24,7 @@ from wschat.chat.limits import AddressRates, Limits
 from wschat.chat.membership import Membership
 from wschat.chat.memory import LocalRoster
 from wschat.chat.model import (
+    RESERVED_NAMES,
     Ack,
     Event,
     Join,
@@ -39,6 +40,7 @@ from wschat.chat.model import (
     check_room,
     check_text,
     format_ts,
+    message_bytes,
 )
 from wschat.chat.nodes import NodeSync
 from wschat.chat.ports import Broker, HistoryStore, NewMessage, Roster
@@ -116,13 +118,26 @@ class Hub:
     ) -> Session:
         """A new connection; `address` is its client's, for the per-address message rate."""
         now_s = self._now_s()
-        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, now_s)
+        limits = self.limits
+        bucket = TokenBucket(limits.rate_per_s, limits.burst, now_s)
+        requests = TokenBucket(limits.request_rate_per_s, limits.request_burst, now_s)
         shared = self._address_rates.hold(address, now_s) if address is not None else None
-        session = Session(outbox, send, close_replaced, bucket, address, shared)
+        session = Session(outbox, send, close_replaced, bucket, requests, address, shared)
         self._sessions.add(session)
         return session
 
+    def charge(self, session: Session) -> None:
+        """Charge one request other than `say` to the connection's request bucket (join, leave
+        and who charge themselves; the server charges kick and refresh)."""
+        if not session.requests.take(self._now_s()):
+            limits = self.limits
+            raise RateLimited(
+                f"at most {limits.request_rate_per_s:g} join, leave, who, kick and refresh "
+                f"requests a second (burst {limits.request_burst}); slow down"
+            )
+
     async def join(self, session: Session, cmd: Join) -> None:
+        self.charge(session)
         room = check_room(cmd.room)
         if session.identity is not None and not session.identity.may_join(room):
             raise RoomForbidden(f"your token does not allow the room {room!r}")
@@ -166,12 +181,14 @@ class Hub:
         )
 
     def leave(self, session: Session, cmd: Leave) -> None:
+        self.charge(session)
         if cmd.room not in session.rooms:
             raise NotInRoom(f"not in {cmd.room!r}")
         self._membership.exit(session, cmd.room)
         session.send(Left(cmd.room))
 
     def who(self, session: Session, cmd: Who) -> None:
+        self.charge(session)
         members = self._rooms.get(cmd.room)
         if members is None or cmd.room not in session.rooms:
             raise NotInRoom(f"join {cmd.room!r} to see who is there")
@@ -190,14 +207,14 @@ class Hub:
     async def publish(
         self, room: str, name: str, text: str, ref: str | None, user: str | None = None
     ) -> tuple[Message, bool]:
-        """Post as the application: stored, then broadcast exactly like a `say`; a `ref`
-        already stored under this name in the room returns that message (and False)."""
+        """Post as the application: stored, then broadcast exactly like a `say`; a `ref` the
+        application already stored under this name in the room returns that message (and
+        False). Its refs are its own: a client's say with the same name and ref is another."""
         check_room(room, ref)
         check_name(name, ref)
         check_text(text, ref)
-        return await self._broker.publish(
-            room, NewMessage(name, text, format_ts(self._now_s()), ref, user)
-        )
+        said = NewMessage(name, text, format_ts(self._now_s()), ref, user, application=True)
+        return await self._broker.publish(room, said)
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room with members here, and how many, sorted by name."""
@@ -241,6 +258,9 @@ class Hub:
             if cmd.name is None:
                 raise NameRequired("the first join of a connection needs a name")
             name = check_name(cmd.name)
+            if not session.guest and name.casefold() in RESERVED_NAMES:
+                # The application's (a guest's name is marked, a signed one its token's).
+                raise NameInvalid(f"the name {name!r} is reserved for the server's application")
             session.name = guest_name(name) if session.guest else name
         elif cmd.name is not None and cmd.name != session.name:
             if session.identity is not None:
@@ -256,6 +276,11 @@ class Hub:
         history, recovered, current = await _history(
             self._store, room, since, epoch, self.limits.history_size
         )
+        kept = _newest_within(history, self.limits.welcome_history_bytes)
+        if len(kept) < len(history) and recovered:
+            # Cut to fit: the client has not got every message it missed.
+            recovered = False
+        history = kept
         assert session.resume_token is not None
         members = self._rooms.get(room)  # gone if the connection closed while we waited
         if members is None:
@@ -299,6 +324,16 @@ async def _history(
             return found.messages, True, current
         return await store.latest(room, size), False, current
     return await store.latest(room, size), None, current
+
+
+def _newest_within(history: list[Message], max_bytes: int) -> list[Message]:
+    """The newest messages of `history` (oldest first) that weigh at most `max_bytes` together."""
+    total = 0
+    for index in range(len(history) - 1, -1, -1):
+        total += message_bytes(history[index])
+        if total > max_bytes:
+            return history[index + 1 :]
+    return history
 
 
 def _take_tokens(session: Session, now_s: float, limits: Limits, ref: str | None) -> None:

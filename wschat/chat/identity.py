@@ -148,10 +148,14 @@ def refresh(session: Signable, identity: Identity) -> None:
     session.identity = identity
 
 
-def require_admin(session: Signable) -> None:
-    """Only a token that says `admin: true` may kick."""
-    if session.identity is None or not session.identity.admin:
+def require_admin(session: Signable, room: str) -> None:
+    """Only a token that says `admin: true` may kick, and only in the rooms its `rooms` claim
+    allows: an admin of one team is no admin of another."""
+    signed = session.identity
+    if signed is None or not signed.admin:
         raise Forbidden("only an admin (a token with admin: true) may kick")
+    if not signed.may_join(room):
+        raise Forbidden(f"your token makes you an admin only in its rooms, not in {room!r}")
 
 
 def guest_name(name: str) -> str:

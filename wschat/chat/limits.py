@@ -25,6 +25,14 @@ class Limits:
     # connections may say 256 times `rate_per_s`.
     rate_per_ip_s: float = 0.0
     burst_per_ip: int = 100
+    # Every other request (join, leave, who, kick, refresh) draws from a bucket of its own: a
+    # join's welcome may weigh a MiB, so none comes free. The burst covers a client rejoining
+    # all of its --max-rooms rooms at once after a reconnect.
+    request_rate_per_s: float = 2.0
+    request_burst: int = 40
+    # A welcome's history, as sent, is at most this many bytes (the newest messages that fit):
+    # with --history-size alone, 100 messages of 2,000 emoji made one join draw 800 KB.
+    welcome_history_bytes: int = 1024 * 1024
 
 
 class AddressCap:

@@ -64,6 +64,7 @@ class Membership:
                 and holder.resume_token is not None
                 and hmac.compare_digest(resume_token.encode(), holder.resume_token.encode())
             ):
+                self._check_takeover_room_count(holder, session)
                 self._take_over(holder, session)
                 return False
             raise NameTaken(f"the name {name!r} is taken in {room!r}")
@@ -119,6 +120,16 @@ class Membership:
     def _check_room_count(self, session: Session) -> None:
         if len(session.rooms) >= self._limits.max_rooms:
             raise TooManyRooms(f"a connection may be in at most {self._limits.max_rooms} rooms")
+
+    def _check_takeover_room_count(self, old: Session, new: Session) -> None:
+        """A takeover hands the new connection every room of the old one: the rooms of both
+        together must fit, or connections taken over in turn would gather any number."""
+        combined = len(old.rooms | new.rooms)
+        if combined > self._limits.max_rooms:
+            raise TooManyRooms(
+                f"taking the name over would put this connection in {combined} rooms; a "
+                f"connection may be in at most {self._limits.max_rooms}"
+            )
 
     def _take_over(self, old: Session, new: Session) -> None:
         """A reconnected client reclaims its name: it inherits every room, silently."""

@@ -24,36 +24,41 @@ class MemoryHistory:
 
     def __init__(self, keep: int) -> None:
         self._keep = keep
-        self._rooms: dict[str, deque[Message]] = {}
+        # Each message with whether the application published it (its refs are apart).
+        self._rooms: dict[str, deque[tuple[Message, bool]]] = {}
         self._last_id: dict[str, int] = {}
 
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         ref = new.ref
-        if ref is not None and (resent := await self.find_ref(room, new.name, ref)) is not None:
-            return resent, False
+        if ref is not None:
+            resent = await self.find_ref(room, new.name, ref, new.application)
+            if resent is not None:
+                return resent, False
         msg_id = self._last_id.get(room, 0) + 1
         self._last_id[room] = msg_id
         msg = Message(room, msg_id, new.name, new.text, new.ts, ref, new.user, new.guest)
         kept = self._rooms.get(room)
         if kept is None:
             kept = self._rooms[room] = deque(maxlen=self._keep)
-        kept.append(msg)
+        kept.append((msg, new.application))
         return msg, True
 
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
-        for msg in self._rooms.get(room, ()):
-            if msg.ref == ref and msg.name == name:
+    async def find_ref(
+        self, room: str, name: str, ref: str, application: bool = False
+    ) -> Message | None:
+        for msg, published in self._rooms.get(room, ()):
+            if msg.ref == ref and msg.name == name and published == application:
                 return msg
         return None
 
     async def latest(self, room: str, limit: int) -> list[Message]:
-        kept = list(self._rooms.get(room, ()))
+        kept = [msg for msg, _ in self._rooms.get(room, ())]
         return kept[-limit:] if limit > 0 else []
 
     async def after(self, room: str, since: int, limit: int) -> Recovery:
         kept = self._rooms.get(room, deque())
-        found = [m for m in kept if m.id > since][: limit + 1]
-        oldest = kept[0].id if kept else None
+        found = [m for m, _ in kept if m.id > since][: limit + 1]
+        oldest = kept[0][0].id if kept else None
         return recovery(since, self._last_id.get(room, 0), oldest, found, limit)
 
     async def epoch(self, room: str) -> str | None:

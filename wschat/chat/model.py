@@ -14,6 +14,10 @@ from wschat.chat.errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid,
 MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64
 MAX_TEXT_CHARS = 2000
+# The name the application's messages go out under when it names none (POST /api/publish):
+# no client may join under it, in any case (RESERVED_NAMES, casefolded).
+DEFAULT_PUBLISH_NAME = "api"
+RESERVED_NAMES = frozenset({DEFAULT_PUBLISH_NAME})
 MAX_REF_CHARS = 64
 MAX_RESUME_TOKEN_CHARS = 128
 # A JWT with a long `rooms` claim is a few KiB; this is far above any sane one.
@@ -149,6 +153,21 @@ class Message:
     # The sender's `sub` when it was signed in; guest: it was a guest (--auth optional).
     user: str | None = None
     guest: bool = False
+
+
+# What a message's JSON object in a welcome adds around its strings, at most: the keys, quotes,
+# the id's digits, `user` and `guest`, and the comma before the next one.
+MESSAGE_JSON_OVERHEAD_BYTES = 112
+
+
+def message_bytes(msg: Message) -> int:
+    """At least what `msg` weighs in a welcome's history as sent (UTF-8 JSON, wschat/wire.py):
+    its strings' UTF-8 bytes, one more for each character JSON escapes (of the controls, text
+    allows only newline and tab), and the overhead; the domain keeps to the wire unseen."""
+    total = MESSAGE_JSON_OVERHEAD_BYTES
+    for value in (msg.room, msg.name, msg.text, msg.ts, msg.user or ""):
+        total += len(value.encode("utf-8")) + sum(value.count(ch) for ch in '"\\\n\t')
+    return total
 
 
 @dataclass(frozen=True, slots=True)

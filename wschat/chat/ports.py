@@ -31,6 +31,9 @@ class NewMessage:
     # The signed sender's sub; a guest's message is marked as such.
     user: str | None = None
     guest: bool = False
+    # Published by the application (the server API): its `ref` is the application's, kept
+    # apart from every client's, so that a client can never pre-empt an API publish.
+    application: bool = False
 
 
 class HistoryStore(Protocol):
@@ -38,11 +41,15 @@ class HistoryStore(Protocol):
 
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         """Store the message under the room's next id, and say True; but if its name already
-        stored one with this `ref` in `room` (and it is still kept), return that one and False.
+        stored one with this `ref` in `room` from the same side (the application's or the
+        clients', `new.application`) and it is still kept, return that one and False.
         StorageUnavailable (or Unavailable) if it was not stored."""
 
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
-        """The kept message `name` stored in `room` with this `ref`, if any."""
+    async def find_ref(
+        self, room: str, name: str, ref: str, application: bool = False
+    ) -> Message | None:
+        """The kept message `name` stored in `room` with this `ref`, if any: among the
+        application's messages, or else among the clients'."""
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first."""

@@ -26,6 +26,7 @@ class Session:
         "identity",
         "name",
         "outbox",
+        "requests",
         "resume_token",
         "rooms",
         "send",
@@ -37,6 +38,7 @@ class Session:
         send: Callable[[Event], None],
         close_replaced: Callable[[], None],
         bucket: TokenBucket,
+        requests: TokenBucket,
         address: str | None = None,
         address_bucket: TokenBucket | None = None,
     ) -> None:
@@ -46,7 +48,9 @@ class Session:
         self.name: str | None = None
         self.resume_token: str | None = None
         self.rooms: set[str] = set()
+        # `say` draws from `bucket`, every other request from `requests`.
         self.bucket = bucket
+        self.requests = requests
         # The client's address and the bucket all of its connections share (limits.py).
         self.address = address
         self.address_bucket = address_bucket

@@ -28,7 +28,7 @@ from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored, recovery
 from wschat.chat.sequence import Gap, Sequencer
 from wschat.logger import NamedLogger
-from wschat.redis.keys import room_keys
+from wschat.redis.keys import ref_field, room_keys
 from wschat.redis.link import RedisLink, Script
 
 # How long one of our own messages seen on the channel waits for its ack to be sent first.
@@ -157,6 +157,7 @@ class RedisBroker:
                     self._link.node,
                     new.user or "",
                     "1" if new.guest else "0",
+                    "1" if new.application else "0",
                 ],
             )
         except Unavailable as exc:
@@ -169,9 +170,11 @@ class RedisBroker:
             kept[0] if kept else Message(room, int(msg_id), new.name, new.text, new.ts, ref)
         ), False
 
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+    async def find_ref(
+        self, room: str, name: str, ref: str, application: bool = False
+    ) -> Message | None:
         keys = room_keys(room)
-        found = await self._link.call("HGET", keys.refs, f"{name}\n{ref}")
+        found = await self._link.call("HGET", keys.refs, ref_field(name, ref, application))
         if found is None:
             return None
         entries = await self._link.call("XRANGE", keys.log, f"{found}-0", f"{found}-0")

@@ -4,7 +4,8 @@ every version agree on them.
 A room's keys are all under the hash tag {room} (so that a Redis Cluster could hold them):
   wschat:{room}:seq      the last message id given out (INCR)
   wschat:{room}:log      the history stream, entry ids `<id>-0`, trimmed to about --history-size
-  wschat:{room}:refs     hash "name\\nref" -> id, for ref idempotency
+  wschat:{room}:refs     hash "name\\nref" -> id, for ref idempotency ("\\nname\\nref" for
+                         the application's refs: no name starts with a newline)
   wschat:{room}:refz     the same refs by id, so that those of trimmed messages are dropped
   wschat:{room}:epoch    a random id of this history: if Redis loses the room, it changes
   wschat:{room}:members  hash name -> {"h": {node: 1, ...}, "u": user, "g": guest, "t": token}
@@ -23,6 +24,12 @@ from dataclasses import dataclass
 NODES_KEY = "wschat:nodes"
 _ROOM_PREFIX = "wschat:{"
 _CHANNEL_SUFFIX = "}:ch"
+
+
+def ref_field(name: str, ref: str, application: bool) -> str:
+    """A ref's field in the room's refs hash (lua/append.lua builds the same)."""
+    field = f"{name}\n{ref}"
+    return "\n" + field if application else field
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,19 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable, Unavailable
 from wschat.chat.hub import Hub
 from wschat.chat.identity import MAX_SUB_CHARS
-from wschat.chat.model import MAX_NAME_CHARS, MAX_REF_CHARS, Message, check_room
+from wschat.chat.model import (
+    DEFAULT_PUBLISH_NAME,
+    MAX_NAME_CHARS,
+    MAX_REF_CHARS,
+    Message,
+    check_room,
+)
 from wschat.chat.ports import HistoryStore
 from wschat.wire import MAX_ID, message_fields
 
 MAX_BODY_BYTES = 64 * 1024
 # A key shorter than this is a password someone typed, not a key.
 MIN_KEY_CHARS = 16
-# The name messages published without one go out under.
-DEFAULT_PUBLISH_NAME = "api"
 API_IDLE_TIMEOUT_S = 30
 
 _log = Logger(namespace="wschat.api")

@@ -230,7 +230,8 @@ class Connection:
         self._context.hub.who(session, cmd)
 
     def handle_kick(self, session: Session, cmd: Kick) -> None:
-        identity.require_admin(session)
+        self._context.hub.charge(session)
+        identity.require_admin(session, cmd.room)
         connections = self._context.hub.kick(cmd.room, cmd.name)
         _log.info(
             "{user!r} kicked {name!r} from {room!r}",
@@ -270,6 +271,7 @@ class Connection:
             self.receive(payload)
 
     async def handle_refresh(self, session: Session, cmd: Refresh) -> None:
+        self._context.hub.charge(session)
         verifier = self._verifier()
         if session.identity is None:
             raise AuthUnexpected("'refresh' needs a connection that signed in with 'auth'")

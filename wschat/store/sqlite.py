@@ -16,7 +16,7 @@ from wschat.chat.errors import StorageUnavailable
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import NewMessage, recovery
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _log = Logger(namespace="wschat.sqlite_history")
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
@@ -115,14 +115,26 @@ class SqliteHistory:
 
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         ref = new.ref
-        if ref is not None and (kept := await self.find_ref(room, new.name, ref)) is not None:
-            return kept, False
+        if ref is not None:
+            kept = await self.find_ref(room, new.name, ref, new.application)
+            if kept is not None:
+                return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
             self._db.execute(
-                "INSERT INTO messages (room, id, name, text, ts, ref, user, guest) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (room, msg_id, new.name, new.text, new.ts, ref, new.user, int(new.guest)),
+                "INSERT INTO messages (room, id, name, text, ts, ref, user, guest, application) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    room,
+                    msg_id,
+                    new.name,
+                    new.text,
+                    new.ts,
+                    ref,
+                    new.user,
+                    int(new.guest),
+                    int(new.application),
+                ),
             )
         except sqlite3.Error as exc:
             # Re-read the room's last id next time: we don't know what the failure left.
@@ -247,10 +259,13 @@ class SqliteHistory:
             self._db.execute("UPDATE forgotten SET high_id = ?", (high,))
             self._forgotten_high_id = high
 
-    async def find_ref(self, room: str, name: str, ref: str) -> Message | None:
+    async def find_ref(
+        self, room: str, name: str, ref: str, application: bool = False
+    ) -> Message | None:
         row = self._read(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND name = ? AND ref = ? LIMIT 1",
-            (room, name, ref),
+            f"SELECT {_COLUMNS} FROM messages "
+            "WHERE room = ? AND name = ? AND ref = ? AND application = ? LIMIT 1",
+            (room, name, ref, int(application)),
             ref,
         )
         return _message(room, row[0]) if row else None

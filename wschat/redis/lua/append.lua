@@ -1,16 +1,20 @@
 -- One say: the ref check, the next id, the XADD, the trim of the ref index, the publish,
 -- all atomic. KEYS: seq, log, refs, refz, epoch. Returns {stored (1 new, 0 a resend of a
--- kept ref), id, epoch}.
+-- kept ref), id, epoch}. An application's ref (application '1') is indexed under a leading
+-- newline, which no name has: apart from every client's (keys.py ref_field says the same).
 local seq, log, refs, refz, epoch_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local name, text, ts, ref, keep, channel, new_epoch, node, user, guest =
+local name, text, ts, ref, keep, channel, new_epoch, node, user, guest, application =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-  ARGV[10]
+  ARGV[10], ARGV[11]
 local epoch = redis.call('GET', epoch_key)
 if not epoch then
   epoch = new_epoch
   redis.call('SET', epoch_key, epoch)
 end
 local ref_key = name .. '\n' .. ref
+if application == '1' then
+  ref_key = '\n' .. ref_key
+end
 if ref ~= '' then
   local found = redis.call('HGET', refs, ref_key)
   if found and #redis.call('XRANGE', log, found .. '-0', found .. '-0') > 0 then
