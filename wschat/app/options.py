@@ -220,6 +220,14 @@ class Options(usage.Options):
             "with --auth required, also the seconds it then has to sign in (close 4401).",
             _positive_float,
         ],
+        [
+            "request-timeout",
+            None,
+            _WS.request_timeout_s,
+            "Seconds a client has to send a whole HTTP request, head and body (the server "
+            "API's included); the connection is cut beyond.",
+            _positive_float,
+        ],
         ["max-rooms", None, _LIMITS.max_rooms, "Rooms one connection may be in.", _positive_int],
         [
             "max-members",
@@ -280,7 +288,8 @@ class Options(usage.Options):
             "max-connections-per-ip",
             None,
             _WS.max_connections_per_ip,
-            "WebSocket connections from one address (0: no limit; 429 beyond).",
+            "WebSocket connections from one address, and as many plain HTTP connections "
+            "(0: no limit; 429 beyond).",
             _non_negative_int,
         ],
         [
@@ -408,6 +417,7 @@ class Options(usage.Options):
         self["tls_listen"] = []
         self["tls"] = []
         self["allowed_origins"] = []
+        self["allowed_hosts"] = []
         self["metrics_listen"] = []
         self["api_listen"] = []
 
@@ -433,6 +443,11 @@ class Options(usage.Options):
     def opt_allowed_origin(self, origin: str) -> None:
         """Browser origin allowed to open /ws (repeatable; '*': any; default: same host)."""
         self["allowed_origins"].append(origin)
+
+    def opt_allowed_host(self, host: str) -> None:
+        """Host (name, or name:port) the requests must name; others get 421 (repeatable;
+        default: any). Against DNS rebinding; see docs/deployment.md."""
+        self["allowed_hosts"].append(host.lower())
 
     def postOptions(self) -> None:
         twistd = getattr(self, "parent", None)  # twistd's own options, when run by twistd

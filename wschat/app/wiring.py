@@ -138,8 +138,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ping_interval_s=options["ping-interval"],
         ping_timeout_s=options["ping-timeout"],
         open_handshake_timeout_s=options["handshake-timeout"],
+        request_timeout_s=options["request-timeout"],
         max_output_bytes=options["max-output-bytes"],
         allowed_origins=tuple(options["allowed_origins"]),
+        allowed_hosts=tuple(options["allowed_hosts"]),
         max_connections=options["max-connections"],
         max_connections_per_ip=options["max-connections-per-ip"],
         trusted_proxies=options["trust-proxies"],
@@ -228,7 +230,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             }
 
         context = ApiContext(hub, backend.store, limits.history_size, factory.disconnect_user, info)
-        api_site = make_api_site(options["api-keys"], context, reactor)
+        api_site = make_api_site(options["api-keys"], context, reactor, settings.request_timeout_s)
         for endpoint in options["api_listen"]:
             strports.service(endpoint, api_site, reactor=reactor).setServiceParent(top)
     return top

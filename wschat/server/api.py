@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable, Unavailable
 from wschat.chat.hub import Hub
@@ -32,6 +32,7 @@ from wschat.chat.model import (
     check_room,
 )
 from wschat.chat.ports import HistoryStore
+from wschat.server.http import REQUEST_TIMEOUT_S, BoundedSite, json_refusal
 from wschat.wire import MAX_ID, message_fields
 
 MAX_BODY_BYTES = 64 * 1024
@@ -316,7 +317,22 @@ def _query_int(request: Request, key: str, low: int, high: int) -> int | None:
     return number
 
 
-def make_api_site(keys: ApiKeys, context: ApiContext, reactor: object = None) -> Site:
-    site = Site(Api(keys, context), timeout=API_IDLE_TIMEOUT_S, reactor=reactor)
+class ApiSite(BoundedSite):
+    """The API's listener: a body over MAX_BODY_BYTES is refused (413) as soon as it is known
+    to be, from its Content-Length or when a chunked one passes it, never read to the end."""
+
+    max_body_bytes = MAX_BODY_BYTES
+    refusal = staticmethod(json_refusal)
+
+
+def make_api_site(
+    keys: ApiKeys,
+    context: ApiContext,
+    reactor: object = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> ApiSite:
+    site = ApiSite(Api(keys, context), timeout=API_IDLE_TIMEOUT_S, reactor=reactor)
+    # Head and body alike: an application's requests are small and sent at once.
+    site.head_timeout_s = site.request_timeout_s = request_timeout_s
     site.displayTracebacks = False
     return site

@@ -51,6 +51,8 @@ def protocol_options(settings: WsSettings) -> dict[str, Any]:
         "allowedOrigins": ["*"],
         "allowNullOrigin": True,
         "perMessageCompressionAccept": _no_compression,
+        # No status page naming Autobahn and its version (site.py answers 426 instead).
+        "webStatus": False,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wschat.chat.identity import AuthMode
+from wschat.server.http import REQUEST_TIMEOUT_S
 from wschat.server.tokens import TokenVerifier
 
 
@@ -16,10 +17,14 @@ class WsSettings:
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 5.0
     open_handshake_timeout_s: float = 10.0
+    # A whole HTTP request, head and body, must arrive within this long.
+    request_timeout_s: float = REQUEST_TIMEOUT_S
     close_handshake_timeout_s: float = 5.0
     max_output_bytes: int = 1024 * 1024
     # Empty: only pages served from the request's own host may connect.
     allowed_origins: tuple[str, ...] = ()
+    # Empty: any Host; else the others are answered 421 (against DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
     max_connections: int = 0
     # 0: no limit. Many people can share one address (NAT), so this is generous.
     max_connections_per_ip: int = 256

@@ -11,26 +11,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from wschat import __version__
 from wschat.chat.hub import Hub
+from wschat.chat.limits import AddressCap
 from wschat.private import release_request
 from wschat.server.factory import SERVER_NAME, ChatFactory
+from wschat.server.http import BoundedChannel, BoundedRequest, BoundedSite
 
 # An idle HTTP connection is closed after this long.
 HTTP_IDLE_TIMEOUT_S = 30
-# A request head (the WebSocket handshake included) must arrive complete within this long of
-# connecting or of the previous request finishing: a slowloris client trickling bytes would
-# otherwise hold the connection open forever, since every byte resets the idle timeout.
-REQUEST_HEAD_TIMEOUT_S = 10.0
 # Everything the page needs is served by wschat itself; only a --client-token-url on another
 # origin is added to connect-src (the page fetches its token there).
 CSP_TEMPLATE = (
@@ -38,11 +32,22 @@ CSP_TEMPLATE = (
     "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
+UPGRADE_REQUIRED_TEXT = b"This is wschat's WebSocket endpoint: open it with a WebSocket client.\n"
+MISDIRECTED_TEXT = b"This server does not serve that host.\n"
+
+_log = Logger(namespace="wschat.web.ChatSite")
 
 
-# A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
-# class's name instead), which operators' log filters and the e2e tests match.
-_log = Logger(namespace="wschat.web.HeadDeadlineChannel")
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a request's Host is one of --allowed-host (any when none is given). An entry
+    with a port allows that port only; one without, every port of the host."""
+    if not allowed:
+        return True
+    if host is None:
+        return False
+    host = host.strip().lower()
+    name, colon, port = host.rpartition(":")
+    return host in allowed or (bool(colon) and port.isdigit() and name in allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,22 @@ class StaticFiles(File):
     resource with this class, so the mapping holds below the root too)."""
 
     contentTypes = {**File.contentTypes, ".js": "text/javascript"}
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """A name no file can have is not found: File would log a traceback for it (os.stat
+        raises on a NUL byte; a name that is not UTF-8 is logged as an error)."""
+        if b"\x00" in path or not _is_utf8(path):
+            return self.childNotFound
+        child: Resource = super().getChild(path, request)
+        return child
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # Something /healthz reports on beside the counts: its fields, and whether it is healthy
@@ -132,54 +153,6 @@ class Config(Resource):
         return self._body
 
 
-class HeadDeadlineChannel(HTTPChannel):
-    """HTTP/1.1 with an absolute deadline on each request head."""
-
-    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
-    _head_deadline: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        # Site.buildProtocol has set self.site by now.
-        site = getattr(self, "site", None)
-        self.head_timeout_s = getattr(site, "head_timeout_s", self.head_timeout_s)
-        self._arm()
-
-    def allHeadersReceived(self) -> None:
-        self._disarm()
-        super().allHeadersReceived()
-
-    def requestDone(self, request: Request) -> None:
-        super().requestDone(request)
-        # After a WebSocket upgrade the transport belongs to the WebSocket protocol.
-        if self.transport is not None and not getattr(self.transport, "disconnecting", False):
-            self._arm()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._disarm()
-        super().connectionLost(reason)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_deadline = self.callLater(self.head_timeout_s, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._head_deadline is not None and self._head_deadline.active():
-            self._head_deadline.cancel()
-        self._head_deadline = None
-
-    def _too_slow(self) -> None:
-        self._head_deadline = None
-        transport = ITCPTransport(self.transport, None)
-        if transport is not None:
-            _log.info(
-                "closing {peer}: no complete request head in {timeout}s",
-                peer=transport.getPeer(),
-                timeout=self.head_timeout_s,
-            )
-            transport.abortConnection()
-
-
 class UpgradeResource(WebSocketResource):
     """Autobahn's resource, letting go of the HTTP request once the WebSocket protocol owns
     the transport. The channel and the request are never used again but refer to each other:
@@ -187,32 +160,62 @@ class UpgradeResource(WebSocketResource):
     connects cost about a tenth of the connect rate (bench: connect to 10,000)."""
 
     def render(self, request: Request) -> bytes | int:
+        if not _asks_for_websocket(request):
+            # Not Autobahn's status page: it names Autobahn and its version.
+            request.setResponseCode(426)
+            request.setHeader(b"upgrade", b"websocket")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return UPGRADE_REQUIRED_TEXT
+        if isinstance(request.channel, BoundedChannel):
+            # Admission counts the WebSocket under its address from now on.
+            request.channel.hand_over()
         result: bytes | int = super().render(request)
         if result is NOT_DONE_YET:
             release_request(request)
         return result
 
 
-class ChatRequest(Request):
+def _asks_for_websocket(request: Request) -> bool:
+    upgrade = request.getHeader(b"upgrade") or b""
+    return b"websocket" in [token.strip().lower() for token in upgrade.split(b",")]
+
+
+class ChatRequest(BoundedRequest):
     """A request whose response names the server without its version (as the handshake's)
-    and carries the page's Content-Security-Policy."""
+    and carries the page's Content-Security-Policy; one for a host not in --allowed-host is
+    answered 421 (against DNS rebinding: a page of another site whose name now points here)."""
 
     def render(self, resrc: Resource) -> None:
         self.setHeader(b"server", SERVER_NAME.encode())
-        csp = getattr(self.site, "csp", None)
+        site = self.site
+        csp = getattr(site, "csp", None)
         if csp:
             self.setHeader(b"content-security-policy", csp.encode())
+        allowed = getattr(site, "allowed_hosts", ())
+        # Two Host headers name no host: which one counts would depend on who reads them.
+        hosts = self.requestHeaders.getRawHeaders(b"host") or []
+        host = hosts[0] if len(hosts) == 1 else None
+        if allowed and not host_allowed(None if host is None else host.decode("latin-1"), allowed):
+            peer = self.getClientAddress()
+            _log.info("refused {peer}: host {host!r} not allowed", peer=peer, host=hosts)
+            self.setResponseCode(421, b"Misdirected Request")
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.setHeader(b"content-length", b"%d" % len(MISDIRECTED_TEXT))
+            self.write(MISDIRECTED_TEXT)
+            self.finish()
+            return
         super().render(resrc)
 
 
-class ChatSite(Site):
+class ChatSite(BoundedSite):
     """A Site speaking only HTTP/1.1: WebSockets are upgraded from HTTP/1.1, so ALPN must
-    offer exactly that (browsers fail the TLS handshake when nothing is offered)."""
+    offer exactly that (browsers fail the TLS handshake when nothing is offered). It takes no
+    request body."""
 
-    protocol = HeadDeadlineChannel  # type: ignore[assignment]
     requestFactory = ChatRequest
-    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
     csp = ClientConfig().csp()
+    # Lower case; empty: any.
+    allowed_hosts: tuple[str, ...] = ()
 
     def acceptableProtocols(self) -> list[bytes]:
         return [b"http/1.1"]
@@ -231,7 +234,14 @@ def make_site(
     root.putChild(b"healthz", Health(hub, uptime_s, lambda: factory.draining, checks))
     root.putChild(b"config.json", Config(client))
     site = ChatSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+    settings = factory.settings
     site.csp = client.csp()
-    site.head_timeout_s = factory.settings.open_handshake_timeout_s
+    site.head_timeout_s = settings.open_handshake_timeout_s
+    site.request_timeout_s = settings.request_timeout_s
+    site.allowed_hosts = tuple(host.lower() for host in settings.allowed_hosts)
+    # Behind trusted proxies every connection comes from a proxy: the WebSockets are counted
+    # under their forwarded addresses (admission.py), plain HTTP is left to the proxies.
+    if settings.max_connections_per_ip and not settings.trusted_proxies:
+        site.addresses = AddressCap(settings.max_connections_per_ip)
     site.displayTracebacks = False
     return site
