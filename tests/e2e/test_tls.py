@@ -93,8 +93,10 @@ def test_alpn_offers_http11(tls_server: ServerProcess) -> None:
 def tls12_agrees(port: int, cipher: str) -> bool:
     """Whether a TLS 1.2 handshake offering only `cipher` (OpenSSL's name) succeeds."""
     done = subprocess.run(
-        ["openssl", "s_client", "-tls1_2", "-cipher", f"{cipher}:@SECLEVEL=0"]
-        + ["-connect", f"127.0.0.1:{port}", "-servername", "localhost"],
+        [
+            *("openssl", "s_client", "-tls1_2", "-cipher", f"{cipher}:@SECLEVEL=0"),
+            *("-connect", f"127.0.0.1:{port}", "-servername", "localhost"),
+        ],
         input="",
         capture_output=True,
         text=True,
@@ -120,9 +122,8 @@ def test_tls12_agrees_only_on_forward_secret_aead_suites(tls_server: ServerProce
     port = tls_server.tls_port
     assert port is not None
     with ThreadPoolExecutor(max_workers=4) as pool:
-        agreed = [
-            s for s, ok in zip(suites, pool.map(lambda s: tls12_agrees(port, s), suites)) if ok
-        ]
+        answers = pool.map(lambda suite: tls12_agrees(port, suite), suites)
+        agreed = [suite for suite, ok in zip(suites, answers, strict=True) if ok]
     assert sorted(agreed) == [
         "ECDHE-ECDSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA-AES256-GCM-SHA384",
