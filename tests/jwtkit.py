@@ -53,6 +53,18 @@ def ec_pair(index: int = 0) -> KeyPair:
     return _pair(ec.generate_private_key(ec.SECP256R1()), "ES256")
 
 
+@cache
+def weak_rsa_pair() -> KeyPair:
+    """An RSA-1024 key: PyJWT signs and verifies with it, wschat must not."""
+    return _pair(rsa.generate_private_key(public_exponent=65537, key_size=1024), "RS256")
+
+
+@cache
+def p384_pair() -> KeyPair:
+    """An EC key on P-384 that calls itself ES256 (which is P-256 only)."""
+    return _pair(ec.generate_private_key(ec.SECP384R1()), "ES256")
+
+
 def claims(sub: str = "u-alice", **extra: Any) -> dict[str, Any]:
     """Claims of a token valid for an hour after NOW_S."""
     base: dict[str, Any] = {"sub": sub, "exp": int(NOW_S) + 3600}

@@ -304,6 +304,7 @@ def test_auth_defaults_follow_the_key_options(tmp_path: Path) -> None:
     public = str(write_public_key(tmp_path, rsa_pair()))
     assert parse("--jwt-public-key-file", public)["jwt-key"].algorithms == ("RS256",)
     assert parse("--jwks-url", "https://app.example/jwks")["auth"] is AuthMode.REQUIRED
+    assert parse("--jwks-url", "http://127.0.0.1:8000/jwks")["auth"] is AuthMode.REQUIRED
 
 
 def test_held_frames_are_capped_by_default_and_by_option(tmp_path: Path) -> None:
@@ -322,7 +323,8 @@ def test_held_frames_are_capped_by_default_and_by_option(tmp_path: Path) -> None
     [
         (("--auth", "required"), "needs --jwt-secret-file"),
         (("--auth", "sometimes"), "not one of"),
-        (("--jwks-url", "file:///etc/keys"), "http"),
+        (("--jwks-url", "file:///etc/keys"), "must be an https URL"),
+        (("--jwks-url", "http://auth.example.com/jwks"), "must be an https URL"),
         (("--jwt-secret-file", "SECRET", "--jwks-url", "https://a/j"), "one of"),
         (("--jwt-secret-file", "SHORT"), "at least 32"),
         (("--jwt-public-key-file", "SECRET"), "not a PEM"),

@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from wschat.app.tls import (
+    TLS12_CIPHERS,
     ReloadableTls,
     TlsEndpoint,
     TlsFiles,
@@ -34,7 +35,7 @@ from wschat.app.tls import (
     tls_description,
 )
 
-from .tlskit import Pair, chain, self_signed
+from .tlskit import Pair, chain, self_signed, x25519_key
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -52,13 +53,17 @@ def tls_protocol(creator: ReloadableTls) -> TLSMemoryBIOProtocol:
     return protocol
 
 
-def handshake(creator: ReloadableTls) -> SSL.Connection:
-    """A full TLS handshake in memory against a new server connection; returns the client."""
+def handshake(creator: ReloadableTls, ciphers: str | None = None) -> SSL.Connection:
+    """A full TLS handshake in memory against a new server connection; returns the client,
+    which offers only `ciphers` (OpenSSL's names) in TLS 1.2 if given."""
     protocol = tls_protocol(creator)
     server = creator.serverConnectionForTLS(protocol)
     server.set_app_data(protocol)  # as Twisted does: the ALPN callback looks the factory up
     server.set_accept_state()
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if ciphers is not None:
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_cipher_list(ciphers.encode())
     context.set_alpn_protos([b"http/1.1"])
     client = SSL.Connection(context, None)
     client.set_connect_state()
@@ -127,9 +132,39 @@ def test_bad_pairs_are_refused_with_the_file_and_the_problem(
         assert files.cert in str(raised.value) or files.key in str(raised.value)
 
 
+def test_a_key_that_cannot_sign_is_refused_at_load_and_on_reload(
+    tmp_path: Path, pairs: Callable[[str], Pair], log_events: EventLoggingObserver
+) -> None:
+    """An X25519 key is a TlsFilesError naming the file; on SIGHUP one error, the old pair on."""
+    a = pairs("a")
+    x25519_key(tmp_path / "x25519.pem")
+    with pytest.raises(TlsFilesError, match=r"x25519\.pem holds a key TLS cannot sign with"):
+        load_tls(TlsFiles(str(a.cert), str(tmp_path / "x25519.pem")))
+    creator = serving(a)
+    x25519_key(a.key)
+    assert TlsReloader([creator], ThreadlessReactor()).reload() == 1  # type: ignore[arg-type]
+    [line] = [e for e in log_events if e.get("endpoint") == "tcp:8443"]
+    assert line["log_level"] == LogLevel.error and "cannot sign" in line["problem"]
+    assert common_name(handshake(creator).get_peer_certificate(as_cryptography=True)) == "a"
+
+
+def test_tls12_offers_only_forward_secret_aead_suites(pairs: Callable[[str], Pair]) -> None:
+    """TLS 1.2 agrees on ECDHE with AES-GCM or ChaCha20-Poly1305; CBC, SHA-1 and RSA key
+    exchange are refused (an EC key here: the ECDSA half of the list)."""
+    creator = serving(pairs("a"))
+    for cipher in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-GCM-SHA256"):
+        with pytest.raises(SSL.Error):
+            handshake(creator, cipher)
+    for cipher in TLS12_CIPHERS:
+        if "-ECDSA-" in cipher:
+            assert handshake(creator, cipher).get_cipher_name() == cipher
+    assert all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c) for c in TLS12_CIPHERS)
+
+
 def test_tls_arguments_split_into_the_endpoint_under_tls_and_the_files() -> None:
     """The `ssl:` keywords name the files, the rest is the endpoint; TCP takes only the `ssl:`
-    endpoint's keywords, and `sslmethod` is refused (TLS 1.2 is the minimum)."""
+    endpoint's keywords; `sslmethod` (TLS 1.2 is the minimum) and `dhParameters` (no DHE
+    suite) are refused."""
     assert split_tls_arguments(
         ["tcp", "8443"], {"privateKey": "/k:dir/key.pem", "certKey": "/c.pem", "backlog": "5"}
     ) == ("tcp:8443:backlog=5", TlsFiles("/c.pem", "/k:dir/key.pem"))
@@ -146,6 +181,8 @@ def test_tls_arguments_split_into_the_endpoint_under_tls_and_the_files() -> None
         split_tls_arguments(["tcp", "443"], {"privateKey": "k.pem", "sslmethod": "TLSv1_METHOD"})
     with pytest.raises(ValueError, match="do not take sslmethod"):
         split_tls_arguments(["systemd"], {"name": "https", "sslmethod": "TLSv1_METHOD"})
+    with pytest.raises(ValueError, match="do not take dhParameters"):
+        split_tls_arguments(["tcp", "443"], {"privateKey": "k.pem", "dhParameters": "dh.pem"})
     with pytest.raises(ValueError, match="do not take mode"):
         split_tls_arguments(["tcp", "443"], {"mode": "600"})
     with pytest.raises(ValueError, match="expected tcp:PORT"):

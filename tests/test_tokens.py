@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from jwt.warnings import InsecureKeyLengthWarning
 from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -23,6 +25,7 @@ from wschat.server.tokens import (
     KeySource,
     StaticKey,
     TokenVerifier,
+    check_jwks_url,
     http_fetch,
     load_public_key,
     load_secret,
@@ -36,9 +39,11 @@ from .jwtkit import (
     ec_pair,
     hs256,
     hs256_with_key_bytes,
+    p384_pair,
     rsa_pair,
     signed,
     unsigned,
+    weak_rsa_pair,
     write_public_key,
     write_secret,
 )
@@ -245,6 +250,53 @@ def test_a_jwks_never_supplies_a_symmetric_key() -> None:
     assert "no key" in refused(v, signed(claims(), ec_pair(), kid="s"))
     # A token whose alg differs from its key's is refused before the signature is checked.
     assert "is for RS256" in refused(v, signed(claims(), ec_pair(), kid="k1"))
+
+
+def test_jwks_keys_pass_the_checks_of_key_files(
+    tmp_path: Path, log_events: EventLoggingObserver
+) -> None:
+    """RSA under 2048 bits and EC off P-256 are refused from a JWKS as from a key file."""
+    weak, p384 = weak_rsa_pair(), p384_pair()
+    for pair, problem in ((weak, "RSA of 1024 bits"), (p384, "EC on secp384r1")):
+        with pytest.raises(KeyConfigError, match=problem):
+            load_public_key(str(write_public_key(tmp_path, pair)))
+    served = FakeJwks(weak.jwk("weak"), p384.jwk("p384"), rsa_pair().jwk("k1"))
+    time = Time()
+    v = verifier(JwksKeys("https://app.example/jwks", served, time), time)
+    with pytest.warns(InsecureKeyLengthWarning):  # PyJWT warns, and signs
+        weak_token = signed(claims(), weak, kid="weak")
+    assert "no key with kid 'weak'" in refused(v, weak_token)
+    assert "no key with kid 'p384'" in refused(v, signed(claims(), ec_pair(), kid="p384"))
+    assert run(v.verify(signed(claims(), rsa_pair(), kid="k1"))).sub == "u-alice"
+    skipped = [e["problem"] for e in log_events if e.get("log_format", "").startswith("JWKS key")]
+    assert len(skipped) == 2 * served.fetches  # each fetch says which keys it skipped
+    assert "'weak'" in skipped[0] and "'p384'" in skipped[1]
+    only_weak = FakeJwks(weak.jwk("weak"))
+    nothing = verifier(JwksKeys("https://app.example/jwks", only_weak, time), time)
+    with pytest.raises(KeysUnavailable):
+        run(nothing.verify(weak_token))
+
+
+def test_the_jwks_url_is_https_or_to_this_host() -> None:
+    """Plain http could be rewritten on the way (keys that sign anyone in): only loopback."""
+    for url in (
+        "https://auth.example.com/jwks.json",
+        "http://127.0.0.1:8000/jwks.json",
+        "http://127.3.4.5/jwks",
+        "http://[::1]:8000/jwks",
+        "http://localhost/jwks",
+    ):
+        check_jwks_url(url)
+    for url in (
+        "http://auth.example.com/jwks.json",
+        "http://10.0.0.7/jwks",
+        "http://localhost.example.com/jwks",
+        "http://127.0.0.1.nip.io/jwks",
+        "file:///etc/jwks.json",
+        "https:///jwks",
+    ):
+        with pytest.raises(KeyConfigError, match="must be an https URL"):
+            check_jwks_url(url)
 
 
 def test_without_a_kid_the_only_key_is_used() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
 from wschat.certs import write_dev_cert
@@ -46,6 +46,19 @@ def self_signed(directory: Path, common_name: str) -> Pair:
     """A development pair whose subject is `common_name` (valid for 127.0.0.1 too)."""
     cert, key = write_dev_cert(directory, (common_name,))
     return Pair(cert, key)
+
+
+def x25519_key(path: Path) -> Path:
+    """A PEM X25519 key: it loads, but it can only agree on a secret, not sign a handshake."""
+    key = x25519.X25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
 
 
 def _name(common_name: str) -> x509.Name:

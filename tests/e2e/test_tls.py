@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from wschat.certs import write_dev_cert
 
 from ..missing import missing
+from ..tlskit import x25519_key
 from .client import Chat, insecure_context
 from .process import TWISTD, ServerProcess, free_port
 
@@ -88,6 +90,47 @@ def test_alpn_offers_http11(tls_server: ServerProcess) -> None:
     assert "Protocol  : TLSv1.2" in done.stdout or "TLSv1.3" in done.stdout
 
 
+def tls12_agrees(port: int, cipher: str) -> bool:
+    """Whether a TLS 1.2 handshake offering only `cipher` (OpenSSL's name) succeeds."""
+    done = subprocess.run(
+        [
+            *("openssl", "s_client", "-tls1_2", "-cipher", f"{cipher}:@SECLEVEL=0"),
+            *("-connect", f"127.0.0.1:{port}", "-servername", "localhost"),
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return f"Cipher is {cipher}" in done.stdout
+
+
+def test_tls12_agrees_only_on_forward_secret_aead_suites(tls_server: ServerProcess) -> None:
+    """Of every TLS 1.2 suite `openssl s_client` knows, the server (EC certificate) agrees on
+    the ECDSA half of the documented list only: ECDHE with AES-GCM or ChaCha20-Poly1305."""
+    if shutil.which("openssl") is None:
+        missing("the cipher check needs the openssl command (apt-get install openssl)")
+    listed = subprocess.run(
+        ["openssl", "ciphers", "-tls1_2", "ALL:COMPLEMENTOFALL:@SECLEVEL=0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout.strip()
+    suites = [name for name in listed.split(":") if not name.startswith("TLS_")]  # TLS 1.3's
+    assert "ECDHE-ECDSA-AES128-SHA" in suites and len(suites) > 30, suites
+    port = tls_server.tls_port
+    assert port is not None
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = pool.map(lambda suite: tls12_agrees(port, suite), suites)
+        agreed = [suite for suite, ok in zip(suites, answers, strict=True) if ok]
+    assert sorted(agreed) == [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ]
+
+
 def run_twistd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [TWISTD, "-n", "--pidfile=", "wschat", "--history-db", ":memory:", *args],
@@ -128,3 +171,16 @@ def test_mismatched_cert_and_key_is_a_clear_startup_error(tmp_path: Path) -> Non
     done = run_twistd(tmp_path, "--tls-port", str(free_port()), "--tls-cert", str(cert))
     assert done.returncode != 0
     assert "--tls-port, --tls-cert and --tls-key go together" in done.stdout + done.stderr
+
+
+def test_a_key_that_cannot_sign_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    """An X25519 key stops twistd with one usage line naming the file, not a traceback."""
+    cert, _ = write_dev_cert(tmp_path / "certs")
+    key = x25519_key(tmp_path / "certs" / "x25519.pem")
+    done = run_twistd(
+        tmp_path, "--tls-port", str(free_port()), "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"TLS private key file {key} holds a key TLS cannot sign with" in output, output
+    assert "Traceback" not in output, output

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..missing import missing
-from ..tlskit import Pair, chain, self_signed
+from ..tlskit import Pair, chain, self_signed, x25519_key
 from .client import Chat, insecure_context
 from .conftest import ServerFactory
 from .process import ServerProcess, free_port
@@ -77,7 +77,8 @@ def sighup(server: ServerProcess) -> str:
 def test_sighup_gives_new_connections_the_new_certificate_and_keeps_old_ones(
     wschat_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """SIGHUP: broken pairs keep A, then B reaches new clients while a wss client of A chats on."""
+    """SIGHUP: broken pairs (a key of another certificate, none, an X25519 key) keep A, then B
+    reaches new clients while a wss client of A chats on."""
     server = wschat_server(tls=True)
     assert server.cert_path is not None and server.tls_port is not None
     port = server.tls_port
@@ -102,6 +103,12 @@ def test_sighup_gives_new_connections_the_new_certificate_and_keeps_old_ones(
     os.remove(served.key)
     line = sighup(server)
     assert "failed" in line and f"TLS private key file not found: {served.key}" in line, line
+    assert peer_der(port) == a.der
+
+    x25519_key(served.key)  # a key of a type TLS cannot sign with
+    line = sighup(server)
+    assert "#error]" in line and "holds a key TLS cannot sign with" in line, line
+    assert "Traceback" not in server.log()
     assert peer_der(port) == a.der
     ack = old.say("lobby", "during the failed reloads")
     assert old.expect("message")["id"] == ack["id"]

@@ -19,7 +19,7 @@ from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
 from wschat.server.api import KeyFileError, load_api_keys
 from wschat.server.settings import AuthSettings, WsSettings
-from wschat.server.tokens import KeyConfigError, load_public_key, load_secret
+from wschat.server.tokens import KeyConfigError, check_jwks_url, load_public_key, load_secret
 from wschat.store.sqlite import MEMORY
 
 DEFAULT_PORT = 8080
@@ -354,8 +354,8 @@ class Options(usage.Options):
             "jwks-url",
             None,
             None,
-            "URL of the issuer's JWKS (RS256/ES256 keys), fetched and cached; fetched again "
-            "for an unknown kid.",
+            "https URL of the issuer's JWKS (RS256/ES256 keys; http only to localhost), "
+            "fetched and cached; fetched again for an unknown kid.",
         ],
         [
             "client-token-url",
@@ -524,10 +524,14 @@ class Options(usage.Options):
                 self["jwt-key"] = load_public_key(self["jwt-public-key-file"])
         except KeyConfigError as exc:
             raise usage.UsageError(str(exc)) from None
-        for option in ("jwks-url", "client-token-url"):
-            url = self[option]
-            if url and not url.startswith(("https://", "http://")):
-                raise usage.UsageError(f"--{option} must be an http(s) URL, not {url!r}")
+        try:
+            if self["jwks-url"]:
+                check_jwks_url(self["jwks-url"])
+        except KeyConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        url = self["client-token-url"]
+        if url and not url.startswith(("https://", "http://")):
+            raise usage.UsageError(f"--client-token-url must be an http(s) URL, not {url!r}")
         if self["client-token-url"] and self["auth"] is AuthMode.OFF:
             raise usage.UsageError("--client-token-url needs signed identities (a --jwt-* key)")
 

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -34,9 +35,8 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from wschat.logger import NamedLogger
@@ -44,9 +44,22 @@ from wschat.logger import NamedLogger
 TLS_PREFIX = "wschat-tls"
 # The keywords of a `wschat-tls:` string, named as in Twisted's `ssl:` endpoint string; the
 # other keywords belong to the endpoint under the TLS. `sslmethod` is refused: TLS 1.2 is the
-# minimum, as CertificateOptions sets it.
-TLS_KEYWORDS = frozenset({"privateKey", "certKey", "extraCertChain", "dhParameters"})
-REFUSED_KEYWORDS = frozenset({"sslmethod"})
+# minimum, as CertificateOptions sets it; `dhParameters` too: no DHE suite is offered.
+TLS_KEYWORDS = frozenset({"privateKey", "certKey", "extraCertChain"})
+REFUSED_KEYWORDS = frozenset({"sslmethod", "dhParameters"})
+# TLS 1.2's suites, in the server's order of preference: forward secret (ECDHE) and AEAD only,
+# as Mozilla's "intermediate" profile without DHE. Twisted's default list also has CBC with
+# SHA-1. TLS 1.3's suites (OpenSSL's default three) are all forward secret and AEAD already.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+# The key types OpenSSL can sign a TLS handshake with; an X25519 or X448 key only agrees.
+SIGNING_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 # What TLS over TCP takes besides the port, as Twisted's `ssl:` endpoint does.
 TCP_KEYWORDS = frozenset({"interface", "backlog"})
 _TCP_TYPES = frozenset({"tcp", "tcp6"})
@@ -63,7 +76,6 @@ class TlsFiles:
     cert: str  # PEM: the certificate first, then any intermediates (certbot's fullchain.pem)
     key: str
     extra_chain: str | None = None  # more intermediates, as the `ssl:` endpoint's extraCertChain
-    dh_params: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +123,26 @@ def load_tls(files: TlsFiles) -> LoadedTls:
         raise TlsFilesError(
             f"TLS private key file {files.key} is not an unencrypted PEM key: {exc}"
         ) from None
+    if not isinstance(key, SIGNING_KEYS):
+        raise TlsFilesError(
+            f"TLS private key file {files.key} holds a key TLS cannot sign with "
+            f"({type(key).__name__}): use an RSA, EC or Ed25519 key"
+        )
     chain = certs[1:]
     if files.extra_chain is not None:
         chain += _certificates("chain", files.extra_chain)
-    dh = None
-    if files.dh_params is not None:
-        _read("DH parameters", files.dh_params)
-        dh = DiffieHellmanParameters.fromFile(FilePath(files.dh_params))
-    # CertificateOptions is annotated with pyOpenSSL's X509/PKey, which pyOpenSSL itself now
-    # deprecates in favour of the cryptography objects it accepts in their place.
-    options = CertificateOptions(
-        privateKey=cast(Any, key),
-        certificate=cast(Any, certs[0]),
-        extraCertChain=cast(Any, chain),
-        dhParameters=dh,
-    )
     try:
+        # CertificateOptions is annotated with pyOpenSSL's X509/PKey, which pyOpenSSL itself
+        # now deprecates in favour of the cryptography objects it accepts in their place.
+        options = CertificateOptions(
+            privateKey=cast(Any, key),
+            certificate=cast(Any, certs[0]),
+            extraCertChain=cast(Any, chain),
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(":".join(TLS12_CIPHERS)),
+        )
         options.getContext()  # builds the context now: a key that does not match fails here
-    except SSL.Error as exc:
+    except (SSL.Error, TypeError, ValueError) as exc:
+        # SSL.Error: no match; TypeError, ValueError: what pyOpenSSL cannot take.
         raise TlsFilesError(
             f"TLS certificate {files.cert} and key {files.key} are unreadable or do not "
             f"match: {exc}"
@@ -158,7 +172,6 @@ def tls_description(endpoint: str, files: TlsFiles) -> str:
         "certKey": files.cert,
         "privateKey": files.key,
         "extraCertChain": files.extra_chain,
-        "dhParameters": files.dh_params,
     }
     given = [f"{name}={_quote(value)}" for name, value in keywords.items() if value is not None]
     return ":".join([TLS_PREFIX, endpoint, *given])
@@ -191,7 +204,6 @@ def split_tls_arguments(args: Sequence[str], kwargs: Mapping[str, str]) -> tuple
         cert=kwargs.get("certKey", key),  # as in Twisted: one file may hold both
         key=key,
         extra_chain=kwargs.get("extraCertChain"),
-        dh_params=kwargs.get("dhParameters"),
     )
     inner = [kind, *map(_quote, positional)]
     inner += [f"{name}={_quote(value)}" for name, value in inner_kwargs.items()]

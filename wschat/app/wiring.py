@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ __all__ = ["Options", "makeService"]
 # 31 s later (bench/run.py's bigroom_storm scenario shows it). The kernel caps it at somaxconn.
 DEFAULT_BACKLOG = 4096
 _BACKLOG_TYPES = ("tcp:", "tcp6:", "unix:")
+# twistd's umask for a daemon (twisted.scripts._twistd_unix.UnixApplicationRunner).
+DAEMON_UMASK = 0o077
 
 
 def with_backlog(description: str) -> str:
@@ -130,9 +133,24 @@ def make_auth(options: Options, reactor: Any) -> AuthSettings:
     )
 
 
+def apply_twistd_umask(twistd: Mapping[str, Any] | None) -> None:
+    """Set now the umask twistd sets only after makeService and its log file are done: 0077 for
+    a daemon unless --umask says otherwise. The history database (and its -wal and -shm, which
+    SQLite creates with the database's mode) and the log are created before that, and would
+    be readable by everyone."""
+    if twistd is None:
+        return
+    umask = twistd.get("umask")
+    if umask is None and not twistd.get("nodaemon"):
+        umask = DAEMON_UMASK
+    if umask is not None:
+        os.umask(umask)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+    apply_twistd_umask(getattr(options, "parent", None))
     settings = WsSettings(
         max_message_bytes=options["max-message-bytes"],
         ping_interval_s=options["ping-interval"],

@@ -12,11 +12,13 @@ one time. What the claims mean is chat/identity.py's business.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -38,6 +40,8 @@ HMAC_ALGORITHMS: tuple[str, ...] = ("HS256",)
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 # RFC 7518 3.2: an HS256 key must be at least as long as the hash, 256 bits.
 MIN_SECRET_BYTES = 32
+# RFC 7518 3.3 (RS256), and NIST's minimum since 2013.
+MIN_RSA_BITS = 2048
 # A JWKS is fetched again when older than this, before the next verification; and for a
 # `kid` it does not hold (a rotated key) at once, but at most once per JWKS_MIN_REFETCH_S, so
 # that tokens with made-up kids cannot make the server hammer the key server.
@@ -99,13 +103,44 @@ def load_public_key(path: str) -> StaticKey:
         key = load_pem_public_key(pem)
     except ValueError:
         raise KeyConfigError(f"{path} is not a PEM public key") from None
+    return StaticKey(key, (key_algorithm(key, f"the key in {path}"),))
+
+
+def key_algorithm(key: Any, what: str) -> str:
+    """The one algorithm a public key verifies: RS256 for RSA of MIN_RSA_BITS or more, ES256
+    for EC P-256; KeyConfigError (starting with `what`) for any other key. Key files and the
+    keys of a JWKS pass the same checks."""
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise KeyConfigError(f"the RSA key in {path} has {key.key_size} bits; use 2048+")
-        return StaticKey(key, ("RS256",))
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return StaticKey(key, ("ES256",))
-    raise KeyConfigError(f"the key in {path} is neither RSA nor EC P-256 (RS256 or ES256)")
+        if key.key_size < MIN_RSA_BITS:
+            raise KeyConfigError(f"{what} is RSA of {key.key_size} bits; use {MIN_RSA_BITS}+")
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise KeyConfigError(f"{what} is EC on {key.curve.name}; ES256 needs P-256")
+        return "ES256"
+    raise KeyConfigError(f"{what} is neither RSA nor EC P-256 (RS256 or ES256)")
+
+
+def check_jwks_url(url: str) -> None:
+    """--jwks-url must be https: whoever can change the key set in transit can sign in as
+    anyone, admins included. Plain http only to this host (a key server beside wschat)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise KeyConfigError(
+        f"--jwks-url must be an https URL (http only for localhost/127.0.0.1/::1), not {url!r}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 Fetch = Callable[[str], Awaitable[bytes]]
@@ -186,8 +221,15 @@ class JwksKeys:
             except jwt.PyJWTError:
                 continue  # a key type or algorithm PyJWT does not know: not ours to use
             # Never a symmetric ("oct") key from a URL, whatever its `alg` says.
-            if key.algorithm_name in ASYMMETRIC_ALGORITHMS and entry.get("use", "sig") == "sig":
-                keys[entry.get("kid")] = key
+            if key.algorithm_name not in ASYMMETRIC_ALGORITHMS or entry.get("use", "sig") != "sig":
+                continue
+            kid = entry.get("kid")
+            try:
+                # The checks of key files; PyJWT itself takes any size and any curve.
+                if key_algorithm(key.key, f"the key {kid!r} of {self.url}") == key.algorithm_name:
+                    keys[kid] = key
+            except KeyConfigError as exc:
+                _log.warn("JWKS key skipped: {problem}", problem=str(exc))
         if not keys:
             raise ValueError("the key set holds no RS256 or ES256 signing key")
         return keys
