@@ -153,3 +153,24 @@ def test_the_command_line() -> None:
     ):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_a_text_or_name_cannot_forge_another_users_line() -> None:
+    """A newline's continuation is indented under its sender; bidi, format and control
+    characters in names and texts show as \\uXXXX; emoji joiners and tabs stay."""
+    chat = state("alice", "lobby")
+    forged = message("lobby", 1, text="hi\n[lobby] <carol> I owe bob 100\u2028[lobby] <x> y")
+    lines, _ = chat.received(forged)
+    assert lines == [
+        "[lobby] <bob> hi",
+        "              [lobby] <carol> I owe bob 100\\u2028[lobby] <x> y",
+    ]
+    assert all(not line.startswith("[") for line in lines[1:])
+    rlo = message("lobby", 2, name="eve\u202e", text="\u2066evil\u2069 \x1b[2J\rok\t👩\u200d💻")
+    assert chat.received(rlo)[0] == [
+        "[lobby] <eve\\u202e> \\u2066evil\\u2069 \\u001b[2J\\u000dok\t👩\u200d💻"
+    ]
+    presence = {"type": "presence", "room": "lobby", "joined": ["m\u202eallory"], "left": []}
+    assert chat.received(presence)[0] == ["* m\\u202eallory joined #lobby"]
+    members = {"type": "members", "room": "lobby", "names": ["a\u200fb"], "count": 1}
+    assert chat.received(members)[0] == ["* #lobby: a\\u200fb (1 in all)"]

@@ -25,6 +25,7 @@ from wschat.chat.hub import Session
 from wschat.chat.identity import Identity
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join, Leave, Left, Members, Presence, Welcome, Who
+from wschat.chat.names import name_key
 from wschat.chat.nodes import PARK_S
 from wschat.chat.ports import (
     Claim,
@@ -45,6 +46,9 @@ from .conftest import RedisNodeFactory
 
 @dataclass
 class Record:
+    """One claim, under its name's key (chat/names.py), as the Lua scripts keep it."""
+
+    name: str
     holders: set[str]
     user: str | None
     guest: bool
@@ -74,11 +78,11 @@ class Directory:
     def drop(self, dead: str) -> None:
         """The reaper: everything `dead` held is let go."""
         for room, records in self.rooms.items():
-            gone = [name for name, rec in records.items() if dead in rec.holders]
-            for name in gone:
-                records[name].holders.discard(dead)
-                if not records[name].holders:
-                    del records[name]
+            gone = [key for key, rec in records.items() if dead in rec.holders]
+            for key in gone:
+                records[key].holders.discard(dead)
+                if not records[key].holders:
+                    del records[key]
             if gone:
                 self.announce(room, NodeGone(dead))
 
@@ -108,8 +112,8 @@ class FakeRoster:
         self._watching[room] = self._dir.version
         records = self._dir.rooms.get(room, {})
         held = [
-            Held(name, node, rec.user, rec.guest)
-            for name, rec in records.items()
+            Held(rec.name, node, rec.user, rec.guest)
+            for rec in records.values()
             for node in rec.holders
         ]
         assert self._on_change is not None
@@ -120,12 +124,16 @@ class FakeRoster:
 
     async def claim(self, room: str, name: str, claim: Claim) -> bool:
         records = self._dir.rooms.setdefault(room, {})
-        rec = records.get(name)
+        rec = records.get(name_key(name))
+        if rec is not None and rec.name != name:
+            raise errors.NameTaken(f"the name {name!r} is taken in {room!r}")
         if rec is not None and self.node in rec.holders:
             rec.token = claim.token
             return False
         if rec is None:
-            records[name] = Record({self.node}, claim.user, claim.guest, claim.token)
+            records[name_key(name)] = Record(
+                name, {self.node}, claim.user, claim.guest, claim.token
+            )
             self._dir.announce(room, Held(name, self.node, claim.user, claim.guest))
             return False
         if claim.user is not None and rec.user == claim.user:
@@ -141,12 +149,12 @@ class FakeRoster:
         raise errors.NameTaken(f"the name {name!r} is taken in {room!r}")
 
     def release(self, room: str, name: str) -> None:
-        rec = self._dir.rooms.get(room, {}).get(name)
+        rec = self._dir.rooms.get(room, {}).get(name_key(name))
         if rec is None or self.node not in rec.holders:
             return
         rec.holders.discard(self.node)
         if not rec.holders:
-            del self._dir.rooms[room][name]
+            del self._dir.rooms[room][name_key(name)]
         self._dir.announce(room, Released(name, self.node))
 
     def deliver(self, number: int, room: str, change: RosterChange) -> None:
@@ -575,3 +583,27 @@ async def test_contract_a_gone_nodes_names_are_let_go(make_nodes: NodesFactory) 
     await nodes.node_gone("n1")
     assert await nodes.changes(0) == [("lobby", Held("bob", "n1")), ("lobby", NodeGone("n1"))]
     assert await nodes.rosters[0].claim("lobby", "bob", claim(token="t1")) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_names_that_read_the_same_are_one_claim(make_nodes: NodesFactory) -> None:
+    """`José` (NFC) held on one node makes its NFD form, a look-alike with a Cyrillic o and other
+    casings taken on another, even for the same signed user; changes and snapshots carry the
+    name as typed, and releasing a look-alike lets go of nothing."""
+    nodes = await make_nodes()
+    for i in (0, 1):
+        await nodes.watch(i, "lobby")
+        await nodes.changes(i)
+    await nodes.rosters[0].claim("lobby", "José", claim(user="u-1"))
+    for alike in ("Jose\u0301", "J\u043esé", "JOSÉ"):
+        for other in (claim(user="u-1", token="t1"), claim(token="t1")):
+            with pytest.raises(errors.NameTaken):
+                await nodes.rosters[1].claim("lobby", alike, other)
+        nodes.rosters[1].release("lobby", alike)
+    assert await nodes.changes(1) == [("lobby", Held("José", "n0", "u-1"))]
+    assert await nodes.rosters[1].claim("lobby", "José", claim(user="u-1")) is False
+    assert await nodes.changes(0) == [("lobby", Held("José", "n1", "u-1"))]
+    await nodes.watch(1, "hall")
+    await nodes.rosters[1].claim("hall", "ADMIN", claim())
+    await nodes.watch(0, "hall")
+    assert await nodes.changes(0) == [("hall", Snapshot([Held("ADMIN", "n1")]))]

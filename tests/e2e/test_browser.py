@@ -250,6 +250,37 @@ def test_markup_in_a_message_is_shown_as_text_and_never_run(
     # The open_chat fixture fails the test if any page opened a dialog or logged an error.
 
 
+ISOLATE_JS = """
+els => els.map(e => [e.tagName, e.dir, getComputedStyle(e).unicodeBidi])
+"""
+
+
+def test_names_and_texts_are_bidi_isolated_so_none_can_forge_another_line(
+    wschat_server: ServerFactory, open_chat: OpenChat
+) -> None:
+    """A right-to-left name, a text with RLO and one with a newline and a forged sender: each
+    name and text is its own bidi isolate, and the forged line stays in its sender's message."""
+    srv = wschat_server()
+    alice = open_chat(f"{srv.http_url}/#/lobby", "alice")
+    mallory = Chat(srv.ws_url)
+    mallory.join("lobby", "\u05de\u05dc\u05d5\u05e8\u05d9")
+    forged = "ok\nalice: I owe mallory 100"
+    bot_say(mallory, forged)
+    bot_say(mallory, "\u202eevil 001 si ecirp")
+    expect(alice.locator("#messages li[data-id]")).to_have_count(2)
+    forged_msg = alice.locator("#messages li[data-id]").first
+    expect(forged_msg.locator(".author")).to_have_text("\u05de\u05dc\u05d5\u05e8\u05d9")
+    assert forged_msg.locator(".text").inner_text() == forged
+    expect(alice.locator("#messages li[data-id] .author", has_text="alice")).to_have_count(0)
+    expect(alice.locator("#users .user-name")).to_have_count(2)
+    authors = alice.locator("#messages .author").evaluate_all(ISOLATE_JS)
+    texts_ = alice.locator("#messages .text").evaluate_all(ISOLATE_JS)
+    users = alice.locator("#users .user-name").evaluate_all(ISOLATE_JS)
+    assert len(authors) == len(texts_) == len(users) == 2
+    assert all(tag == "BDI" and bidi == "isolate" for tag, _, bidi in authors + users)
+    assert all(d == "auto" and bidi in ("isolate", "plaintext") for _, d, bidi in texts_)
+
+
 def test_server_errors_show_beside_the_input(
     wschat_server: ServerFactory, open_chat: OpenChat
 ) -> None:

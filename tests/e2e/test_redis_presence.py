@@ -58,6 +58,35 @@ def test_a_name_is_unique_in_a_room_across_three_nodes(
     assert outcomes == ["error", "welcome"]
 
 
+def test_names_that_read_the_same_are_one_name_across_nodes(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """José (NFC) on one node makes its NFD form, a Cyrillic-o look-alike and JOSÉ taken on the
+    other; admin/ADMIN the same the other way round; two look-alikes joining at once on two
+    nodes: one gets in; everyone is shown as typed."""
+    node = nodes_on(wschat_server, redis)
+    a, b = node("a"), node("b")
+    Chat(a.ws_url).join("lobby", "José")
+    Chat(b.ws_url).join("lobby", "admin")
+    for url, alike in [
+        (b.ws_url, "Jose\u0301"),
+        (b.ws_url, "J\u043es\u00e9"),
+        (b.ws_url, "JOSÉ"),
+        (a.ws_url, "ADMIN"),
+    ]:
+        other = Chat(url)
+        other.send(type="join", room="lobby", name=alike)
+        assert other.expect("error")["code"] == "name_taken"
+    racers = [Chat(a.ws_url), Chat(b.ws_url)]
+    for racer, alike in zip(racers, ["bob", "B\u043eB"], strict=True):
+        racer.send(type="join", room="lobby", name=alike)
+    outcomes = sorted(racer.recv()["type"] for racer in racers)
+    assert outcomes == ["error", "welcome"]
+    welcome = Chat(b.ws_url).join("lobby", "carol")
+    assert welcome["count"] == 4
+    assert {"José", "admin", "carol"} <= set(welcome["users"])
+
+
 def test_count_users_and_who_cover_every_node(
     wschat_server: ServerFactory, redis: RedisServer
 ) -> None:

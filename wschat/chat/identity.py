@@ -8,7 +8,8 @@ The naming rules (docs/protocol.md, "Signed identities"):
 - a signed connection's name comes from its token; a join naming another is refused;
 - several connections of one `sub` (one person, two tabs) share that name in a room: the name
   joins with the first of them and leaves with the last, so presence sees one member;
-- another `sub` with the same display name is refused with `name_taken`, as today;
+- another `sub` with the same display name, or one that reads the same (chat/names.py), is
+  refused with `name_taken`;
 - in `optional` mode an anonymous connection is a guest: its name always ends with
   GUEST_MARK, which no signed name may, so a guest can never take a signed user's name.
 """
@@ -23,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from wschat.chat.errors import AuthMismatch, AuthUnexpected, Forbidden, NameInvalid, TokenInvalid
 from wschat.chat.model import MAX_NAME_CHARS, check_name, check_room
+from wschat.chat.names import name_key
 
 GUEST_MARK = " (guest)"
 MAX_GUEST_BASE_CHARS = MAX_NAME_CHARS - len(GUEST_MARK)
@@ -80,7 +82,8 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
         check_name(name)
     except NameInvalid as exc:
         raise TokenInvalid(f"'name' is not a usable name: {exc.message}") from None
-    if name.endswith(GUEST_MARK):
+    if name_key(name).endswith(name_key(GUEST_MARK)):
+        # Compared by key: a look-alike of the mark would pass a signed user for a guest.
         raise TokenInvalid(f"'name' must not end with {GUEST_MARK!r}, the mark of guests")
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < MAX_EXP_S:

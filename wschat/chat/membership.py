@@ -2,7 +2,8 @@
 
 A name is held by one session; further connections of the same signed user share it as
 companions, and a reconnected client with its resume token takes it over silently. A room
-that no session of this node is in any more is dropped and no longer followed.
+that no session of this node is in any more is dropped and no longer followed. Two names
+that read the same (chat/names.py) are one name: the second is refused.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Membership:
         """Put the session in the room on this node; True if it is a new holder of the name
         (to be claimed on the other nodes), False if it shares or took over a local one."""
         members = self._rooms.get(room)
+        same = members.same_as(name) if members is not None else None
+        if same is not None and same != name:
+            raise NameTaken(f"the name {name!r} is taken in {room!r}: it reads as {same!r}")
         holder = members.get(name) if members is not None else None
         if holder is not None:
             if holder.user is not None and holder.user == session.user:

@@ -13,6 +13,9 @@ the changes after its welcome: the earlier ones are already in it.
 
 With several nodes, a member is a name this node holds (with its session) or one that other
 nodes hold (chat/ports.py); the name is in the room while anyone holds it.
+
+Names are shown as typed, and kept apart by their keys (chat/names.py): a name whose key a
+member's name has already is that member's (`same_as`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from bisect import bisect_right, insort
 from collections.abc import Iterable, ValuesView
 from typing import Generic, TypeVar
 
+from wschat.chat.names import name_key
+
 S = TypeVar("S")
 
 
@@ -28,6 +33,7 @@ class Room(Generic[S]):
     __slots__ = (
         "batch",
         "changed",
+        "keys",
         "members",
         "names",
         "others",
@@ -47,6 +53,8 @@ class Room(Generic[S]):
         # Every member, sorted, for `who`: a stable order that paging by "after this name"
         # can resume in.
         self.names: list[str] = []
+        # Each member's key -> its name as typed.
+        self.keys: dict[str, str] = {}
         # Name -> serial number of its latest change since the previous batch.
         self.changed: dict[str, int] = {}
         self.serial = 0
@@ -69,6 +77,10 @@ class Room(Generic[S]):
     @property
     def local_count(self) -> int:
         return len(self.members)
+
+    def same_as(self, name: str) -> str | None:
+        """The member whose name reads as `name` (it, or one confusable with it), or None."""
+        return self.keys.get(name_key(name))
 
     def get(self, name: str) -> S | None:
         return self.members.get(name)
@@ -143,11 +155,16 @@ class Room(Generic[S]):
 
     def _appeared(self, name: str) -> None:
         insort(self.names, name)
+        # (Two confusable names held at once are a race between nodes that the roster ends.)
+        self.keys.setdefault(name_key(name), name)
         self._changed(name)
 
     def _vanished(self, name: str) -> None:
         names = self.names
         del names[bisect_right(names, name) - 1]
+        key = name_key(name)
+        if self.keys.get(key) == name:
+            del self.keys[key]
         self._changed(name)
 
     def _changed(self, name: str) -> None:

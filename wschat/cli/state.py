@@ -3,6 +3,7 @@ to frames, frames to lines to show."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,27 @@ HELP = [
 ]
 
 Frame = dict[str, Any]
+
+# Shown as they are: a tab, and the joiners of emoji and letters (format characters).
+_KEPT = frozenset("\t\u200c\u200d")
+
+
+def escaped(text: str) -> str:
+    """A client's string for the terminal: control, bidi and other format characters (and line
+    separators) as \\uXXXX, so that none can move the cursor, start a line of its own or
+    reorder what is shown after it."""
+    if text.isprintable():
+        return text
+    return "".join(
+        f"\\u{ord(ch):04x}"
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in _KEPT
+        else ch
+        for ch in text
+    )
+
+
+def names(frame: Frame, field: str) -> str:
+    return ", ".join(escaped(name) for name in frame.get(field, []))
 
 
 def ws_url(url: str) -> str:
@@ -109,15 +131,15 @@ class ChatState:
         if kind == "message":
             return self._message(frame), []
         if kind == "presence":
-            lines = [f"* {n} joined #{room}" for n in frame.get("joined", [])]
-            return lines + [f"* {n} left #{room}" for n in frame.get("left", [])], []
+            lines = [f"* {escaped(n)} joined #{room}" for n in frame.get("joined", [])]
+            return lines + [f"* {escaped(n)} left #{room}" for n in frame.get("left", [])], []
         if kind == "welcome":
             return self._welcome(frame), []
         if kind == "ack":
             self.pending.pop(frame.get("ref") or "", None)
             return [], []
         if kind == "members":
-            lines = [f"* #{room}: {', '.join(frame['names'])} ({frame['count']} in all)"]
+            lines = [f"* #{room}: {names(frame, 'names')} ({frame['count']} in all)"]
             more = []
             if frame.get("next") is not None:
                 more = [{"type": "who", "room": room, "after": frame["next"], "limit": WHO_PAGE}]
@@ -127,14 +149,15 @@ class ChatState:
             why = " (kicked)" if frame.get("reason") == "kicked" else ""
             return [f"* you left #{room}{why}"], []
         if kind == "kicked":
-            return [f"* {frame['name']} was kicked from #{room}"], []
+            return [f"* {escaped(frame['name'])} was kicked from #{room}"], []
         if kind == "authed":
             self.signed = True
             self.name = frame["name"]
             admin = ", admin" if frame.get("admin") else ""
-            return [f"* signed in as {frame['name']} ({frame['user']}{admin})"], []
+            signed = f"{escaped(frame['name'])} ({escaped(frame['user'])}{admin})"
+            return [f"* signed in as {signed}"], []
         if kind == "error":
-            return [f"! {frame.get('code')}: {frame.get('message')}"], []
+            return [f"! {frame.get('code')}: {escaped(str(frame.get('message')))}"], []
         return [], []
 
     def _welcome(self, frame: Frame) -> list[str]:
@@ -147,8 +170,9 @@ class ChatState:
         lines = []
         if not known:
             users = frame.get("users")
-            listed = f": {', '.join(users)}" if users is not None else ""
-            lines.append(f"* joined #{room} as {frame['name']} ({frame['count']} members{listed})")
+            listed = f": {names(frame, 'users')}" if users is not None else ""
+            me = escaped(frame["name"])
+            lines.append(f"* joined #{room} as {me} ({frame['count']} members{listed})")
         elif frame.get("recovered") is False:
             lines.append(f"* #{room}: some messages were missed while offline")
         for msg in frame.get("history", []):
@@ -162,7 +186,12 @@ class ChatState:
             return []  # seen already (a rejoin's history overlaps the live messages)
         if room in self.rooms:
             self.rooms[room] = msg["id"]
-        return [f"[{room}] <{msg['name']}> {msg['text']}"]
+        # Each line of the text on a line of its own, those after the first indented under the
+        # sender: a line of text can never read as a message of someone else.
+        head = f"[{room}] <{escaped(msg['name'])}> "
+        first, *more = [escaped(line) for line in str(msg["text"]).split("\n")]
+        indent = " " * len(head)
+        return [head + first, *(indent + line for line in more)]
 
     def _forget(self, room: str) -> None:
         self.rooms.pop(room, None)

@@ -5,6 +5,9 @@ channel, numbered by the room's `pver` (keys.py names the keys); so every node s
 changes in the order Redis made them, knows when it missed some (a number skipped: it reads the
 whole roster again), and a snapshot plus the changes numbered after it is the roster exactly.
 
+A name is a hash field under its key (wschat/chat/names.py), so that names that read the same
+are one claim; its record keeps the name as typed, which every change and snapshot reports.
+
 The names are held under this node's lease (lease.py): a fresh lease makes the roster claim
 its names again, and an ended one of another node makes it let go of that node's names.
 """
@@ -20,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import NameTaken, Unavailable
+from wschat.chat.names import name_key
 from wschat.chat.ports import (
     Claim,
     Held,
@@ -72,8 +76,9 @@ def changes_from(items: list[list[str]]) -> list[RosterChange]:
 
 def holdings_from(flat: list[str]) -> list[Held]:
     held: list[Held] = []
-    for name, raw in zip(flat[::2], flat[1::2], strict=True):
+    for _key, raw in zip(flat[::2], flat[1::2], strict=True):
         rec = json.loads(raw)
+        name = rec["n"]
         user = rec.get("u") or None
         guest = rec.get("g") == "1"
         held.extend(Held(name, node, user, guest) for node in rec["h"])
@@ -161,6 +166,7 @@ class RedisRoster:
                 CLAIM,
                 _keys(room),
                 [
+                    name_key(name),
                     name,
                     self.node,
                     user,
@@ -188,7 +194,7 @@ class RedisRoster:
         held = self._held.get(room)
         if held is not None:
             held.pop(name, None)
-        self._fire(self._link.run(RELEASE, _keys(room), [name, self.node]))
+        self._fire(self._link.run(RELEASE, _keys(room), [name_key(name), self.node]))
 
     # From the channel and the link (through the node's router), and the lease.
 
@@ -310,7 +316,7 @@ class RedisRoster:
             held = self._held.get(room, {})
             args: list[str] = [self.node]
             for name, (user, guest, token) in {**self._claiming.get(room, {}), **held}.items():
-                args += [name, user, guest, token]
+                args += [name_key(name), name, user, guest, token]
             lost = await self._link.run(SYNC, _keys(room), args)
             for name in lost:
                 held.pop(name, None)

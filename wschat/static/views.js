@@ -54,7 +54,9 @@ function messageNode(entry) {
   li.dataset.id = String(entry.id);
   li.dataset.name = entry.name;
   const meta = el('div', 'meta');
-  const author = el('span', 'author', entry.name);
+  // Every name and text in its own bidi isolate: right-to-left letters or bidi controls in
+  // one can never reorder what is shown around it (the sender, the time, another message).
+  const author = el('bdi', 'author', entry.name);
   if (entry.user !== null) {
     // Signed by the application: two people with one display name differ by their user id.
     author.classList.add('signed');
@@ -69,9 +71,15 @@ function messageNode(entry) {
   const time = el('time');
   setTime(time, entry.ts);
   meta.append(' ', time);
-  li.append(meta, el('p', 'text', entry.text));
+  li.append(meta, textNode(entry.text));
   entry.node = li;
   return li;
+}
+
+function textNode(text) {
+  const p = el('p', 'text', text);
+  p.dir = 'auto';
+  return p;
 }
 
 // A pending message; its Retry and Discard buttons are found by its data-ref (composer.js).
@@ -80,14 +88,14 @@ export function outboxNode(item) {
   const li = el('li', 'msg own pending');
   li.dataset.ref = item.ref;
   const meta = el('div', 'meta');
-  meta.append(el('span', 'author', me()), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
+  meta.append(el('bdi', 'author', me()), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
   const actions = el('div', 'actions');
   const retry = el('button', 'link-button retry', 'Retry');
   retry.type = 'button';
   const discard = el('button', 'link-button discard', 'Discard');
   discard.type = 'button';
   actions.append(retry, discard);
-  li.append(meta, el('p', 'text', item.text), actions);
+  li.append(meta, textNode(item.text), actions);
   item.node = li;
   renderOutboxItem(item);
   return li;
@@ -183,7 +191,7 @@ export function renderUsers() {
   const items = names.map((name) => {
     const li = el('li', name === me() ? 'user own' : 'user');
     li.dataset.name = name;
-    li.append(el('span', 'dot'), el('span', 'user-name', name));
+    li.append(el('span', 'dot'), el('bdi', 'user-name', name));
     if (name === me()) li.append(el('span', 'you', 'you'));
     return li;
   });
