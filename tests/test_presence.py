@@ -138,6 +138,22 @@ def test_above_the_member_list_limit_only_the_count_goes_out() -> None:
     assert presences(alice) == [Presence("lobby", [], ["dave"], 3)]
 
 
+def test_above_the_limit_a_newcomer_hears_the_count_return_to_the_last_batchs() -> None:
+    """A member welcomed above the limit with one count gets the next batch even when that
+    batch repeats the count of the one before its welcome (found by the property below)."""
+    world = World(Limits(member_list_limit=3))
+    first, _ = joined(world, "n0")
+    for name in ("n2", "n3", "n4"):
+        joined(world, name)
+    world.batch()
+    _, newcomer = joined(world, "n1")
+    [welcome] = [e for e in newcomer.take() if isinstance(e, Welcome)]
+    assert welcome.count == 5
+    world.hub.leave(first, Leave("lobby"))
+    world.batch()
+    assert presences(newcomer) == [Presence("lobby", None, None, 4)]
+
+
 def test_who_pages_in_name_order_and_survives_changes_between_pages() -> None:
     """`who` pages through the names in order; names that join before the cursor or leave
     after it between two pages move no other name across a page, so every member present

@@ -97,7 +97,11 @@ class PresenceBatcher:
             joined, left = members.take_changes()
             count = len(members)
             if count > limit:
-                if count == members.sent_count:
+                # A repeat of the last count is news only to a member welcomed since, with
+                # the count of its welcome.
+                if count == members.sent_count and not any(
+                    name in members for name in members.welcomed_batch
+                ):
                     continue
                 batch = Presence(room, None, None, count)
             elif joined or left:
