@@ -163,8 +163,8 @@ class MetricsPage(Resource):
     WSGIResource run in the reactor's thread pool). Rendering is pure Python and holds the
     GIL either way, so a thread would not take the work off the reactor, only add two thread
     handoffs; and our collector would then read the hub's and the counts' dicts while the
-    reactor changes them ("dictionary changed size during iteration"). About forty series
-    render in well under a millisecond (tests/test_metrics.py measures it)."""
+    reactor changes them ("dictionary changed size during iteration"). Rendering about forty
+    series takes little next to a reactor turn."""
 
     isLeaf = True
 
