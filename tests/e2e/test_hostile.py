@@ -401,8 +401,9 @@ def test_total_connections_are_capped_with_503(wschat_server: ServerFactory) -> 
 
 
 def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
-    """A connection that pipelines 1,000 joins gets --max-rooms welcomes and too_many_rooms
-    for the rest, so the server holds only those rooms; a room at --max-members refuses
+    """A connection that pipelines 1,000 joins gets --max-rooms welcomes, then too_many_rooms
+    and, past its request burst, rate_limited: the server holds only those rooms; a room at
+    --max-members refuses
     newcomers with room_full while its members go on chatting."""
     server = wschat_server("--max-rooms", "5", "--max-members", "3")
     greedy = RawWs(server.port, handshake=False)
@@ -415,7 +416,10 @@ def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
     )
     answers: list[dict[str, Any]] = [greedy.recv_json() for _ in range(1000)]
     assert [a["type"] for a in answers[:5]] == ["welcome"] * 5
-    assert {a.get("code") for a in answers[5:]} == {"too_many_rooms"}
+    # Within the request burst the joins are refused for the rooms, beyond it for the rate.
+    codes = [a.get("code") for a in answers[5:]]
+    assert set(codes) == {"too_many_rooms", "rate_limited"}
+    assert codes.index("rate_limited") > codes.index("too_many_rooms")
     assert health(server)["rooms"] == 5
 
     members = [Chat(server.ws_url) for _ in range(3)]

@@ -3,12 +3,12 @@ echoes, which the chat path never does. Same protocol options as /ws."""
 
 from __future__ import annotations
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web.server import Site
 
 from wschat.server.factory import protocol_options
 from wschat.server.settings import WsSettings
+from wschat.server.site import UpgradeResource
 
 
 class EchoProtocol(WebSocketServerProtocol):
@@ -23,4 +23,5 @@ def add_echo(site: Site, settings: WsSettings) -> None:
     # The testsuite judges every frame it sees; our keep-alive pings would only add noise.
     options["autoPingInterval"] = 0
     factory.setProtocolOptions(**options)
-    site.resource.putChild(b"echo", WebSocketResource(factory))
+    # As /ws: the upgrade hands the connection's per-address slot over from HTTP.
+    site.resource.putChild(b"echo", UpgradeResource(factory))
