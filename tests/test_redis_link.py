@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import txredisapi
 
 from wschat.redis.link import _ProtocolFactory, _Subscriber, parse_redis_url
 
 
 def test_urls_give_host_port_db_credentials_and_tls(tmp_path: Path) -> None:
+    """A URL's host, port, db, credentials and scheme become the address; a password file wins."""
     plain = parse_redis_url("redis://:s3cret@db.example:6380/2")
     assert (plain.host, plain.port, plain.db, plain.password, plain.tls) == (
         "db.example",
@@ -31,6 +33,22 @@ def test_urls_give_host_port_db_credentials_and_tls(tmp_path: Path) -> None:
     )
     unix = parse_redis_url("unix:///run/redis.sock?db=3")
     assert (unix.path, unix.db) == ("/run/redis.sock", 3)
+
+
+def test_a_percent_encoded_password_is_never_shown() -> None:
+    """The shown URL is rebuilt with *** for the password as written (percent-encoded or not),
+    and so is the URL in a usage error."""
+    cases = {
+        "redis://:s3cr%40t@db.example:6380/2": "redis://:***@db.example:6380/2",
+        "rediss://us%3Aer:p%3Aw@[::1]:7000": "rediss://us%3Aer:***@[::1]:7000",
+        "unix://:s3cr%40t@/run/redis.sock?db=3": "unix://:***@/run/redis.sock?db=3",
+        "redis://user@db.example": "redis://user@db.example",
+    }
+    for url, shown in cases.items():
+        assert parse_redis_url(url).shown == shown
+    with pytest.raises(ValueError) as refused:
+        parse_redis_url("http://:s3cr%40t@db.example")
+    assert "s3cr" not in str(refused.value) and "***" in str(refused.value)
 
 
 def test_replies_are_parsed_by_hiredis() -> None:

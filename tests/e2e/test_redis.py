@@ -296,3 +296,17 @@ def test_a_node_started_while_redis_is_down_waits_for_it(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert early.join("lobby", "early")["count"] == 1
+
+
+def test_a_percent_encoded_redis_password_is_not_logged(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """--redis with the password `s3cr@t` written as `s3cr%40t`: the node signs in with it,
+    and its log shows the URL with *** and never the password, encoded or decoded."""
+    redis.cli("CONFIG", "SET", "requirepass", "s3cr@t")
+    url = f"redis://:s3cr%40t@127.0.0.1:{redis.port}/0"
+    node = wschat_server("--redis", url, "--node-name", "a")
+    assert Chat(node.ws_url).join("lobby", "alice")["count"] == 1
+    log = node.log()
+    assert f"redis://:***@127.0.0.1:{redis.port}/0" in log
+    assert "s3cr" not in log

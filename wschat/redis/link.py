@@ -60,7 +60,18 @@ class RedisAddress:
     @property
     def shown(self) -> str:
         """The URL without its password, for logs."""
-        return self.url.replace(f":{self.password}@", ":***@") if self.password else self.url
+        return redacted(self.url)
+
+
+def redacted(url: str) -> str:
+    """`url` with any password in it replaced by ***, rebuilt from its parts: the password as
+    written may be percent-encoded, so looking for the decoded one in the text misses it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def parse_redis_url(
@@ -74,12 +85,12 @@ def parse_redis_url(
     username = unquote(parts.username) if parts.username else None
     if parts.scheme == "unix":
         if not parts.path:
-            raise ValueError(f"{url}: a unix URL needs a socket path")
+            raise ValueError(f"{redacted(url)}: a unix URL needs a socket path")
         query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
         db = int(query["db"]) if "db" in query else None
         return RedisAddress(url, path=parts.path, db=db, username=username, password=password)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url}: expected redis://, rediss:// or unix://")
+        raise ValueError(f"{redacted(url)}: expected redis://, rediss:// or unix://")
     db_text = parts.path.lstrip("/")
     return RedisAddress(
         url,
