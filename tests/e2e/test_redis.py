@@ -317,13 +317,13 @@ def test_a_percent_encoded_redis_password_is_not_logged(
 
 @pytest.fixture
 def slow_loading_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A durable redis-server that takes about a second to load its data when it restarts
-    (20,000 keys, 50 µs each): meanwhile it accepts connections and answers SELECT and
-    SUBSCRIBE, but SCRIPT LOAD gets `LOADING`, as a Redis with much data does."""
+    """A durable redis-server that takes a while to load its data when it restarts (5,000 keys,
+    50 µs each): meanwhile it accepts connections and answers SELECT and SUBSCRIBE, but
+    SCRIPT LOAD gets `LOADING`, as a Redis with much data does."""
     server = RedisServer(
         tmp_path / "slow-redis", persistent=True, extra_args=("--key-load-delay", "50")
     ).start()
-    server.cli("EVAL", "for i = 1, 20000 do redis.call('SET', 'filler:' .. i, i) end", "0")
+    server.cli("EVAL", "for i = 1, 5000 do redis.call('SET', 'filler:' .. i, i) end", "0")
     yield server
     server.kill()
 
