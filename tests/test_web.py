@@ -124,18 +124,23 @@ def test_scripts_come_as_javascript() -> None:
 
 
 def test_config_tells_the_page_how_to_sign_in() -> None:
-    """/config.json says the --auth mode and the token URL; the CSP allows only that URL's
-    origin besides the page's own (and WebSockets)."""
+    """/config.json says the --auth mode, the token URL and the rate limit; the CSP allows only
+    that URL's origin besides the page's own (and WebSockets)."""
     from wschat.server.site import ClientConfig, Config
 
-    stub = StubTreq(Config(ClientConfig("required", "https://app.example/chat-token")))
+    stub = StubTreq(Config(ClientConfig("required", "https://app.example/chat-token", 2.5, 7)))
     code, data, response = get(stub, "http://chat.example/config.json")
     assert code == 200
-    assert json.loads(data) == {"auth": "required", "token_url": "https://app.example/chat-token"}
+    assert json.loads(data) == {
+        "auth": "required",
+        "token_url": "https://app.example/chat-token",
+        "rate": 2.5,
+        "burst": 7,
+    }
     assert response.headers.getRawHeaders("cache-control") == ["no-store"]
     csp = ClientConfig("required", "https://app.example/chat-token").csp()
     assert "connect-src 'self' ws: wss: https://app.example;" in csp
     assert "connect-src 'self' ws: wss:;" in ClientConfig().csp()
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     code, data, _ = get(make()[0], "http://chat.example/config.json")
-    assert json.loads(data) == {"auth": "off", "token_url": None}
+    assert json.loads(data) == {"auth": "off", "token_url": None, "rate": 5.0, "burst": 20}

@@ -7,7 +7,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,15 @@ class RedisServer(RedisProcess):
     """The test's own redis-server; with `persistent` it comes back with its data
     (appendonly, fsync always)."""
 
-    def __init__(self, workdir: Path, persistent: bool = False) -> None:
-        super().__init__(workdir, require_redis(), appendfsync="always" if persistent else None)
+    def __init__(
+        self, workdir: Path, persistent: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
+        super().__init__(
+            workdir,
+            require_redis(),
+            appendfsync="always" if persistent else None,
+            extra_args=extra_args,
+        )
         self.persistent = persistent
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -296,3 +299,84 @@ def test_a_node_started_while_redis_is_down_waits_for_it(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert early.join("lobby", "early")["count"] == 1
+
+
+def test_a_percent_encoded_redis_password_is_not_logged(
+    wschat_server: ServerFactory, redis: RedisServer
+) -> None:
+    """--redis with the password `s3cr@t` written as `s3cr%40t`: the node signs in with it,
+    and its log shows the URL with *** and never the password, encoded or decoded."""
+    redis.cli("CONFIG", "SET", "requirepass", "s3cr@t")
+    url = f"redis://:s3cr%40t@127.0.0.1:{redis.port}/0"
+    node = wschat_server("--redis", url, "--node-name", "a")
+    assert Chat(node.ws_url).join("lobby", "alice")["count"] == 1
+    log = node.log()
+    assert f"redis://:***@127.0.0.1:{redis.port}/0" in log
+    assert "s3cr" not in log
+
+
+@pytest.fixture
+def slow_loading_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A durable redis-server that takes a while to load its data when it restarts (5,000 keys,
+    50 µs each): meanwhile it accepts connections and answers SELECT and SUBSCRIBE, but
+    SCRIPT LOAD gets `LOADING`, as a Redis with much data does."""
+    server = RedisServer(
+        tmp_path / "slow-redis", persistent=True, extra_args=("--key-load-delay", "50")
+    ).start()
+    server.cli("EVAL", "for i = 1, 5000 do redis.call('SET', 'filler:' .. i, i) end", "0")
+    yield server
+    server.kill()
+
+
+def test_redis_killed_and_restarted_20_times_in_a_row_logs_no_traceback(
+    wschat_server: ServerFactory, slow_loading_redis: RedisServer
+) -> None:
+    """Redis SIGKILLed and restarted 20 times, each time at a different moment of the nodes'
+    reconnecting, and loading its data for a while on each start: no traceback in either
+    node's log (ClientService raised automat's NoTransition for a connection lost after it
+    could not be made ready), and chat goes on after."""
+    node = nodes_on(wschat_server, slow_loading_redis)
+    a, b = node("a"), node("b")
+    alice, bob = Chat(a.ws_url), Chat(b.ws_url)
+    alice.join("lobby", "alice")
+    bob.join("lobby", "bob")
+    moments = random.Random(20)
+    for _ in range(20):
+        slow_loading_redis.kill()
+        slow_loading_redis.start()  # returns once loaded (PING answers)
+        time.sleep(moments.uniform(0.0, 1.0))
+    deadline = time.monotonic() + 20
+    while health(a)[0] != 200 or health(b)[0] != 200:
+        assert time.monotonic() < deadline, "the nodes did not see Redis come back"
+        time.sleep(0.1)
+    acked = say_reading(alice, "after 20 restarts", ref="after")
+    assert [m["id"] for m in messages_until(bob, 1)] == [acked]
+    for server in (a, b):
+        log = server.log()
+        assert "Traceback" not in log and "Unhandled Error" not in log, log
+
+
+def test_chat_is_back_within_1_5_s_of_redis(
+    wschat_server: ServerFactory, durable_redis: RedisServer
+) -> None:
+    """Twice, Redis down for 5 s: a say is acked within 1.5 s of Redis accepting connections
+    again (the node tries at least once a second, where it used to back off to 5 s)."""
+    node = nodes_on(wschat_server, durable_redis)("a", "--rate", "1000", "--burst", "1000")
+    alice = Chat(node.ws_url)
+    alice.join("lobby", "alice")
+    for outage in range(2):
+        durable_redis.kill()
+        time.sleep(5.0)
+        durable_redis.start()
+        back = time.monotonic()
+        ref = f"back{outage}"
+        while True:
+            alice.send(type="say", room="lobby", text="back?", ref=ref)
+            event = alice.recv()
+            while event["type"] in ("message", "presence"):
+                event = alice.recv()
+            assert time.monotonic() - back < 1.5, "chat was not back within 1.5 s of Redis"
+            if event["type"] == "ack":
+                break
+            assert event["code"] == "unavailable", event
+            time.sleep(0.05)

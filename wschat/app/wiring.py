@@ -195,7 +195,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if metrics is not None:
         metrics.attach(hub)
     started_s = reactor.seconds()
-    client = ClientConfig(options["auth"].value, options["client-token-url"])
+    client = ClientConfig(
+        options["auth"].value, options["client-token-url"], options["rate"], options["burst"]
+    )
     site = make_site(
         factory,
         hub,

@@ -24,16 +24,16 @@ from twisted.python.failure import Failure
 from wschat.chat.errors import Unavailable
 from wschat.logger import NamedLogger
 from wschat.redis.keys import NODES_KEY
-from wschat.redis.link import RedisLink, Script
+from wschat.redis.link import RETRY_MAX_S, RedisLink, Script
 
 LEASE_S = 12.0
 RENEW_S = 3.0
 # How long a reaper has to finish with a dead node before another one may start over.
 REAP_RETRY_S = 30.0
 # After Redis lost this node's lease (it came back empty), new names wait this long: the
-# longest reconnect delay of the other nodes (link.RETRY, 5 s and up to 1 s of jitter),
-# so that each has claimed its members' names again before anyone may take them.
-RESTORE_S = 7.0
+# longest reconnect delay of the other nodes (link.RETRY_MAX_S) and a second more, so that
+# each has claimed its members' names again before anyone may take them.
+RESTORE_S = RETRY_MAX_S + 1.0
 
 RENEW = Script.named("renew")
 EXPIRED = Script.named("expired")

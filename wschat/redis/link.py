@@ -1,18 +1,19 @@
 """One node's two connections to Redis (commands, and the subscription), kept up for good.
 
-Each connection is a ClientService with backoff and jitter: Redis may restart or be out of
-reach for a while, and the node keeps serving meanwhile. A command asked for while Redis is
-down fails at once with Unavailable (clients get an error, never silence). The subscription is
-probed: the node publishes to its own channel every few seconds, and a probe that does not
-come back means the subscription went silent (a half-open connection, or one Redis cut off at
-its output-buffer limit): it is dropped and made again, and the broker fills what it missed.
+Each connection is a ClientService that tries again at least once a second, with jitter: Redis
+may restart or be out of reach for a while, and the node keeps serving meanwhile and is back
+within a second of Redis. A command asked for while Redis is down fails at once with
+Unavailable (clients get an error, never silence). The subscription is probed: the node
+publishes to its own channel every few seconds, and a probe that does not come back means the
+subscription went silent (a half-open connection, or one Redis cut off at its output-buffer
+limit): it is dropped and made again, and the broker fills what it missed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,12 +24,13 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, race
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wschat.chat.errors import Unavailable
 from wschat.redis.keys import probe_channel
@@ -38,7 +40,17 @@ DEFAULT_PORT = 6379
 # must hear "unavailable" rather than wait.
 REPLY_TIMEOUT_S = 5
 PROBE_INTERVAL_S = 2.0
-RETRY = backoffPolicy(initialDelay=0.2, maxDelay=5.0, factor=2.0, jitter=random.random)
+# While Redis is down each connection is tried again after 0.2 s, 0.4 s, then every 0.5 s, plus
+# up to RETRY_JITTER_S: never more than RETRY_MAX_S apart, so that chat is back within a second
+# of Redis, and the nodes' attempts are spread out rather than in step.
+RETRY_JITTER_S = 0.5
+RETRY_MAX_S = 1.0
+RETRY = backoffPolicy(
+    initialDelay=0.1,
+    maxDelay=RETRY_MAX_S - RETRY_JITTER_S,
+    factor=2.0,
+    jitter=lambda: random.uniform(0.0, RETRY_JITTER_S),
+)
 
 _log = Logger(namespace="wschat.redis_link")
 
@@ -60,7 +72,18 @@ class RedisAddress:
     @property
     def shown(self) -> str:
         """The URL without its password, for logs."""
-        return self.url.replace(f":{self.password}@", ":***@") if self.password else self.url
+        return redacted(self.url)
+
+
+def redacted(url: str) -> str:
+    """`url` with any password in it replaced by ***, rebuilt from its parts: the password as
+    written may be percent-encoded, so looking for the decoded one in the text misses it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def parse_redis_url(
@@ -74,12 +97,12 @@ def parse_redis_url(
     username = unquote(parts.username) if parts.username else None
     if parts.scheme == "unix":
         if not parts.path:
-            raise ValueError(f"{url}: a unix URL needs a socket path")
+            raise ValueError(f"{redacted(url)}: a unix URL needs a socket path")
         query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
         db = int(query["db"]) if "db" in query else None
         return RedisAddress(url, path=parts.path, db=db, username=username, password=password)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url}: expected redis://, rediss:// or unix://")
+        raise ValueError(f"{redacted(url)}: expected redis://, rediss:// or unix://")
     db_text = parts.path.lstrip("/")
     return RedisAddress(
         url,
@@ -118,7 +141,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 class _ProtocolFactory(Factory):
     """Builds txredisapi protocols for a ClientService (txredisapi's own factory has a pool
-    and a reconnect loop of its own, which would make a down Redis look like a slow one)."""
+    and a reconnect loop of its own, which would make a down Redis look like a slow one), and
+    hands each one to `prepare` as it is built.
+
+    The link makes a connection ready itself rather than through ClientService's
+    prepareConnection: ClientService's state machine has no transition for a connection lost
+    while it is being prepared (or after its preparation failed), and raised automat's
+    NoTransition from connectionLost when Redis went away at that moment. Here ClientService
+    counts every connection as made once it is, and a connection that cannot be made ready is
+    closed, which ClientService takes as any lost connection: it tries again."""
 
     isLazy = True
 
@@ -126,11 +157,15 @@ class _ProtocolFactory(Factory):
         self,
         protocol_class: type,
         address: RedisAddress,
+        prepare: Callable[[Any], object],
         on_message: Callable[[str, str], None] | None = None,
     ) -> None:
         self._class = protocol_class
         self._address = address
+        self._prepare = prepare
         self._on_message = on_message
+        # What Redis last refused us with: said once, not on every attempt.
+        self._refusal: str | None = None
 
     def buildProtocol(self, addr: Any) -> Any:
         p = self._class(
@@ -143,17 +178,32 @@ class _ProtocolFactory(Factory):
         )
         p.factory = self
         if self._on_message is not None:
-            # Set here, on the protocol itself: ClientService hands prepareConnection a proxy,
-            # and an attribute set on that would never be seen by messageReceived.
             p.on_message = self._on_message
+        self._prepare(p)
         return p
 
-    # txredisapi calls these when AUTH or SELECT fails.
+    def accepted(self) -> None:
+        """A connection was made ready: a refusal after this is news again."""
+        self._refusal = None
+
+    def refused(self, why: str) -> None:
+        """A connection could not be made ready (it is closed, and tried again within a
+        second): logged once for as long as the reason stays the same."""
+        if why != self._refusal:
+            self._refusal = why
+            _log.warn(
+                "redis at {url} refused a new connection: {why}; trying again",
+                url=self._address.shown,
+                why=why,
+            )
+
+    # txredisapi calls these when AUTH or SELECT fails (connectionError after stopTrying,
+    # with the reason), then closes the connection.
     def stopTrying(self) -> None:
-        _log.error("redis at {url} refused our credentials or database", url=self._address.shown)
+        pass
 
     def connectionError(self, why: str) -> None:
-        _log.error("redis at {url}: {why}", url=self._address.shown, why=why)
+        self.refused(why)
 
 
 class Script:
@@ -176,7 +226,14 @@ OnMessage = Callable[[str, str], None]
 
 
 class RedisLink(MultiService):
-    def __init__(self, address: RedisAddress, reactor: IReactorTime, node: str) -> None:
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: IReactorTime,
+        node: str,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        """`endpoint`: where Redis is, if not where `address` says (tests)."""
         super().__init__()
         self.address = address
         self.node = node
@@ -195,20 +252,16 @@ class RedisLink(MultiService):
         self._stopping = False
         self._scripts: list[Script] = []
         self._logged_down = False
-        endpoint = endpoint_for(address, reactor)
-        commands = ClientService(
-            endpoint,
-            _ProtocolFactory(txredisapi.RedisProtocol, address),
-            retryPolicy=RETRY,
-            clock=reactor,
-            prepareConnection=self._commands_ready,
+        endpoint = endpoint or endpoint_for(address, reactor)
+        self._commands_factory = _ProtocolFactory(
+            txredisapi.RedisProtocol, address, self._prepare_commands
         )
+        self._subscriber_factory = _ProtocolFactory(
+            _Subscriber, address, self._prepare_subscriber, self._message
+        )
+        commands = ClientService(endpoint, self._commands_factory, retryPolicy=RETRY, clock=reactor)
         subscriber = ClientService(
-            endpoint,
-            _ProtocolFactory(_Subscriber, address, self._message),
-            retryPolicy=RETRY,
-            clock=reactor,
-            prepareConnection=self._subscriber_ready,
+            endpoint, self._subscriber_factory, retryPolicy=RETRY, clock=reactor
         )
         commands.setServiceParent(self)
         subscriber.setServiceParent(self)
@@ -281,35 +334,56 @@ class RedisLink(MultiService):
 
     # Connection state.
 
-    async def _commands_ready_async(self, protocol: Any) -> None:
-        await protocol.whenConnected()
+    def _prepare_commands(self, protocol: Any) -> None:
+        self._prepare(protocol, self._commands_ready, self._commands_factory)
+
+    def _prepare_subscriber(self, protocol: Any) -> None:
+        self._prepare(protocol, self._subscriber_ready, self._subscriber_factory)
+
+    def _prepare(
+        self,
+        protocol: Any,
+        ready: Callable[[Any], Coroutine[Any, Any, None]],
+        factory: _ProtocolFactory,
+    ) -> None:
+        """Once `protocol` is connected (and signed in), make it ready; if that fails, close
+        it, and its ClientService tries again."""
+
+        async def prepare() -> None:
+            # txredisapi never says "connected" when AUTH or SELECT failed: it closes instead.
+            which, _ = await race([protocol.whenConnected(), protocol.whenDisconnected()])
+            if which == 0:
+                await ready(protocol)
+                factory.accepted()
+
+        def failed(failure: Failure) -> None:
+            # (Lost meanwhile: ClientService already knows.)
+            if protocol.connected:
+                factory.refused(failure.getErrorMessage())
+                protocol.transport.abortConnection()
+
+        Deferred.fromCoroutine(prepare()).addErrback(failed)
+
+    async def _commands_ready(self, protocol: Any) -> None:
         # Loaded before anything runs: a command sent on the way out (a release while the node
         # stops) then needs no second round trip for NOSCRIPT.
         for script in self._scripts:
             await protocol.execute_command("SCRIPT", "LOAD", script.source)
         self._commands = protocol
-        # (ClientService hands us a proxy of the protocol: compare with what we were handed.)
         protocol.whenDisconnected().addCallback(lambda _: self._commands_lost(protocol))
         self._maybe_up()
-
-    def _commands_ready(self, protocol: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._commands_ready_async(protocol))
 
     def _commands_lost(self, protocol: Any) -> None:
         if self._commands is protocol:
             self._commands = None
             self._went_down()
 
-    async def _subscriber_ready_async(self, protocol: Any) -> None:
-        await protocol.whenConnected()
+    async def _subscriber_ready(self, protocol: Any) -> None:
         await protocol.subscribe([self.probe_channel, *sorted(self._channels)])
         self._subscriber = protocol
         self._probe_seen = self._probe_sent
         protocol.whenDisconnected().addCallback(lambda _: self._subscriber_lost(protocol))
         self._maybe_up()
-
-    def _subscriber_ready(self, protocol: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._subscriber_ready_async(protocol))
 
     def _subscriber_lost(self, protocol: Any) -> None:
         if self._subscriber is protocol:

@@ -18,7 +18,7 @@ from twisted.web.static import File
 
 from wschat import __version__
 from wschat.chat.hub import Hub
-from wschat.chat.limits import AddressCap
+from wschat.chat.limits import AddressCap, Limits
 from wschat.private import release_request
 from wschat.server.factory import SERVER_NAME, ChatFactory
 from wschat.server.http import BoundedChannel, BoundedRequest, BoundedSite
@@ -50,12 +50,18 @@ def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
     return host in allowed or (bool(colon) and port.isdigit() and name in allowed)
 
 
+_LIMITS = Limits()
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    """What /config.json tells the browser client: the --auth mode and --client-token-url."""
+    """What /config.json tells the browser client: the --auth mode and --client-token-url,
+    and --rate and --burst (the page paces what it sends so as never to be refused for them)."""
 
     auth: str = "off"
     token_url: str | None = None
+    rate: float = _LIMITS.rate_per_s
+    burst: int = _LIMITS.burst
 
     def csp(self) -> str:
         origin = ""
@@ -145,7 +151,14 @@ class Config(Resource):
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__()
-        self._body = json.dumps({"auth": config.auth, "token_url": config.token_url}).encode()
+        self._body = json.dumps(
+            {
+                "auth": config.auth,
+                "token_url": config.token_url,
+                "rate": config.rate,
+                "burst": config.burst,
+            }
+        ).encode()
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")

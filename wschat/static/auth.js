@@ -64,6 +64,9 @@ export async function loadConfig() {
     const config = await response.json();
     if (['off', 'optional', 'required'].includes(config.auth)) state.auth.mode = config.auth;
     if (typeof config.token_url === 'string' && config.token_url) state.auth.tokenUrl = config.token_url;
+    if (Number.isFinite(config.rate) && Number.isFinite(config.burst)) {
+      state.limits = { rate: config.rate, burst: config.burst };
+    }
   } catch {
     // an older server without /config.json: the open chat
   }

@@ -6,7 +6,7 @@
 import { ui } from './dom.js';
 import { dropSocket, isOpen, reconnectNow } from './connection.js';
 import { charCount, MAX_TEXT_CHARS, nameProblem } from './limits.js';
-import { sendSay } from './session.js';
+import { flushOutbox } from './session.js';
 import { activeRoom, roomOf, saveName, state } from './state.js';
 import {
   clearError,
@@ -54,13 +54,13 @@ function submitMessage() {
     return;
   }
   clearError();
-  const item = { ref: newRef(), text, state: 'queued', error: '', retries: 0, node: null };
+  const item = { ref: newRef(), text, state: 'queued', error: '', sentAt: 0, node: null };
   room.outbox.push(item);
   ui.messages.append(outboxNode(item));
   ui.empty.hidden = true;
   ui.input.value = '';
   autosize();
-  sendSay(room, item);
+  flushOutbox();
   scrollToBottom();
 }
 
@@ -82,9 +82,8 @@ function retryItem(item) {
   if (!room) return;
   item.state = 'queued';
   item.error = '';
-  item.retries = 0;
   renderOutboxItem(item);
-  sendSay(room, item);
+  flushOutbox();
   ui.input.focus();
 }
 

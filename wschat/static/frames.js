@@ -4,10 +4,19 @@
 import { ui } from './dom.js';
 import { isOpen } from './connection.js';
 import { onMembers, onPresence, requestPage, resetPages } from './members.js';
-import { flushOutbox, onAuthed, sendJoin, sendLeave, takeAwaiting } from './session.js';
+import {
+  flushOutbox,
+  onAuthed,
+  sayAcked,
+  sayRefused,
+  sendJoin,
+  sendLeave,
+  takeAwaiting,
+} from './session.js';
 import { activeRoom, me, state } from './state.js';
 import {
   askName,
+  clearError,
   nearBottom,
   removeOutboxItem,
   renderAll,
@@ -24,10 +33,12 @@ import {
   upsertMessage,
 } from './views.js';
 
-const RATE_LIMIT_RETRY_MS = 1200;
-const RATE_LIMIT_MAX_RETRIES = 5;
-// `unavailable`: the server's shared store (Redis) is down; nothing was stored, try again.
+// A join answered `unavailable` (the server's shared store, Redis, is down) is tried again.
 const UNAVAILABLE_RETRY_MS = 2000;
+// Server trouble that passes (`unavailable`, `storage_unavailable`): the error line says so
+// until the server answers again, then is cleared.
+const PASSING = new Set(['unavailable', 'storage_unavailable']);
+let passingError = '';
 
 export function handleFrame(frame) {
   switch (frame.type) {
@@ -89,7 +100,19 @@ function onWelcome(frame) {
   }
   renderTabs();
   setConn('online');
-  flushOutbox(room);
+  serverBack();
+  flushOutbox();
+}
+
+// The server answered a join or a say again: its trouble (if it had any) is over.
+function serverBack() {
+  if (passingError && ui.error.textContent === passingError) clearError();
+  passingError = '';
+}
+
+function showPassingError(text) {
+  passingError = text;
+  showError(text);
 }
 
 function isMessage(m) {
@@ -118,6 +141,8 @@ function onAck(frame) {
   if (!room) return;
   const item = room.outbox.find((i) => i.ref === frame.ref);
   if (!item) return;
+  serverBack();
+  sayAcked();
   removeOutboxItem(room, item);
   if (Number.isInteger(frame.id) && !room.byId.has(frame.id)) {
     // Shown now as delivered; the broadcast of the same id (if any) only refreshes its time.
@@ -157,24 +182,15 @@ function onServerError(frame) {
     for (const room of state.rooms.values()) {
       const item = room.outbox.find((i) => i.ref === frame.ref);
       if (!item) continue;
-      if (frame.code === 'unavailable') {
-        item.state = 'queued';
-        renderOutboxItem(item);
-        setTimeout(() => flushOutbox(room), UNAVAILABLE_RETRY_MS);
-      } else if (frame.code === 'rate_limited' && item.retries < RATE_LIMIT_MAX_RETRIES) {
-        // Usually a burst of queued messages after a reconnect: slow down, keep the order.
-        item.retries += 1;
-        item.state = 'queued';
-        renderOutboxItem(item);
-        setTimeout(() => flushOutbox(room), RATE_LIMIT_RETRY_MS * item.retries);
-      } else {
+      if (!sayRefused(item, frame.code)) {
         item.state = 'failed';
         item.error = text;
         renderOutboxItem(item);
       }
       break;
     }
-    showError(text);
+    if (PASSING.has(frame.code)) showPassingError(text);
+    else if (frame.code !== 'rate_limited') showError(text);
     return;
   }
   const request = state.awaiting.shift();
@@ -193,7 +209,8 @@ function onJoinError(request, frame, text) {
   }
   room.joinState = 'error';
   renderTabs();
-  showError(`#${room.name}: ${text}`);
+  if (PASSING.has(frame.code)) showPassingError(`#${room.name}: ${text}`);
+  else showError(`#${room.name}: ${text}`);
   if (frame.code === 'unavailable') {
     setTimeout(() => {
       if (room.joinState === 'error' && isOpen()) sendJoin(room);

@@ -30,6 +30,7 @@ export const state = {
   retryAt: 0,
   countdownTimer: 0,
   stayAway: false, // the server closed us with a code that says not to reconnect by ourselves
+  limits: { rate: 5, burst: 20 }, // the server's --rate and --burst (/config.json)
   rooms: new Map(), // room name -> Room, in tab order
   active: null,
   // Joins and leaves carry no ref, so an error with ref null answers the oldest of them: the
@@ -70,7 +71,7 @@ export function makeRoom(name) {
     pagedAll: false,
     paging: false, // a page was asked for and has not come yet
     listing: false, // re-reading the whole list with `who` (the room came under the limit)
-    outbox: [], // {ref, text, state: queued|sending|failed, error, retries, node}
+    outbox: [], // {ref, text, state: queued|sending|failed, error, sentAt, node}
     unread: 0,
     scrollTop: null, // remembered while another tab is shown; null = follow the bottom
   };
