@@ -20,11 +20,12 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from wschat.chat.hub import Hub, Session
+from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.chat.model import Join
 from wschat.chat.ports import RoomEvent
+from wschat.chat.session import Session
 
 JOINS_PER_S = 2000
 WINDOW = 1000

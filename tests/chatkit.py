@@ -7,11 +7,12 @@ from typing import Any, TypeVar
 
 from twisted.internet.task import Clock
 
-from wschat.chat.hub import Hub, Session
+from wschat.chat.hub import Hub
 from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, MemoryHistory
 from wschat.chat.model import Event, Members, Presence, Welcome, Who
 from wschat.chat.ports import HistoryStore, RoomEvent, Roster
+from wschat.chat.session import Session
 
 T = TypeVar("T")
 

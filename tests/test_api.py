@@ -19,10 +19,10 @@ from referencing.jsonschema import DRAFT202012
 from treq.testing import StubTreq
 
 from wschat.chat.errors import StorageUnavailable, Unavailable
-from wschat.chat.hub import Session
 from wschat.chat.identity import Identity, sign_in
 from wschat.chat.memory import MemoryHistory
 from wschat.chat.model import Join, Left, Message, Presence
+from wschat.chat.session import Session
 from wschat.server.api import Api, ApiContext, ApiKeys, KeyFileError, load_api_keys
 
 from .chatkit import Peer, World, run

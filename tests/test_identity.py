@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from wschat.chat import errors
-from wschat.chat.hub import Session
 from wschat.chat.identity import (
     GUEST_MARK,
     MAX_GUEST_BASE_CHARS,
@@ -19,6 +18,7 @@ from wschat.chat.identity import (
     sign_in,
 )
 from wschat.chat.model import Join, Leave, Members, Message, Presence, Say, Welcome, Who
+from wschat.chat.session import Session
 
 from .chatkit import Peer, World, run
 

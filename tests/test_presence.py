@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wschat.chat import errors
-from wschat.chat.hub import Session
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join, Leave, Members, Presence, Welcome, Who
+from wschat.chat.session import Session
 
 from .chatkit import Peer, View, World, presences, run
 

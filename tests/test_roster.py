@@ -21,7 +21,6 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from wschat.chat import errors
-from wschat.chat.hub import Session
 from wschat.chat.identity import Identity
 from wschat.chat.limits import Limits
 from wschat.chat.model import Join, Leave, Left, Members, Presence, Welcome, Who
@@ -38,6 +37,7 @@ from wschat.chat.ports import (
     RosterChange,
     Snapshot,
 )
+from wschat.chat.session import Session
 from wschat.redis.node import RedisNode
 
 from .chatkit import Peer, View, World, presences, run

@@ -82,11 +82,12 @@ def _answer(chat: Chat) -> str:
 def test_a_client_cannot_pre_empt_an_api_publish(
     wschat_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """No client may join as `api` (any case); a client and the application saying the same
-    ref under one name are two stored messages: the publish is 201, stored and broadcast."""
+    """No client may join as `api` (any case, or a name that reads the same); a client and the
+    application saying the same ref under one name are two stored messages: the publish is
+    201, stored and broadcast."""
     server, api = api_server(wschat_server, tmp_path)
     mallory = Chat(server.ws_url)
-    for name in ("api", "API"):
+    for name in ("api", "API", "\u0430pi"):  # the last with a Cyrillic a
         mallory.send(type="join", room="lobby", name=name)
         assert _answer(mallory) == "name_invalid"
     mallory.join("lobby", "bot")

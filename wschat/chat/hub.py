@@ -42,6 +42,7 @@ from wschat.chat.model import (
     format_ts,
     message_bytes,
 )
+from wschat.chat.names import name_key
 from wschat.chat.nodes import NodeSync
 from wschat.chat.ports import Broker, HistoryStore, NewMessage, Roster
 from wschat.chat.presence import PresenceBatcher, WhoIsWho
@@ -49,7 +50,8 @@ from wschat.chat.ratelimit import TokenBucket
 from wschat.chat.room import Room
 from wschat.chat.session import Fanout, Schedule, Session
 
-__all__ = ["Fanout", "Hub", "Schedule", "Session"]
+# Names no client may take: the application's, and every name that reads the same.
+_RESERVED_KEYS = frozenset(map(name_key, RESERVED_NAMES))
 
 
 class Hub:
@@ -258,7 +260,7 @@ class Hub:
             if cmd.name is None:
                 raise NameRequired("the first join of a connection needs a name")
             name = check_name(cmd.name)
-            if not session.guest and name.casefold() in RESERVED_NAMES:
+            if not session.guest and name_key(name) in _RESERVED_KEYS:
                 # The application's (a guest's name is marked, a signed one its token's).
                 raise NameInvalid(f"the name {name!r} is reserved for the server's application")
             session.name = guest_name(name) if session.guest else name

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from wschat.chat import identity
 from wschat.chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
-from wschat.chat.hub import Hub, Session
+from wschat.chat.hub import Hub
 from wschat.chat.identity import AuthMode, Identity
 from wschat.chat.limits import RefusalLog
 from wschat.chat.model import (
@@ -38,6 +38,7 @@ from wschat.chat.model import (
     Say,
     Who,
 )
+from wschat.chat.session import Session
 from wschat.server.counts import Counts
 from wschat.server.settings import AuthSettings
 from wschat.server.tokens import TokenVerifier

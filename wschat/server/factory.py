@@ -9,8 +9,9 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 
-from wschat.chat.hub import Hub, Session
+from wschat.chat.hub import Hub
 from wschat.chat.ports import RoomEvent
+from wschat.chat.session import Session
 from wschat.private import bake_options, use_timer
 from wschat.server.admission import Admission
 from wschat.server.connection import ConnectionContext
