@@ -11,6 +11,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
 from wschat.chat.limits import AddressCap
+from wschat.server.refusals import Refusals
 from wschat.server.settings import WsSettings
 
 # A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
@@ -41,12 +42,12 @@ def address_of(peer: str) -> str:
 
 
 class Admission:
-    """The handshake's gate for one server; `addresses` counts the connections it let in."""
+    """The handshake's gate for one server; `addresses` counts the connections it let in.
+    Its refusals are logged through `refusals`: one address retrying makes no line a try."""
 
-    # The namespace under which operators and the e2e tests find these lines.
-
-    def __init__(self, settings: WsSettings) -> None:
+    def __init__(self, settings: WsSettings, refusals: Refusals) -> None:
         self._settings = settings
+        self._refusals = refusals
         self.addresses = AddressCap(settings.max_connections_per_ip)
         # Set by the drain at shutdown (wschat/app/lifecycle.py).
         self.draining = False
@@ -54,23 +55,36 @@ class Admission:
     def admit(self, request: ConnectionRequest, client: str) -> str:
         """Let `client` (Autobahn's peer string) in, counted under its address, which is
         returned for `release`; or refuse the upgrade by raising ConnectionDeny."""
+        ip = address_of(client)
         if self.draining:
+            self._refusals.refused(
+                _log, ip, "draining", "refused {client}: the server is draining", client=client
+            )
             # The client should come back to the next instance.
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server is restarting")
         origin = request.headers.get("origin")
         host = request.headers.get("host")
         allowed = self._settings.allowed_origins
         if not origin_allowed(origin, host, allowed):
-            _log.info(
+            self._refusals.refused(
+                _log,
+                ip,
+                "origin",
                 "refused {client}: origin {origin!r} not allowed (compared with {against})",
                 client=client,
                 origin=origin,
                 against=f"--allowed-origin {' '.join(allowed)}" if allowed else f"host {host!r}",
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        ip = address_of(client)
         if not self.addresses.admit(ip):
-            _log.info("refused {client}: too many connections from {ip}", client=client, ip=ip)
+            self._refusals.refused(
+                _log,
+                ip,
+                "connections",
+                "refused {client}: too many connections from {ip}",
+                client=client,
+                ip=ip,
+            )
             if self._settings.trusted_proxies == 0 and self.addresses.proxy_hint(ip):
                 _log.warn(
                     "{ip} holds --max-connections-per-ip {limit} connections; if wschat is "

@@ -18,6 +18,7 @@ from wschat.server.connection import ConnectionContext
 from wschat.server.counts import Counts
 from wschat.server.output import Output
 from wschat.server.protocol import ChatProtocol
+from wschat.server.refusals import Refusals
 from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.timers import BucketTimer
 from wschat.wire import encode
@@ -73,7 +74,8 @@ class ChatFactory(WebSocketServerFactory):
         use_timer(self, BucketTimer(clock))
         self.output = Output(clock)
         self.counts = Counts()
-        self.admission = Admission(settings)
+        self.refusals = Refusals(clock)
+        self.admission = Admission(settings, self.refusals)
         self.protocols: set[ChatProtocol] = set()
         self._context: ConnectionContext | None = None
 

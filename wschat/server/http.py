@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from io import BytesIO
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from wschat.chat.limits import AddressCap
+from wschat.server.refusals import Refusals
 
 # A request head (the WebSocket handshake included) must arrive complete within this long of
 # connecting or of the previous request finishing: a slowloris client trickling bytes would
@@ -53,6 +56,8 @@ class BoundedRequest(Request):
     above 100 KB or without a Content-Length): the channel cuts a body over its site's cap."""
 
     _body_bytes = 0
+    # Refused, and logged as such through the site's Refusals: no access-log line of its own.
+    refused = False
 
     def gotLength(self, length: int | None) -> None:
         # Request declares `content = None` at class level, which types it as None.
@@ -84,6 +89,7 @@ class BoundedChannel(HTTPChannel):
     _reading_body = False
     _addresses: AddressCap | None = None
     _address: str | None = None
+    _refusals: Refusals | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -94,6 +100,7 @@ class BoundedChannel(HTTPChannel):
             self.request_timeout_s = site.request_timeout_s
             self.max_body_bytes = site.max_body_bytes
             self._refusal = site.refusal
+            self._refusals = site.refusals
             if site.addresses is not None and not self._admit(site.addresses):
                 return
         self._arm()
@@ -106,7 +113,13 @@ class BoundedChannel(HTTPChannel):
         if not isinstance(ip, str):
             return True
         if not addresses.admit(ip):
-            _log.info("refused {peer}: too many HTTP connections from {ip}", peer=peer, ip=ip)
+            self._refused(
+                ip,
+                "http connections",
+                "refused {peer}: too many HTTP connections from {ip}",
+                peer=peer,
+                ip=ip,
+            )
             self._refuse(429, "too_many_connections", "too many connections from your address")
             return False
         self._addresses, self._address = addresses, ip
@@ -204,23 +217,37 @@ class BoundedChannel(HTTPChannel):
         transport = ITCPTransport(self.transport, None)
         if transport is None:
             return
+        peer = transport.getPeer()
+        address = str(getattr(peer, "host", peer))
         if self._reading_body:
-            _log.info(
+            self._refused(
+                address,
+                "slow request",
                 "closing {peer}: no complete request in {timeout}s",
-                peer=transport.getPeer(),
+                peer=peer,
                 timeout=self.request_timeout_s,
             )
         else:
-            _log.info(
+            self._refused(
+                address,
+                "slow request head",
                 "closing {peer}: no complete request head in {timeout}s",
-                peer=transport.getPeer(),
+                peer=peer,
                 timeout=min(self.head_timeout_s, self.request_timeout_s),
             )
         transport.abortConnection()
 
+    def _refused(self, address: str, kind: str, format: str, **fields: object) -> None:
+        if self._refusals is None:
+            _log.info(format, **fields)
+        else:
+            self._refusals.refused(_log, address, kind, format, **fields)
+
 
 class BoundedSite(Site):
-    """A Site whose channels apply these bounds; `addresses` None: no per-address cap."""
+    """A Site whose channels apply these bounds; `addresses` None: no per-address cap.
+    Refusals are logged through `refusals`, which make_site shares with the WebSocket
+    factory; a refused request (`BoundedRequest.refused`) writes no access-log line."""
 
     protocol = BoundedChannel  # type: ignore[assignment]
     requestFactory = BoundedRequest
@@ -230,3 +257,11 @@ class BoundedSite(Site):
     max_body_bytes = 0
     addresses: AddressCap | None = None
     refusal: Refusal = staticmethod(text_refusal)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refusals = Refusals(self.reactor)
+
+    def log(self, request: http.Request) -> None:
+        if not getattr(request, "refused", False):
+            super().log(request)

@@ -8,7 +8,7 @@ bytes by the write path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from wschat.chat.model import Event
 from wschat.private import forget_handshake
+from wschat.server.admission import address_of
 from wschat.server.connection import Connection
 from wschat.server.counts import close_label
 from wschat.server.output import Outbox
@@ -63,6 +64,8 @@ class ChatProtocol(WebSocketServerProtocol):
         self._bytes_while_paused = 0
         self._client = "?"
         self._counted_ip: str | None = None
+        # Admission refused the upgrade, and logged why.
+        self._denied = False
         self._was_open = False
         self.outbox = Outbox(self)
 
@@ -72,12 +75,10 @@ class ChatProtocol(WebSocketServerProtocol):
         # Autobahn would answer an unexpected exception with HTTP 500 and the exception's
         # text in the body: log it here instead, and say nothing about it to the client.
         try:
-            client = str(self.peer)
-            # With --trust-proxies this is what the proxy wrote in X-Forwarded-For, and it
-            # starts every log line about the connection: escaped unless plainly printable.
-            self._client = client if client.isprintable() else ascii(client)
+            self._client = self._peer_for_log()
             self._counted_ip = self.factory.admission.admit(request, self._client)
         except ConnectionDeny:
+            self._denied = True
             raise
         except Exception:
             _log.failure("handshake of {client} failed", client=self._client)
@@ -85,6 +86,34 @@ class ChatProtocol(WebSocketServerProtocol):
                 ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error"
             ) from None
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def _peer_for_log(self) -> str:
+        # With --trust-proxies this is what the proxy wrote in X-Forwarded-For, and it starts
+        # every log line about the connection: escaped unless plainly printable.
+        client = str(self.peer)
+        return client if client.isprintable() else ascii(client)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Refuse the upgrade as Autobahn does, without the two lines it writes for each
+        refusal (an info and a warning): a client retrying in a loop would write them for
+        every try. Ours go through the factory's Refusals, once a minute for each address."""
+        if not self._denied:
+            client = self._peer_for_log()
+            self.factory.refusals.refused(
+                _log,
+                address_of(client),
+                f"handshake {code}",
+                "refused {client}: {reason!r} ({code})",
+                client=client,
+                reason=reason,
+                code=code,
+            )
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        # An answered refusal ends the connection as planned: left unclean, dropConnection
+        # would log a warning for it.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def onOpen(self) -> None:
         try:

@@ -174,6 +174,9 @@ class UpgradeResource(WebSocketResource):
 
     def render(self, request: Request) -> bytes | int:
         if not _asks_for_websocket(request):
+            refuse(
+                request, "upgrade", "refused {peer}: {path!r} without an upgrade", path=request.uri
+            )
             # Not Autobahn's status page: it names Autobahn and its version.
             request.setResponseCode(426)
             request.setHeader(b"upgrade", b"websocket")
@@ -186,6 +189,20 @@ class UpgradeResource(WebSocketResource):
         if result is NOT_DONE_YET:
             release_request(request)
         return result
+
+
+def refuse(request: Request, kind: str, format: str, **fields: object) -> None:
+    """Log a refused request through its site's Refusals (once a minute for each address and
+    kind), in place of its access-log line."""
+    peer = request.getClientAddress()
+    site = request.site
+    if isinstance(request, BoundedRequest):
+        request.refused = True
+    if isinstance(site, BoundedSite):
+        address = str(getattr(peer, "host", peer))
+        site.refusals.refused(_log, address, kind, format, peer=peer, **fields)
+    else:
+        _log.info(format, peer=peer, **fields)
 
 
 def _asks_for_websocket(request: Request) -> bool:
@@ -209,8 +226,7 @@ class ChatRequest(BoundedRequest):
         hosts = self.requestHeaders.getRawHeaders(b"host") or []
         host = hosts[0] if len(hosts) == 1 else None
         if allowed and not host_allowed(None if host is None else host.decode("latin-1"), allowed):
-            peer = self.getClientAddress()
-            _log.info("refused {peer}: host {host!r} not allowed", peer=peer, host=hosts)
+            refuse(self, "host", "refused {peer}: host {host!r} not allowed", host=hosts)
             self.setResponseCode(421, b"Misdirected Request")
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
             self.setHeader(b"content-length", b"%d" % len(MISDIRECTED_TEXT))
@@ -256,5 +272,6 @@ def make_site(
     # under their forwarded addresses (admission.py), plain HTTP is left to the proxies.
     if settings.max_connections_per_ip and not settings.trusted_proxies:
         site.addresses = AddressCap(settings.max_connections_per_ip)
+    site.refusals = factory.refusals
     site.displayTracebacks = False
     return site
