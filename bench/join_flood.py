@@ -120,7 +120,9 @@ async def flooder(url: str, until: float, counts: Counts) -> None:
 
 
 async def flood_once(url: str, until: float, counts: Counts) -> None:
-    async with connect(url, max_size=None, max_queue=None) as ws:
+    # A server that stops reading a client over its rate leaves its sends and its close
+    # waiting in the kernel's buffers: neither may outlast the phase.
+    async with connect(url, max_size=None, max_queue=None, close_timeout=1) as ws:
         await ws.send(json.dumps({"type": "join", "room": "big", "name": "flooder"}))
         await recv_type(ws, "welcome")
 
@@ -132,8 +134,11 @@ async def flood_once(url: str, until: float, counts: Counts) -> None:
         reader = asyncio.create_task(drain())
         try:
             frame = json.dumps({"type": "join", "room": "big"})
-            while time.monotonic() < until:
-                await ws.send(frame)
+            while (left_s := until - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(ws.send(frame), left_s)
+                except TimeoutError:
+                    break
                 counts["sent"] = counts.get("sent", 0) + 1
                 await asyncio.sleep(0)
         finally:
