@@ -24,12 +24,20 @@ from wschat.private import (
     forget_handshake,
     idle_tcp_socket,
     release_request,
+    take_unparsed,
     use_timer,
 )
 from wschat.server.factory import ChatFactory
 from wschat.server.protocol import ChatProtocol
 from wschat.server.settings import WsSettings
-from wschat.testing import CLIENT_ADDRESS, TcpLikeTransport, handshake, make_factory
+from wschat.testing import (
+    CLIENT_ADDRESS,
+    OP_TEXT,
+    TcpLikeTransport,
+    client_frame,
+    handshake,
+    make_factory,
+)
 
 
 class RecordingTimer:
@@ -88,6 +96,35 @@ def test_autobahn_keeps_the_handshake_and_a_send_queue_on_each_connection() -> N
     forget_handshake(protocol)
     assert all(getattr(protocol, attr) is None for attr in HANDSHAKE_LEFTOVERS)
     assert protocol.send_queue == ()
+
+
+class FirstMessageOnly(WebSocketServerProtocol):
+    """Takes what is left unparsed when its first message arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[bytes] = []
+        self.unparsed: bytes | None = None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append(payload)
+        if self.unparsed is None:
+            self.unparsed = take_unparsed(self)
+
+
+def test_autobahn_parses_a_read_only_while_its_data_is_left() -> None:
+    """Three frames in one read: onMessage of the first takes Autobahn's `data` (the other
+    two frames, unparsed) and the loop over the read stops there; fed back, they are parsed."""
+    factory = WebSocketServerFactory()
+    factory.protocol = FirstMessageOnly
+    protocol = connect(factory)
+    assert isinstance(protocol, FirstMessageOnly)
+    rest = client_frame(OP_TEXT, b"two") + client_frame(OP_TEXT, b"three")
+    protocol.dataReceived(client_frame(OP_TEXT, b"one") + rest)
+    assert protocol.messages == [b"one"] and protocol.unparsed == rest
+    assert protocol.data == b""
+    protocol.dataReceived(protocol.unparsed)
+    assert protocol.messages == [b"one", b"two", b"three"]
 
 
 class Port:

@@ -118,6 +118,42 @@ def test_errors_keep_the_connection_open(
     assert not any("secret words" in repr(e) for e in log_events)
 
 
+def test_a_client_over_its_rate_is_not_read_until_its_bucket_refills(
+    clock: Clock, log_events: EventLoggingObserver
+) -> None:
+    """Ten joins in one read with --request-burst 3 (--request-rate 2): three welcomes and one
+    rate_limited, the other six unanswered and reading paused; every 0.5 s the next one is
+    served and the one after refused. Once the flood is worked off, a client that slows down
+    is served as before, and reading runs again."""
+    factory = make_factory(clock, limits=Limits(request_rate_per_s=2, request_burst=3))
+    client = Client(factory)
+
+    def answers() -> list[str]:
+        events = client.events()
+        return [e.get("code", e["type"]) for e in events if e["type"] in ("welcome", "error")]
+
+    joins = [text({"type": "join", "room": f"r{i}", "name": "flo"}) for i in range(11)]
+    client.send(b"".join(joins[:10]))
+    assert answers() == ["welcome"] * 3 + ["rate_limited"]
+    assert client.transport.producerState == "paused"
+    # What a TLS transport delivers after the pause waits behind the unparsed frames.
+    client.send(joins[10])
+    clock.advance(0.49)
+    assert answers() == []
+    for _ in range(3):
+        clock.advance(0.01)
+        assert answers() == ["welcome", "rate_limited"]
+        assert client.transport.producerState == "paused"
+        clock.advance(0.49)
+    clock.advance(0.01)
+    assert answers() == ["welcome"]
+    assert client.transport.producerState == "producing"
+    clock.advance(0.5)
+    assert client.join("lobby")["room"] == "lobby"
+    refusals = [e for e in log_events if e.get("log_format", "").startswith("refused {kind}")]
+    assert len(refusals) == 4
+
+
 def test_binary_frame_closes_1003(factory: ChatFactory) -> None:
     """Binary frames are refused with close code 1003."""
     client = Client(factory)

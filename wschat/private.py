@@ -58,6 +58,15 @@ def forget_handshake(protocol: WebSocketServerProtocol) -> None:
     protocol.send_queue = ()  # type: ignore[assignment]
 
 
+def take_unparsed(protocol: WebSocketServerProtocol) -> bytes:
+    """Take what Autobahn has received on `protocol` but not parsed yet (its `data`), leaving
+    it nothing: called from onMessage, this ends Autobahn's loop over the frames of the
+    current read after this one (`processData` goes on only while `data` is left)."""
+    unparsed: bytes = protocol.data
+    protocol.data = b""
+    return unparsed
+
+
 def idle_tcp_socket(transport: object) -> socket.socket | None:
     """The socket of a connected tcp.Server with nothing waiting in Twisted's own write
     buffer (so that writing to the socket directly keeps the byte order); else None."""

@@ -318,9 +318,10 @@ def test_a_ping_flood_that_never_reads_is_cut_off(wschat_server: ServerFactory) 
 
 
 def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> None:
-    """One client fires 10,000 tiny says at once: all but the rate allowance get
-    rate_limited (not logged one by one), and another member of the same room keeps
-    receiving its messages, in order, meanwhile."""
+    """One client fires 10,000 tiny says at once: beyond the burst the server refuses one
+    and reads that connection no further until its bucket has a token again, so for two
+    seconds it answers about --rate says a second and no more refusals than that, the rest
+    left unread; another member of the same room keeps receiving its messages, in order."""
     server = wschat_server("--rate", "20", "--burst", "20")
     ann = Bystander(server, room="flood")
     raw = RawWs(server.port, handshake=False)
@@ -330,36 +331,43 @@ def test_ten_thousand_says_as_fast_as_possible(wschat_server: ServerFactory) -> 
     answers: dict[str, int] = {"ack": 0, "rate_limited": 0}
 
     def read() -> None:
-        while answers["ack"] + answers["rate_limited"] < count:
-            event = raw.recv_json()
-            if event["type"] == "ack":
-                answers["ack"] += 1
-            elif event["type"] == "error":
-                assert event["code"] == "rate_limited", event
-                answers["rate_limited"] += 1
+        try:
+            while True:
+                event = raw.recv_json(HANG_GUARD_S)
+                if event["type"] == "ack":
+                    answers["ack"] += 1
+                elif event["type"] == "error":
+                    assert event["code"] == "rate_limited", event
+                    answers["rate_limited"] += 1
+        except OSError:
+            pass  # the socket was shut down at the end of the test
 
-    reader = threading.Thread(target=read)
-    reader.start()
     flood = b"".join(
         client_frame(OP_TEXT, b'{"type":"say","room":"flood","text":"x","ref":"%d"}' % i)
         for i in range(count)
     )
+    reader = threading.Thread(target=read)
+    # The send may block: the server leaves the flood in the kernel's buffers.
+    sender = threading.Thread(target=raw.send, args=(flood,), daemon=True)
+    reader.start()
     start = time.monotonic()
-    raw.send(flood)
+    sender.start()
     served = 0
-    while reader.is_alive():
+    while time.monotonic() - start < 2.0:
         ann.served()
         served += 1
         time.sleep(0.05)  # the bystander keeps within --rate 20 itself
-    reader.join()
+    seen = dict(answers)
     elapsed = time.monotonic() - start
-    print(f"flood: {answers} in {elapsed:.2f}s; the bystander was served {served} times")
-    assert answers["ack"] + answers["rate_limited"] == count
-    # The burst plus --rate for the time the flood took to process (at most `elapsed`, so a
-    # loaded machine only loosens this).
-    assert 20 <= answers["ack"] <= 20 + 20 * elapsed + 1
-    # Refusals in a row are logged once, not 10,000 times.
-    assert server.log().count("refused rate_limited") < answers["rate_limited"] / 10
+    raw.sock.shutdown(socket.SHUT_RDWR)
+    reader.join()
+    print(f"flood: {seen} in {elapsed:.2f}s; the bystander was served {served} times")
+    # The burst plus --rate for the time the flood took (a loaded machine only loosens this).
+    assert 20 <= seen["ack"] <= 20 + 20 * elapsed + 1
+    # A refusal, then nothing read until a token is back: after the burst, about one refusal
+    # per say served (twice that leaves room for a refill a rounding error short of a token),
+    # where every frame used to be answered.
+    assert 1 <= seen["rate_limited"] <= 2 * (seen["ack"] - 20 + 1)
     ann.served()
 
 
@@ -402,9 +410,9 @@ def test_total_connections_are_capped_with_503(wschat_server: ServerFactory) -> 
 
 def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
     """A connection that pipelines 1,000 joins gets --max-rooms welcomes, then too_many_rooms
-    and, past its request burst, rate_limited: the server holds only those rooms; a room at
-    --max-members refuses
-    newcomers with room_full while its members go on chatting."""
+    up to its request burst (40), then rate_limited, and is not read further until its bucket
+    refills: the server holds only those rooms; a room at --max-members refuses newcomers with
+    room_full while its members go on chatting."""
     server = wschat_server("--max-rooms", "5", "--max-members", "3")
     greedy = RawWs(server.port, handshake=False)
     assert greedy.upgrade() == 101
@@ -414,12 +422,10 @@ def test_room_and_member_limits(wschat_server: ServerFactory) -> None:
             for i in range(1000)
         )
     )
-    answers: list[dict[str, Any]] = [greedy.recv_json() for _ in range(1000)]
+    answers: list[dict[str, Any]] = [greedy.recv_json() for _ in range(41)]
     assert [a["type"] for a in answers[:5]] == ["welcome"] * 5
-    # Within the request burst the joins are refused for the rooms, beyond it for the rate.
-    codes = [a.get("code") for a in answers[5:]]
-    assert set(codes) == {"too_many_rooms", "rate_limited"}
-    assert codes.index("rate_limited") > codes.index("too_many_rooms")
+    assert {a.get("code") for a in answers[5:40]} == {"too_many_rooms"}
+    assert answers[40]["code"] == "rate_limited"
     assert health(server)["rooms"] == 5
 
     members = [Chat(server.ws_url) for _ in range(3)]

@@ -59,7 +59,14 @@ class TextInvalid(ChatError):
 
 
 class RateLimited(ChatError):
+    """Over a rate; `retry_in_s` says when the bucket that refused has a token again, so that
+    the server need not read the connection's next frames before then."""
+
     code = "rate_limited"
+
+    def __init__(self, message: str, ref: str | None = None, retry_in_s: float = 0.0) -> None:
+        super().__init__(message, ref)
+        self.retry_in_s = retry_in_s
 
 
 class TooManyRooms(ChatError):

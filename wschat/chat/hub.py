@@ -135,7 +135,8 @@ class Hub:
             limits = self.limits
             raise RateLimited(
                 f"at most {limits.request_rate_per_s:g} join, leave, who, kick and refresh "
-                f"requests a second (burst {limits.request_burst}); slow down"
+                f"requests a second (burst {limits.request_burst}); slow down",
+                retry_in_s=session.requests.wait_s(),
             )
 
     async def join(self, session: Session, cmd: Join) -> None:
@@ -344,6 +345,7 @@ def _take_tokens(session: Session, now_s: float, limits: Limits, ref: str | None
         raise RateLimited(
             f"at most {limits.rate_per_s:g} messages a second (burst {limits.burst}); slow down",
             ref,
+            session.bucket.wait_s(),
         )
     shared = session.address_bucket
     if shared is not None and not shared.take(now_s):
@@ -351,4 +353,5 @@ def _take_tokens(session: Session, now_s: float, limits: Limits, ref: str | None
             f"your address may send at most {limits.rate_per_ip_s:g} messages a second "
             f"over all its connections (burst {limits.burst_per_ip}); slow down",
             ref,
+            shared.wait_s(),
         )

@@ -22,3 +22,10 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def wait_s(self) -> float:
+        """Seconds from the last `take` until the bucket holds a whole token again."""
+        missing = 1.0 - self._tokens
+        if missing <= 0:
+            return 0.0
+        return missing / self._rate if self._rate > 0 else float("inf")

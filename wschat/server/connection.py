@@ -20,7 +20,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat import identity
-from wschat.chat.errors import AuthUnexpected, ChatError, KeysUnavailable, TokenInvalid
+from wschat.chat.errors import (
+    AuthUnexpected,
+    ChatError,
+    KeysUnavailable,
+    RateLimited,
+    TokenInvalid,
+)
 from wschat.chat.hub import Hub
 from wschat.chat.identity import AuthMode, Identity
 from wschat.chat.limits import RefusalLog
@@ -64,6 +70,10 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with `code` (any of wschat/wire.py)."""
+
+    def hold_input(self, delay_s: float) -> None:
+        """Read nothing more from the client for about `delay_s`: it is over a rate, and what
+        it sent meanwhile would only be refused, each at the cost of an answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +341,8 @@ class Connection:
         if self._refusals.refused(exc.code):
             _log.info("refused {kind} from {client}", kind=exc.code, client=self._client)
         self.send(Error(exc.code, exc.message, exc.ref))
+        if isinstance(exc, RateLimited):
+            self._transport.hold_input(exc.retry_in_s)
 
     def _replaced(self) -> None:
         """A reconnect with this connection's token took its name over: the session is the

@@ -1,6 +1,10 @@
 """The Autobahn side of a chat connection: the handshake (admission.py decides), text frames
-in (connection.py serves them), frames out through the write path (output.py), backpressure,
-and the close.
+in (connection.py serves them), frames out through the write path (output.py), backpressure
+both ways, and the close.
+
+A connection refused for its rate is not read until its bucket has a token again: its next
+frames stay unparsed, in Autobahn's buffer of the read and then in the kernel's, so a flood
+costs the reactor about one refusal per refill instead of one per frame.
 
 Every broadcast is framed once in `ChatFactory.fanout` and queued for each member as the same
 bytes by the write path.
@@ -13,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wschat.chat.model import Event
-from wschat.private import forget_handshake
+from wschat.private import forget_handshake, take_unparsed
 from wschat.server.admission import address_of
 from wschat.server.connection import Connection
 from wschat.server.counts import close_label
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
     from wschat.server.factory import ChatFactory
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+# The longest a connection over its rate goes unread at a time (a bucket refilling slower
+# waits in several holds): its pongs and close frame wait behind the hold, and the ping timeout
+# (--ping-timeout, 5 s by default) must not run out on a client that has slowed down.
+MAX_INPUT_HOLD_S = 1.0
 
 
 # A module-level Logger keeps the namespace given (a Logger as a class attribute takes its
@@ -67,6 +75,9 @@ class ChatProtocol(WebSocketServerProtocol):
         # Admission refused the upgrade, and logged why.
         self._denied = False
         self._was_open = False
+        # While input is held (hold_input): what was received and not parsed yet, in order.
+        self._unread: list[bytes] | None = None
+        self._resume_input: IDelayedCall | None = None
         self.outbox = Outbox(self)
 
     # The handshake.
@@ -138,6 +149,13 @@ class ChatProtocol(WebSocketServerProtocol):
             _log.failure("could not open {client}", client=self._client)
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._unread is not None:
+            # A TLS transport may deliver the rest of what it decrypted after the pause.
+            self._unread.append(data)
+            return
+        super().dataReceived(data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self.close(CLOSE_UNSUPPORTED_DATA, "wschat speaks JSON in text frames")
@@ -205,6 +223,9 @@ class ChatProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Twisted has just closed the socket: its descriptor number may be reused at once.
         self.outbox.fd = -1
+        if self._resume_input is not None and self._resume_input.active():
+            self._resume_input.cancel()
+        self._resume_input = self._unread = None
         super().connectionLost(reason)
         self.outbox.sink = None
 
@@ -230,6 +251,32 @@ class ChatProtocol(WebSocketServerProtocol):
         # must meet the slow-consumer limit, not grow the server's send buffer without bound.
         self._count_output(len(payload) + 2)
         super().onPing(payload)
+
+    # Input held while the client is over its rate.
+
+    def hold_input(self, delay_s: float) -> None:
+        if self._unread is not None or self.state != STATE_OPEN:
+            return
+        # The frames after the refused one in this read are parsed after the hold, in order.
+        self._unread = [take_unparsed(self)]
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.pauseProducing()
+        hold_s = min(delay_s, MAX_INPUT_HOLD_S)
+        self._resume_input = self.factory.clock.callLater(hold_s, self._read_again)
+
+    def _read_again(self) -> None:
+        self._resume_input = None
+        unread, self._unread = self._unread, None
+        if unread is None:
+            return
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            # Before the held bytes are parsed: a refusal among them holds input again.
+            producer.resumeProducing()
+        data = b"".join(unread)
+        if data:
+            super().dataReceived(data)
 
     # Closing.
 

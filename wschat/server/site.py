@@ -230,6 +230,9 @@ class ChatRequest(BoundedRequest):
             self.setResponseCode(421, b"Misdirected Request")
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
             self.setHeader(b"content-length", b"%d" % len(MISDIRECTED_TEXT))
+            # The client is to ask another connection (RFC 9110 15.5.20): this one ends here.
+            self.setHeader(b"connection", b"close")
+            self.channel.persistent = False
             self.write(MISDIRECTED_TEXT)
             self.finish()
             return
