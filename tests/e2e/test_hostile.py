@@ -142,7 +142,8 @@ def test_slowloris_handshakes_are_closed_after_the_handshake_timeout(
     # Not before the timeout (a lower bound: a loaded machine only makes it later), and by
     # the handshake timeout, not some other one, which the log says.
     assert HANDSHAKE_TIMEOUT_S - 0.1 < min(closed_after.values())
-    assert server.log().count("no complete request head") == count
+    # One address: the first cut is logged, the rest of the minute goes into one summary line.
+    assert server.log().count("no complete request head") == 1
     assert served_meanwhile > 0
     ann.served()
 
