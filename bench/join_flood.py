@@ -6,8 +6,8 @@ Starts a real `twistd -n wschat` (history in memory), fills the room `big` with 
 of 2,000 emoji (a welcome of about 800 KB), then measures the chatters, each saying --rate
 messages a second in `steady`, for --seconds without the flood and --seconds with one client
 sending `join big` as fast as its socket takes them (reading and dropping what comes back).
-It does so twice: with the default request bucket, and with it opened wide (what every
-server was before issue 20, item 2). As in bench/harness.py, the server runs on CPU
+It does so twice: with the default request bucket and welcome budget, and with both opened
+wide (what every server was before issue 20, item 2). As in bench/harness.py, the server runs on CPU
 SERVER_CPU (`taskset`) and the load, chatters and flooder, on LOADGEN_CPU; the last column of
 each row is the flooded p99 over the quiet one (issue 20 asks for under 2x).
 """
@@ -33,8 +33,11 @@ TWISTD = os.path.join(ROOT, ".venv", "bin", "twistd")
 BIG_TEXT = "😀" * 2000
 # What the flooder sent and got back, by frame type (and `dropped` connections).
 Counts = dict[str, int]
-# The request bucket opened wide: no join is ever refused.
-WIDE_OPEN = ["--request-rate", "1000000", "--request-burst", "1000000"]
+# The request bucket and the welcome budget opened wide: no join is ever refused or held.
+WIDE_OPEN = [
+    *("--request-rate", "1000000", "--request-burst", "1000000"),
+    *("--welcome-rate", str(1 << 40), "--welcome-burst", str(1 << 40)),
+]
 
 
 def free_port() -> int:
@@ -206,12 +209,13 @@ def main() -> None:
         print(json.dumps(counts))
         return
     print(
-        "| request bucket | quiet says | p50 ms | p99 ms | flooded says | p50 ms | p99 ms | "
-        "p99 flooded/quiet | joins sent | welcomes | refused | dropped |"
+        "| request bucket, welcome budget | quiet says | p50 ms | p99 ms | flooded says | p50 ms "
+        "| p99 ms | p99 flooded/quiet | joins sent | welcomes | refused | dropped |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(measure(opts, [], "default (--request-rate 2, --request-burst 40)", workdir))
+        default = "default (--request-rate 2, --request-burst 40, --welcome-rate 256 KiB, 2 MiB)"
+        asyncio.run(measure(opts, [], default, workdir))
         asyncio.run(measure(opts, WIDE_OPEN, "wide open (before item 2)", workdir))
 
 

@@ -1,8 +1,9 @@
-"""The token bucket behind --rate and --burst."""
+"""The token bucket behind --rate and --burst, and the byte budget behind --welcome-rate and
+--welcome-burst."""
 
 from __future__ import annotations
 
-from wschat.chat.ratelimit import TokenBucket
+from wschat.chat.ratelimit import ByteBudget, TokenBucket
 
 
 def test_burst_then_rate() -> None:
@@ -27,3 +28,14 @@ def test_clock_going_backwards_grants_nothing() -> None:
     assert bucket.take(50.0)
     assert not bucket.take(10.0)
     assert bucket.take(51.0)
+
+
+def test_byte_budget_goes_into_debt_and_pays_it_back_at_the_rate() -> None:
+    """Spends within the burst owe nothing; the one that overdraws is allowed and owes the
+    seconds the rate takes to pay it back; the refill caps at the burst."""
+    budget = ByteBudget(rate_per_s=1000.0, burst=3000, now_s=10.0)
+    assert budget.spend(2000, 10.0) == 0.0
+    assert budget.spend(1500, 10.0) == 0.5
+    assert budget.spend(500, 10.5) == 0.5
+    assert budget.spend(3000, 1000.0) == 0.0
+    assert budget.spend(1, 1000.0) == 0.001

@@ -154,6 +154,54 @@ def test_a_client_over_its_rate_is_not_read_until_its_bucket_refills(
     assert len(refusals) == 4
 
 
+def test_welcomes_over_the_burst_hold_input_until_the_debt_is_paid(clock: Clock) -> None:
+    """Welcomes are charged by their bytes as sent: the join whose welcome overdraws
+    --welcome-burst is answered, then nothing the client sent after it is served (input held,
+    nothing refused) until the debt is paid back at --welcome-rate; then the next join and the
+    say behind it are answered, in order, each in its turn."""
+    rate, burst = 2000, 8000
+    factory = make_factory(
+        clock, WsSettings(welcome_rate_bytes_per_s=rate, welcome_burst_bytes=burst)
+    )
+    writer = Client(factory)
+    writer.join("big", "writer")
+    for i in range(10):
+        writer.send(text({"type": "say", "room": "big", "text": "x" * 500, "ref": f"w{i}"}))
+    assert [e["type"] for e in writer.events()].count("ack") == 10
+    client = Client(factory)
+    join = text({"type": "join", "room": "big", "name": "flo"})
+    say = text({"type": "say", "room": "big", "text": "hi", "ref": "r1"})
+    client.send(join * 3 + say)
+
+    def answers() -> list[tuple[str, int]]:
+        # Each text frame: its type and its length on the wire (a 2-byte head, 2 more
+        # for a length of 126 to 65535).
+        return [
+            (json.loads(p)["type"], len(p) + (4 if len(p) >= 126 else 2))
+            for op, p in client.frames()
+            if op == OP_TEXT and json.loads(p)["type"] in ("welcome", "ack", "error")
+        ]
+
+    first, second = answers()
+    assert first[0] == second[0] == "welcome"
+    # Each welcome is about 5.6 KB: the second overdraws the burst.
+    debt = first[1] + second[1] - burst
+    assert 0 < debt < rate * 3
+    assert client.transport.producerState == "paused"
+    clock.advance(debt / rate - 0.01)
+    assert answers() == []
+    clock.advance(0.02)
+    [(kind, size)] = answers()
+    assert kind == "welcome"
+    # That welcome is a debt of its own: the say behind it waits for it, is not refused.
+    clock.advance(size / rate - 0.02)
+    assert answers() == []
+    clock.advance(0.03)
+    assert [kind for kind, _ in answers()] == ["ack"]
+    clock.advance(1)
+    assert client.transport.producerState == "producing"
+
+
 def test_binary_frame_closes_1003(factory: ChatFactory) -> None:
     """Binary frames are refused with close code 1003."""
     client = Client(factory)

@@ -176,6 +176,22 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "welcome-rate",
+            None,
+            _WS.welcome_rate_bytes_per_s,
+            "Bytes of welcomes per second a connection may draw on average; one beyond "
+            "--welcome-burst leaves a debt, and the connection is not read until it is paid.",
+            _positive_int,
+        ],
+        [
+            "welcome-burst",
+            None,
+            _WS.welcome_burst_bytes,
+            "Bytes of welcomes a connection may draw at once above --welcome-rate (keep it "
+            "above what rejoining --max-rooms rooms weighs: a reconnecting client does that).",
+            _positive_int,
+        ],
+        [
             "history-ttl",
             None,
             None,

@@ -6,6 +6,11 @@ It reaches its wire only through `Transport`, which wschat/server/protocol.py im
 Autobahn: this module imports no Autobahn. With --auth optional or required a connection may
 sign in with its first frame (`auth`): the token is verified by wschat/server/tokens.py, and
 chat/identity.py says what the identity may do.
+
+A welcome is charged by its bytes as sent (--welcome-rate, --welcome-burst) after the fact:
+one beyond what the connection has left puts it in debt, and until the debt is paid back
+nothing it sends is served (input held, frames kept in order), so a flood of joins costs the
+reactor at most the rate in welcomes, and no frame is refused or lost for it.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from wschat.chat.model import (
     Leave,
     Refresh,
     Say,
+    Welcome,
     Who,
 )
+from wschat.chat.ratelimit import ByteBudget
 from wschat.chat.session import Session
 from wschat.server.counts import Counts
 from wschat.server.settings import AuthSettings
@@ -65,8 +72,9 @@ _log = Logger(namespace="wschat.ws.ChatProtocol")
 class Transport(Protocol):
     """The wire under a Connection."""
 
-    def send_event(self, event: Event) -> None:
-        """Frame `event` and queue it for the client; nothing once the wire is closing."""
+    def send_event(self, event: Event) -> int:
+        """Frame `event` and queue it for the client; returns the frame's length in bytes
+        (0: nothing queued, the wire is closing)."""
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with `code` (any of wschat/wire.py)."""
@@ -86,6 +94,9 @@ class ConnectionContext:
     auth: AuthSettings
     # How long a connection has to sign in with --auth required.
     sign_in_timeout_s: float
+    # What its welcomes may weigh (--welcome-rate, --welcome-burst).
+    welcome_rate_bytes_per_s: float
+    welcome_burst_bytes: int
 
 
 class _Close(Exception):
@@ -110,9 +121,12 @@ class Connection:
         "_held",
         "_held_bytes",
         "_opened_at",
+        "_owing",
+        "_payback",
         "_refusals",
         "_session",
         "_transport",
+        "_welcomes",
     )
 
     def __init__(self, transport: Transport, context: ConnectionContext, client: str) -> None:
@@ -129,6 +143,14 @@ class Connection:
         self._held_bytes = 0
         self._auth_deadline: IDelayedCall | None = None
         self._expiry: IDelayedCall | None = None
+        # Made at the first welcome: until then it would be full anyway.
+        self._welcomes: ByteBudget | None = None
+        # While its welcomes are in debt: when the debt is paid, and the frames read in the
+        # meantime, in order. Input is held meanwhile, and each hold ends after the first
+        # text frame it lets through (the pongs before it are served): about one frame a
+        # second of debt.
+        self._payback: IDelayedCall | None = None
+        self._owing: list[bytes] | None = None
 
     def open(self, outbox: object, address: str | None) -> None:
         """Join the hub; `outbox` is where broadcasts to this connection are queued."""
@@ -150,7 +172,9 @@ class Connection:
     def send(self, event: Event) -> None:
         if not isinstance(event, Error):
             self._refusals.served()
-        self._transport.send_event(event)
+        size = self._transport.send_event(event)
+        if isinstance(event, Welcome) and size:
+            self._charge_welcome(size)
 
     def receive(self, payload: bytes) -> None:
         """One text frame from the client."""
@@ -160,7 +184,38 @@ class Connection:
         if self._held is not None:
             self._hold(payload)
             return
+        if self._payback is not None:
+            if self._owing is None:
+                self._owing = []
+            self._owing.append(payload)
+            self._transport.hold_input(self._payback.getTime() - self._context.clock.seconds())
+            return
         maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
+
+    def _charge_welcome(self, size: int) -> None:
+        """Debit a welcome of `size` bytes; in debt, stop serving the client until it is paid."""
+        context = self._context
+        now_s = context.clock.seconds()
+        if self._welcomes is None:
+            self._welcomes = ByteBudget(
+                context.welcome_rate_bytes_per_s, context.welcome_burst_bytes, now_s
+            )
+        owed_s = self._welcomes.spend(size, now_s)
+        if not owed_s:
+            return
+        if self._payback is None:
+            self._payback = context.clock.callLater(owed_s, self._paid_back)
+        else:
+            self._payback.reset(owed_s)
+        self._transport.hold_input(owed_s)
+
+    def _paid_back(self) -> None:
+        """Serve what was read while in debt, in order, until a welcome among it is over the
+        budget again (the rest waits for that debt)."""
+        self._payback = None
+        owing, self._owing = self._owing, None
+        for payload in owing or ():
+            self.receive(payload)
 
     def _hold(self, payload: bytes) -> None:
         """Keep a frame for after the verdict on the `auth`, within --max-held-frames and
@@ -183,11 +238,11 @@ class Connection:
 
     def closed(self, code: int | None, reason: str | None, clean: bool) -> None:
         """The wire has closed: stop the timers and leave the hub."""
-        self._held = None
-        for timer in (self._auth_deadline, self._expiry):
+        self._held = self._owing = None
+        for timer in (self._auth_deadline, self._expiry, self._payback):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._auth_deadline = self._expiry = None
+        self._auth_deadline = self._expiry = self._payback = None
         if self._session is None:
             return
         session, self._session = self._session, None

@@ -114,8 +114,15 @@ class ChatFactory(WebSocketServerFactory):
         return self._context
 
     def attach(self, hub: Hub) -> None:
+        settings = self.settings
         self._context = ConnectionContext(
-            hub, self.clock, self.counts, self.auth, self.settings.open_handshake_timeout_s
+            hub,
+            self.clock,
+            self.counts,
+            self.auth,
+            settings.open_handshake_timeout_s,
+            settings.welcome_rate_bytes_per_s,
+            settings.welcome_burst_bytes,
         )
 
     def fanout(self, sessions: Collection[Session], event: RoomEvent) -> None:

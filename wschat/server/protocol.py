@@ -184,15 +184,15 @@ class ChatProtocol(WebSocketServerProtocol):
 
     # Output (Transport and Sink).
 
-    def send_event(self, event: Event) -> None:
+    def send_event(self, event: Event) -> int:
         if self.state != STATE_OPEN:
-            return
+            return 0
         # Framed here rather than by sendMessage: Autobahn applies maxMessagePayloadSize (our
         # limit on what a client may send) to outgoing messages too, and a welcome carrying
         # the history is often larger than that.
-        self.factory.output.broadcast(
-            (self,), self.factory.prepareMessage(encode(event)).payloadHybi
-        )
+        frame = self.factory.prepareMessage(encode(event)).payloadHybi
+        self.factory.output.broadcast((self,), frame)
+        return len(frame)
 
     def admit_output(self, size: int) -> bool:
         if self.state != STATE_OPEN:

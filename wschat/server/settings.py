@@ -21,6 +21,13 @@ class WsSettings:
     request_timeout_s: float = REQUEST_TIMEOUT_S
     close_handshake_timeout_s: float = 5.0
     max_output_bytes: int = 1024 * 1024
+    # What a connection's welcomes may weigh, as sent: a welcome beyond the burst leaves a
+    # debt, and the connection is not read until it is paid back at the rate. The burst
+    # covers a client rejoining --max-rooms (32) rooms of ordinary history at once (about
+    # 40 KB each: 100 messages of 200 bytes and 1,000 names); a flood of joins of a room
+    # with a 1 MiB history is served one welcome every 4 s.
+    welcome_rate_bytes_per_s: int = 256 * 1024
+    welcome_burst_bytes: int = 2 * 1024 * 1024
     # Empty: only pages served from the request's own host may connect.
     allowed_origins: tuple[str, ...] = ()
     # Empty: any Host; else the others are answered 421 (against DNS rebinding).
