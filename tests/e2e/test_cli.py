@@ -156,6 +156,27 @@ def test_wss_with_ca_or_insecure(wschat_server: ServerFactory, terminal: OpenTer
     insecure.wait_for("* joined #lobby as carol")
 
 
+def test_json_lines_piped_before_the_connection_opens_are_sent(
+    wschat_server: ServerFactory,
+) -> None:
+    """`echo '{...}' | wschat-cli --json`: lines read, and stdin closed, before the WebSocket
+    is open are sent once it is, in order, and the client then exits with 0."""
+    server = wschat_server()
+    lines = [
+        {"type": "join", "room": "lobby", "name": "ci"},
+        {"type": "say", "room": "lobby", "text": "build passed", "ref": "ci1"},
+    ]
+    done = subprocess.run(
+        [CLI, server.ws_url, "--json"],
+        input="".join(json.dumps(line) + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert count_rows(server, "SELECT count(*) FROM messages WHERE text = ?", "build passed") == 1
+
+
 def test_json_mode_pipes_frames(wschat_server: ServerFactory) -> None:
     """--json: frames typed on stdin are sent as they are, every frame received is one JSON
     line on stdout, status goes to stderr, and closing stdin ends the client with 0."""

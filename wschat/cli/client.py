@@ -90,6 +90,10 @@ class Cli:
             self.state.rooms[room] = None
             self.state.current = room
         self._json = bool(args.json)
+        # --json: frames read before the first connection opened go out once it has; stdin
+        # closed meanwhile quits after them (`echo '{...}' | wschat-cli --json` sends its line).
+        self._early: list[Frame] | None = [] if self._json else None
+        self._quit_when_open = False
         self._protocol: _ChatClient | None = None
         self._attempts = 0
         self._retry: IDelayedCall | None = None
@@ -171,6 +175,11 @@ class Cli:
             frames = [f for f in frames if f["type"] in ("auth", "join")]
         for frame in frames:
             self._send(frame)
+        early, self._early = self._early, None
+        for frame in early or ():
+            self._send(frame)
+        if self._quit_when_open:
+            self.quit()
 
     def closed(self, protocol: _ChatClient, code: int | None, reason: str | None) -> None:
         """Also called for a connection that never opened (the handshake was refused)."""
@@ -231,9 +240,15 @@ class Cli:
         if not isinstance(frame, dict):
             self.note(f"! not a JSON object, not sent: {line[:80]}")
             return
+        if self._early is not None:
+            self._early.append(frame)
+            return
         self._send(frame)
 
     def stdin_closed(self) -> None:
+        if self._early is not None and self._protocol is None:
+            self._quit_when_open = True
+            return
         self.quit()
 
     def quit(self) -> None:
