@@ -61,7 +61,7 @@ def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> Non
             store.append(
                 room, NewMessage(name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}")
             )
-        )[0]
+        )
 
 
 @pytest_twisted.ensureDeferred
@@ -308,7 +308,7 @@ async def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> 
     """A signed sender's sub and a guest's mark are stored and read back with the message."""
     store = await make_store(10)
     await store.append("lobby", NewMessage("alice", "signed", "t", "r1", user="u-alice"))
-    (await store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True)))
+    await store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True))
     await store.append("lobby", NewMessage("bob", "open", "t", None))
     kept = await store.latest("lobby", 10)
     assert [(m.user, m.guest) for m in kept] == [("u-alice", False), (None, True), (None, False)]

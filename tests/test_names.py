@@ -24,6 +24,7 @@ ALIKE = [
     ("admin", "ADMIN"),
     ("paypal", "p\u0430yp\u0430l"),
     ("bill", "bi11"),
+    ("bob", "b0b"),  # a capital prototype: 0 reads as O
 ]
 
 

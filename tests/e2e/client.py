@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from ..jwtkit import claims, hs256
 
 RECV_TIMEOUT_S = 10.0
 
@@ -91,3 +94,15 @@ def insecure_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def token(sub: str = "u-alice", ttl_s: float = 3600, **extra: Any) -> str:
+    """An HS256 token for the test secret, valid `ttl_s` from now (real time)."""
+    return hs256(claims(sub, exp=int(time.time() + ttl_s), **extra))
+
+
+def signed_chat(url: str, jwt: str) -> tuple[Chat, dict[str, Any]]:
+    """A connection signed in with `jwt`, and its `authed` answer."""
+    chat = Chat(url)
+    chat.send(type="auth", token=jwt)
+    return chat, chat.expect("authed")

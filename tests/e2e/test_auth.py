@@ -14,23 +14,12 @@ from typing import Any
 import pytest
 
 from ..jwtkit import claims, ec_pair, hs256, rsa_pair, signed, write_public_key, write_secret
-from .client import Chat
+from .client import Chat, signed_chat, token
 from .conftest import ServerFactory
 
 pytestmark = pytest.mark.e2e
 
 GUEST = " (guest)"
-
-
-def token(sub: str = "u-alice", ttl_s: float = 3600, **extra: Any) -> str:
-    """An HS256 token for the test secret, valid `ttl_s` from now (real time)."""
-    return hs256(claims(sub, exp=int(time.time() + ttl_s), **extra))
-
-
-def signed_chat(url: str, jwt: str) -> tuple[Chat, dict[str, Any]]:
-    chat = Chat(url)
-    chat.send(type="auth", token=jwt)
-    return chat, chat.expect("authed")
 
 
 def next_message(chat: Chat) -> dict[str, Any]:

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from ..jwtkit import write_secret
-from .client import Chat
+from .client import Chat, signed_chat, token
 from .conftest import ServerFactory
 from .process import CLEAN_STOP_CODES
 from .redis import RedisServer, nodes_on
-from .test_auth import signed_chat, token
 
 pytestmark = pytest.mark.e2e
 

@@ -38,4 +38,5 @@ def name_key(name: str) -> str:
     """What names are unique by: equal for names that read the same."""
     folded = unicodedata.normalize("NFC", name).casefold()
     mapped = unicodedata.normalize("NFD", folded).translate(prototypes())
-    return unicodedata.normalize("NFD", mapped)
+    # Some prototypes are capitals (`0` reads as `O`): fold again, so that `b0b` is `bob`.
+    return unicodedata.normalize("NFD", mapped.casefold())

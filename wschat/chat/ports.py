@@ -49,7 +49,7 @@ class HistoryStore(Protocol):
         self, room: str, name: str, ref: str, application: bool = False
     ) -> Message | None:
         """The kept message `name` stored in `room` with this `ref`, if any: among the
-        application's messages, or else among the clients'."""
+        application's messages if `application`, else among the clients'."""
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         """The newest `limit` messages, oldest first."""

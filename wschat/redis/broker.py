@@ -132,7 +132,8 @@ class RedisBroker:
         watched = self._rooms.pop(room, None)
         if watched is None:
             return
-        for waiter in watched.waiters:
+        waiters, watched.waiters = watched.waiters, []
+        for waiter in waiters:
             waiter.errback(Unavailable("left before the room's channel was ready"))
         self._link.unsubscribe(room_keys(room).channel)
 
@@ -259,6 +260,8 @@ class RedisBroker:
     def _failed_watch(self, failure: Failure, room: str, watched: _Watched) -> None:
         if self._rooms.get(room) is watched:
             del self._rooms[room]
+            # Not watched: not subscribed again on the next reconnect either.
+            self._link.unsubscribe(room_keys(room).channel)
         waiters, watched.waiters = watched.waiters, []
         for waiter in waiters:
             waiter.errback(failure)

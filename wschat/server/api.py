@@ -130,9 +130,12 @@ class Api(Resource):
         }
 
     def render(self, request: Request) -> int:
+        gone: list[Failure] = []
+        # A client that hangs up during a slow call (Redis may take seconds) gets no answer.
+        request.notifyFinish().addErrback(gone.append)
         served = Deferred.fromCoroutine(self._serve(request))
         served.addErrback(self._failed, request)
-        served.addCallback(self._respond, request)
+        served.addCallback(lambda result: None if gone else self._respond(result, request))
         return NOT_DONE_YET
 
     async def _serve(self, request: Request) -> tuple[int, dict[str, Any]]:

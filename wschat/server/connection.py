@@ -83,6 +83,9 @@ class Transport(Protocol):
         """Read nothing more from the client for about `delay_s`: it is over a rate, and what
         it sent meanwhile would only be refused, each at the cost of an answer."""
 
+    def serving(self) -> bool:
+        """Whether frames are still served: false once either side began to close."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionContext:
@@ -215,6 +218,8 @@ class Connection:
         self._payback = None
         owing, self._owing = self._owing, None
         for payload in owing or ():
+            if not self._transport.serving():
+                return
             self.receive(payload)
 
     def _hold(self, payload: bytes) -> None:
@@ -334,13 +339,16 @@ class Connection:
         session.send(self._authed(signed))
         held, self._held = self._held, None
         for payload in held:
+            if not self._transport.serving():
+                return
             self.receive(payload)
 
     async def handle_refresh(self, session: Session, cmd: Refresh) -> None:
-        self._context.hub.charge(session)
         verifier = self._verifier()
         if session.identity is None:
             raise AuthUnexpected("'refresh' needs a connection that signed in with 'auth'")
+        # Charged once it is a refresh there is a key for: a verification costs the server.
+        self._context.hub.charge(session)
         signed = await verifier.verify(cmd.token)
         identity.refresh(session, signed)
         self._arm_expiry(signed)

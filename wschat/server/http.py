@@ -10,7 +10,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -214,7 +214,7 @@ class BoundedChannel(HTTPChannel):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        transport = ITCPTransport(self.transport, None)
+        transport = self.transport
         if transport is None:
             return
         peer = transport.getPeer()
@@ -235,7 +235,9 @@ class BoundedChannel(HTTPChannel):
                 peer=peer,
                 timeout=min(self.head_timeout_s, self.request_timeout_s),
             )
-        transport.abortConnection()
+        # Every stream transport wschat listens on (TCP, TLS, unix) can be aborted.
+        abort = getattr(transport, "abortConnection", transport.loseConnection)
+        abort()
 
     def _refused(self, address: str, kind: str, format: str, **fields: object) -> None:
         if self._refusals is None:

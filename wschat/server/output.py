@@ -9,7 +9,8 @@ The rules, kept here and nowhere else:
 - `pending` goes from None to a frame only in `Output.broadcast`, which then lists the outbox
   as dirty; a dirty outbox is written (and `pending` set back to None) by `Output.flush`.
 - `fd` is the socket's descriptor only while nothing but our own direct sends has been
-  written since `flush` last saw Twisted's buffer empty, else -1; only `flush` sets it. A
+  written since `flush` last saw Twisted's buffer empty, else -1. Only `flush` sets it to a
+  descriptor; whatever writes through Twisted or drops the socket sets it to -1. A
   connection that is paused, closing or closed has fd -1, since each of those wrote through
   Twisted or dropped the socket: so fd >= 0 also means "open and keeping up".
 """

@@ -93,6 +93,7 @@ class ChatProtocol(WebSocketServerProtocol):
             raise
         except Exception:
             _log.failure("handshake of {client} failed", client=self._client)
+            self._denied = True  # logged: failHandshake adds no line of its own
             raise ConnectionDeny(
                 ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error"
             ) from None
@@ -131,9 +132,9 @@ class ChatProtocol(WebSocketServerProtocol):
             # At tens of thousands of idle connections the handshake's request and response
             # would be a fair share of the memory.
             forget_handshake(self)
-            connection = Connection(self, self.factory.context, self._client)
+            # Set first: should open() fail after the hub took the session, onClose ends it.
+            connection = self._connection = Connection(self, self.factory.context, self._client)
             connection.open(self.outbox, self._counted_ip)
-            self._connection = connection
             self.factory.protocols.add(self)
             self._was_open = True
             self.factory.counts.opened += 1
@@ -254,16 +255,20 @@ class ChatProtocol(WebSocketServerProtocol):
 
     # Input held while the client is over its rate.
 
+    def serving(self) -> bool:
+        return self.state == STATE_OPEN
+
     def hold_input(self, delay_s: float) -> None:
         if self._unread is not None or self.state != STATE_OPEN:
             return
+        # A debt that is due already (its timer not run yet) still holds for this turn.
+        hold_s = max(0.0, min(delay_s, MAX_INPUT_HOLD_S))
+        self._resume_input = self.factory.clock.callLater(hold_s, self._read_again)
         # The frames after the refused one in this read are parsed after the hold, in order.
         self._unread = [take_unparsed(self)]
         producer = IPushProducer(self.transport, None)
         if producer is not None:
             producer.pauseProducing()
-        hold_s = min(delay_s, MAX_INPUT_HOLD_S)
-        self._resume_input = self.factory.clock.callLater(hold_s, self._read_again)
 
     def _read_again(self) -> None:
         self._resume_input = None

@@ -186,6 +186,8 @@ function onServerError(frame) {
         item.state = 'failed';
         item.error = text;
         renderOutboxItem(item);
+        // The next one may go (during an outage, one try at a time waits for this answer).
+        flushOutbox();
       }
       break;
     }
@@ -211,10 +213,12 @@ function onJoinError(request, frame, text) {
   renderTabs();
   if (PASSING.has(frame.code)) showPassingError(`#${room.name}: ${text}`);
   else showError(`#${room.name}: ${text}`);
-  if (frame.code === 'unavailable') {
+  if (PASSING.has(frame.code)) {
+    // Spread over 1-1.5 retry intervals, so that the pages of one outage do not all come back
+    // in the same instant.
     setTimeout(() => {
       if (room.joinState === 'error' && isOpen()) sendJoin(room);
-    }, UNAVAILABLE_RETRY_MS);
+    }, UNAVAILABLE_RETRY_MS * (1 + Math.random() / 2));
     return;
   }
   if (['name_taken', 'name_invalid', 'name_required'].includes(frame.code) && !state.auth.signed) askName(text);

@@ -178,9 +178,13 @@ function sendSay(room, item, now) {
 
 // A say was acked: whatever stopped the server storing is over.
 export function sayAcked() {
-  pacer.outage = false;
-  pacer.step = 0;
-  pacer.holdUntil = 0;
+  // An ack ends an outage's wait; a wait after `rate_limited` runs its course (the says that
+  // were on their way when it came are acked meanwhile).
+  if (pacer.outage) {
+    pacer.outage = false;
+    pacer.step = 0;
+    pacer.holdUntil = 0;
+  }
   flushOutbox();
 }
 
