@@ -326,3 +326,39 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return "\nState:\tZ" in status
+
+
+class Daemon:
+    """`twistd wschat` run as a daemon in a folder of its own (twistd's pidfile and logfile
+    there), serving on `port` once `started()`; `stop()` ends it with SIGTERM."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pidfile = directory / "wschat.pid"
+        self.logfile = directory / "wschat.log"
+        self.port = free_port()
+        self.pid = 0
+
+    def start(self, *wschat_args: str, umask: int = -1) -> Self:
+        """Daemonize with these `twistd wschat` options and wait until /healthz answers."""
+        done = subprocess.run(
+            [
+                *(TWISTD, "--pidfile", str(self.pidfile), "--logfile", str(self.logfile)),
+                *("wschat", *wschat_args),
+            ],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            umask=umask,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        wait_for(lambda: self.pidfile.exists() and healthy(url), 20, "the daemon to serve")
+        self.pid = int(self.pidfile.read_text())
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, as systemd or an operator sends it, and wait until the process is gone."""
+        os.kill(self.pid, signal.SIGTERM)
+        wait_for(lambda: gone(self.pid), 20, "the daemon to exit")

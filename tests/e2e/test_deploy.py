@@ -14,7 +14,7 @@ import pytest
 
 from wschat.app.options import Options
 
-from .process import TWISTD, free_port, gone, healthy, wait_for
+from .process import TWISTD, Daemon, free_port, gone, healthy, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -196,26 +196,15 @@ def test_pip_install_into_fresh_venv(tmp_path: Path) -> None:
 def test_daemon_creates_its_database_and_log_private(tmp_path: Path, log_format: str) -> None:
     """A daemon started with umask 022 creates the database, its -wal and -shm, and the log
     0600 (twistd's daemon umask, applied before makeService opens them)."""
-    pidfile, logfile, port = tmp_path / "wschat.pid", tmp_path / "wschat.log", free_port()
-    db = tmp_path / "history.sqlite3"
-    done = subprocess.run(
-        [
-            *(TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "wschat"),
-            *("--port", str(port), "--history-db", str(db), "--log-format", log_format),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    daemon = Daemon(tmp_path)
+    db, logfile = tmp_path / "history.sqlite3", daemon.logfile
+    daemon.start(
+        *("--port", str(daemon.port), "--history-db", str(db), "--log-format", log_format),
         umask=0o022,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    wait_for(lambda: pidfile.exists() and healthy(f"http://127.0.0.1:{port}/healthz"), 20, "serve")
-    pid = int(pidfile.read_text())
     try:
         files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), logfile]
         modes = {path.name: oct(path.stat().st_mode & 0o777) for path in files}
         assert modes == {path.name: "0o600" for path in files}, logfile.read_text()
     finally:
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: gone(pid), 20, "the daemon to exit")
+        daemon.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from .client import Chat
 from .conftest import ServerFactory
-from .process import TWISTD, free_port, gone, healthy, wait_for
+from .process import Daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,31 +55,13 @@ def request(port: int, path: str) -> None:
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_the_daemon_log_rotates_on_sigusr1_and_at_1_mb(tmp_path: Path, log_format: str) -> None:
     """A daemon's --logfile rotates on SIGUSR1 and by itself at 1 MB, in text and in JSON."""
-    pidfile, logfile, port = tmp_path / "wschat.pid", tmp_path / "wschat.log", free_port()
-    done = subprocess.run(
-        [
-            TWISTD,
-            "--pidfile",
-            str(pidfile),
-            "--logfile",
-            str(logfile),
-            "wschat",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--history-db",
-            ":memory:",
-            "--log-format",
-            log_format,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    daemon = Daemon(tmp_path)
+    port, logfile = daemon.port, daemon.logfile
+    daemon.start(
+        *("--listen", f"tcp:{port}:interface=127.0.0.1", "--history-db", ":memory:"),
+        *("--log-format", log_format),
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    url = f"http://127.0.0.1:{port}/healthz"
-    wait_for(lambda: pidfile.exists() and healthy(url), 20, "the daemon to serve")
-    pid = int(pidfile.read_text())
+    pid = daemon.pid
     try:
         first = logfile.with_name("wschat.log.1")
         os.kill(pid, signal.SIGUSR1)
@@ -104,8 +85,7 @@ def test_the_daemon_log_rotates_on_sigusr1_and_at_1_mb(tmp_path: Path, log_forma
             for path in (second, first, logfile):
                 assert json_lines(path.read_text())
     finally:
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: gone(pid), 20, "the daemon to exit")
+        daemon.stop()
     assert "Server Shut Down." in logfile.read_text()
 
 
@@ -120,36 +100,17 @@ def rotate_after(pid: int, port: int, marker: str, logfile: Path) -> None:
 
 def test_the_daemon_keeps_at_most_max_log_files_rotated_files(tmp_path: Path) -> None:
     """--max-log-files 2: after four rotations only wschat.log.1 and .2 are left."""
-    pidfile, logfile, port = tmp_path / "wschat.pid", tmp_path / "wschat.log", free_port()
-    done = subprocess.run(
-        [
-            TWISTD,
-            "--pidfile",
-            str(pidfile),
-            "--logfile",
-            str(logfile),
-            "wschat",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--history-db",
-            ":memory:",
-            "--max-log-files",
-            "2",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    daemon = Daemon(tmp_path)
+    port, logfile = daemon.port, daemon.logfile
+    daemon.start(
+        *("--listen", f"tcp:{port}:interface=127.0.0.1", "--history-db", ":memory:"),
+        *("--max-log-files", "2"),
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    wait_for(lambda: pidfile.exists() and healthy(f"http://127.0.0.1:{port}/healthz"), 20, "up")
-    pid = int(pidfile.read_text())
     try:
         for n in range(4):
-            rotate_after(pid, port, f"/rotation-{n}", logfile)
+            rotate_after(daemon.pid, port, f"/rotation-{n}", logfile)
     finally:
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: gone(pid), 20, "the daemon to exit")
+        daemon.stop()
     assert sorted(p.name for p in tmp_path.glob("wschat.log*")) == [
         "wschat.log",
         "wschat.log.1",
