@@ -70,6 +70,21 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 3.0) -
         proc.wait(timeout=10)
 
 
+def spawn_logged(
+    command: Sequence[str], workdir: Path, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` in `workdir`, stdin closed, its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
 class ServerProcess:
     """One server: its ports and database stay the same across stop()/kill() and start().
 
@@ -141,15 +156,12 @@ class ServerProcess:
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start the process, appending its output to the log; does not wait for it."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self.prefix, *self.command()],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        self.proc = spawn_logged(
+            [*self.prefix, *self.command()],
+            self.workdir,
+            self.log_path,
+            {**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         return self.proc
 
     def start(self, healthy: bool = True) -> ServerProcess:
@@ -236,14 +248,7 @@ class RedisProcess:
 
     def start(self) -> Self:
         """Start and wait until it answers PING."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self.prefix, *self.command()],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn_logged([*self.prefix, *self.command()], self.workdir, self.log_path)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
