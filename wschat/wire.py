@@ -12,6 +12,10 @@ from wschat.chat.model import (
     MAX_NAME_CHARS,
     MAX_REF_CHARS,
     MAX_RESUME_TOKEN_CHARS,
+    PAGE_DEFAULT_LIMIT,
+    PAGE_MAX_LIMIT,
+    SEARCH_DEFAULT_LIMIT,
+    SEARCH_MAX_LIMIT,
     WHO_DEFAULT_LIMIT,
     WHO_MAX_LIMIT,
     Ack,
@@ -20,6 +24,7 @@ from wschat.chat.model import (
     Command,
     Error,
     Event,
+    History,
     Join,
     Kick,
     Kicked,
@@ -27,10 +32,13 @@ from wschat.chat.model import (
     Left,
     Members,
     Message,
+    Page,
     Presence,
     Refresh,
+    Results,
     Resync,
     Say,
+    Search,
     Welcome,
     Who,
 )
@@ -95,10 +103,29 @@ def _leave(obj: dict[str, Any], ref: str | None) -> Leave:
 
 
 def _who(obj: dict[str, Any], ref: str | None) -> Who:
-    limit = obj.get("limit", WHO_DEFAULT_LIMIT)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= WHO_MAX_LIMIT:
-        raise InvalidField(f"'limit' must be an integer from 1 to {WHO_MAX_LIMIT}", ref)
+    limit = _limit(obj, WHO_DEFAULT_LIMIT, WHO_MAX_LIMIT, ref)
     return Who(_room(obj, ref), _optional_str(obj, "after", MAX_NAME_CHARS, ref), limit)
+
+
+def _history(obj: dict[str, Any], ref: str | None) -> History:
+    before = _optional_id(obj, "before", ref)
+    after = _optional_id(obj, "after", ref)
+    if before is not None and after is not None:
+        raise InvalidField("give 'before' or 'after', not both", ref)
+    limit = _limit(obj, PAGE_DEFAULT_LIMIT, PAGE_MAX_LIMIT, ref)
+    return History(_room(obj, ref), before, after, limit)
+
+
+def _search(obj: dict[str, Any], ref: str | None) -> Search:
+    limit = _limit(obj, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT, ref)
+    return Search(_room(obj, ref), _str(obj, "q", ref), _optional_id(obj, "before", ref), limit)
+
+
+def _limit(obj: dict[str, Any], default: int, most: int, ref: str | None) -> int:
+    limit = obj.get("limit", default)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise InvalidField(f"'limit' must be an integer from 1 to {most}", ref)
+    return limit
 
 
 def _auth_token(obj: dict[str, Any], ref: str | None) -> str:
@@ -132,6 +159,8 @@ _DECODERS: dict[str, Callable[[dict[str, Any], str | None], Command]] = {
     Auth.kind: _auth,
     Refresh.kind: _refresh,
     Kick.kind: _kick,
+    History.kind: _history,
+    Search.kind: _search,
 }
 REQUEST_TYPES = tuple(_DECODERS)
 _EXPECTED = ", ".join(REQUEST_TYPES[:-1]) + " or " + REQUEST_TYPES[-1]
@@ -258,6 +287,21 @@ def event_fields(event: Event) -> dict[str, Any]:
         if event.admin:
             fields["admin"] = True
         return fields
+    if isinstance(event, Page):
+        return {
+            "type": "page",
+            "room": event.room,
+            "messages": [message_fields(m) for m in event.messages],
+            "more": event.more,
+        }
+    if isinstance(event, Results):
+        return {
+            "type": "results",
+            "room": event.room,
+            "q": event.q,
+            "messages": [message_fields(m) for m in event.messages],
+            "next": event.next,
+        }
     if isinstance(event, Error):
         return {"type": "error", "code": event.code, "message": event.message, "ref": event.ref}
     raise TypeError(f"not an event: {event!r}")

@@ -108,13 +108,36 @@ class Options(usage.Options):
             "PEM certificate, then its intermediates (fullchain.pem), for --tls-port/--tls-listen.",
         ],
         ["tls-key", None, None, "PEM private key for --tls-port/--tls-listen."],
-        ["history-db", None, DEFAULT_DB, "SQLite history file; ':memory:' keeps nothing."],
+        [
+            "history-db",
+            None,
+            DEFAULT_DB,
+            "Where history is kept: a SQLite file, or a PostgreSQL URL (postgresql://user@host"
+            "/db?sslmode=verify-full&sslrootcert=ca.pem) for several nodes; ':memory:' keeps "
+            "the last --history-size messages per room, in memory only.",
+        ],
+        [
+            "history-db-password-file",
+            None,
+            None,
+            "File holding the PostgreSQL password (never on the command line; libpq's "
+            "PGPASSFILE and ~/.pgpass work too).",
+        ],
         [
             "history-size",
             None,
             _LIMITS.history_size,
-            "Messages kept per room and sent on join.",
+            "Messages a join's welcome carries at most, and recovers with `since`; older ones "
+            "are paged with `history`.",
             _positive_int,
+        ],
+        [
+            "history-keep",
+            None,
+            0,
+            "Messages kept per room (0: all of them, until --history-ttl or "
+            "--max-history-rooms removes them).",
+            _non_negative_int,
         ],
         [
             "max-message-bytes",
@@ -156,8 +179,8 @@ class Options(usage.Options):
             "request-rate",
             None,
             _LIMITS.request_rate_per_s,
-            "Requests other than say (join, leave, who, kick, refresh) per second a connection "
-            "may send on average.",
+            "Requests other than say (join, leave, who, kick, refresh, history, search) per "
+            "second a connection may send on average.",
             _positive_float,
         ],
         [
@@ -172,15 +195,17 @@ class Options(usage.Options):
             "welcome-history-bytes",
             None,
             _LIMITS.welcome_history_bytes,
-            "Bytes of history one welcome carries at most (the newest messages that fit).",
+            "Bytes of history one welcome, or one page of history or search results, carries "
+            "at most (the messages that fit).",
             _positive_int,
         ],
         [
             "welcome-rate",
             None,
             _WS.welcome_rate_bytes_per_s,
-            "Bytes of welcomes per second a connection may draw on average; one beyond "
-            "--welcome-burst leaves a debt, and the connection is not read until it is paid.",
+            "Bytes of welcomes and history or search pages per second a connection may draw on "
+            "average; one beyond --welcome-burst leaves a debt, and the connection is not read "
+            "until it is paid.",
             _positive_int,
         ],
         [
@@ -196,7 +221,7 @@ class Options(usage.Options):
             None,
             None,
             "Delete stored messages older than this (e.g. 30d, 12h, 90m, 3600s; default: "
-            "kept until trimmed by --history-size); rooms left with none are forgotten.",
+            "kept, within --history-keep); rooms left with none are forgotten.",
             parse_duration,
         ],
         [

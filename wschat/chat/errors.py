@@ -81,6 +81,12 @@ class StorageUnavailable(ChatError):
     code = "storage_unavailable"
 
 
+class SearchUnavailable(ChatError):
+    """The history lives where it cannot be searched without reading it all (Redis alone)."""
+
+    code = "search_unavailable"
+
+
 class Unavailable(ChatError):
     """The shared store (Redis) is out of reach: nothing was stored, retry later."""
 

@@ -27,13 +27,17 @@ from wschat.chat.model import (
     RESERVED_NAMES,
     Ack,
     Event,
+    History,
     Join,
     Leave,
     Left,
     Members,
     Message,
+    Page,
+    Results,
     Resync,
     Say,
+    Search,
     Welcome,
     Who,
     check_name,
@@ -48,6 +52,7 @@ from wschat.chat.ports import Broker, HistoryStore, NewMessage, Roster
 from wschat.chat.presence import PresenceBatcher, WhoIsWho
 from wschat.chat.ratelimit import TokenBucket
 from wschat.chat.room import Room
+from wschat.chat.search import Query
 from wschat.chat.session import Fanout, Schedule, Session
 
 # Names no client may take: the application's, and every name that reads the same.
@@ -129,13 +134,13 @@ class Hub:
         return session
 
     def charge(self, session: Session) -> None:
-        """Charge one request other than `say` to the connection's request bucket (join, leave
-        and who charge themselves; the server charges kick and refresh)."""
+        """Charge one request other than `say` to the connection's request bucket (join, leave,
+        who, history and search charge themselves; the server charges kick and refresh)."""
         if not session.requests.take(self._now_s()):
             limits = self.limits
             raise RateLimited(
-                f"at most {limits.request_rate_per_s:g} join, leave, who, kick and refresh "
-                f"requests a second (burst {limits.request_burst}); slow down",
+                f"at most {limits.request_rate_per_s:g} join, leave, who, kick, refresh, "
+                f"history and search requests a second (burst {limits.request_burst}); slow down",
                 retry_in_s=session.requests.wait_s(),
             )
 
@@ -199,6 +204,21 @@ class Hub:
         subs, guests = self._who_is_who.of(members, names)
         session.send(Members(cmd.room, names, after, len(members), subs, guests))
 
+    async def history(self, session: Session, cmd: History) -> None:
+        self.charge(session)
+        if cmd.room not in session.rooms:
+            raise NotInRoom(f"join {cmd.room!r} to read its history")
+        messages, more = await self.page(cmd.room, cmd.before, cmd.after, cmd.limit)
+        session.send(Page(cmd.room, messages, more))
+
+    async def search(self, session: Session, cmd: Search) -> None:
+        self.charge(session)
+        query = Query.parse(cmd.q)
+        if cmd.room not in session.rooms:
+            raise NotInRoom(f"join {cmd.room!r} to search it")
+        messages, after = await self.find(cmd.room, query, cmd.before, cmd.limit)
+        session.send(Results(cmd.room, cmd.q, messages, after))
+
     def disconnect(self, session: Session) -> None:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""
         for room in list(session.rooms):
@@ -218,6 +238,28 @@ class Hub:
         check_text(text, ref)
         said = NewMessage(name, text, format_ts(self._now_s()), ref, user, application=True)
         return await self._broker.publish(room, said)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        """A page of the room's history, oldest first, and whether more lie beyond it (older,
+        or newer for `after`). Like a welcome, a page weighs at most --welcome-history-bytes:
+        the messages that fit nearest to where it starts, and `more`."""
+        found = await self._store.page(room, before, after, limit + 1)
+        if after is not None:
+            kept = _oldest_within(found[:limit], self.limits.welcome_history_bytes)
+        else:
+            kept = _newest_within(found[-limit:], self.limits.welcome_history_bytes) or found[-1:]
+        return kept, len(kept) < len(found)
+
+    async def find(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> tuple[list[Message], int | None]:
+        """The room's messages that `query` matches, newest first (within the page's weight),
+        and the `before` of the next page (None at the end)."""
+        found = await self._store.search(room, query, before, limit + 1)
+        kept = _oldest_within(found[:limit], self.limits.welcome_history_bytes)
+        return kept, kept[-1].id if kept and len(kept) < len(found) else None
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room with members here, and how many, sorted by name."""
@@ -337,6 +379,17 @@ def _newest_within(history: list[Message], max_bytes: int) -> list[Message]:
         if total > max_bytes:
             return history[index + 1 :]
     return history
+
+
+def _oldest_within(messages: list[Message], max_bytes: int) -> list[Message]:
+    """The first messages of `messages` that weigh at most `max_bytes` together (at least one,
+    as every message fits in a welcome)."""
+    total = 0
+    for index, msg in enumerate(messages):
+        total += message_bytes(msg)
+        if total > max_bytes and index:
+            return messages[:index]
+    return messages
 
 
 def _take_tokens(session: Session, now_s: float, limits: Limits, ref: str | None) -> None:

@@ -17,6 +17,7 @@ from wschat.chat.ports import (
     Stored,
     recovery,
 )
+from wschat.chat.search import Query
 
 
 class MemoryHistory:
@@ -60,6 +61,27 @@ class MemoryHistory:
         found = [m for m, _ in kept if m.id > since][: limit + 1]
         oldest = kept[0][0].id if kept else None
         return recovery(since, self._last_id.get(room, 0), oldest, found, limit)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        kept = [msg for msg, _ in self._rooms.get(room, ())]
+        if after is not None:
+            return [m for m in kept if m.id > after][:limit]
+        if before is not None:
+            kept = [m for m in kept if m.id < before]
+        return kept[-limit:] if limit > 0 else []
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        found: list[Message] = []
+        for msg, _ in reversed(self._rooms.get(room, ())):
+            if len(found) >= limit:
+                break
+            if (before is None or msg.id < before) and query.matches(msg.text):
+                found.append(msg)
+        return found
 
     async def epoch(self, room: str) -> str | None:
         return None

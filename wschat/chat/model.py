@@ -25,6 +25,10 @@ MAX_AUTH_TOKEN_CHARS = 16384
 RESUME_TOKEN_BYTES = 24
 WHO_DEFAULT_LIMIT = 200
 WHO_MAX_LIMIT = 1000
+PAGE_DEFAULT_LIMIT = 50
+PAGE_MAX_LIMIT = 200
+SEARCH_DEFAULT_LIMIT = 20
+SEARCH_MAX_LIMIT = 100
 
 _ROOM_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
 # Newline and tab are how people format text; every other control character is refused.
@@ -136,7 +140,31 @@ class Kick:
     name: str
 
 
-Command = Join | Say | Leave | Who | Auth | Refresh | Kick
+@dataclass(frozen=True, slots=True)
+class History:
+    """A page of a room's history: just older than `before`, just newer than `after`, or the
+    newest (neither); never both."""
+
+    kind: ClassVar[str] = "history"
+    room: str
+    before: int | None = None
+    after: int | None = None
+    limit: int = PAGE_DEFAULT_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """The room's messages holding every word of `q` (see chat/search.py), newest first, older
+    than `before` when given."""
+
+    kind: ClassVar[str] = "search"
+    room: str
+    q: str
+    before: int | None = None
+    limit: int = SEARCH_DEFAULT_LIMIT
+
+
+Command = Join | Say | Leave | Who | Auth | Refresh | Kick | History | Search
 
 
 # Events: what the server tells a client.
@@ -258,13 +286,47 @@ class Resync:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """The answer to `history`: messages oldest first; `more` whether others lie beyond this
+    page in the direction asked (older for `before` or neither, newer for `after`)."""
+
+    room: str
+    messages: list[Message]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """The answer to `search`: messages newest first; `next` the `before` of the next page,
+    None at the end."""
+
+    room: str
+    q: str
+    messages: list[Message]
+    next: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
     ref: str | None = None
 
 
-Event = Message | Welcome | Ack | Presence | Members | Left | Resync | Kicked | Authed | Error
+Event = (
+    Message
+    | Welcome
+    | Ack
+    | Presence
+    | Members
+    | Left
+    | Resync
+    | Kicked
+    | Authed
+    | Page
+    | Results
+    | Error
+)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wschat.chat.model import Message, Presence, Recovery
+from wschat.chat.search import Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,19 @@ class HistoryStore(Protocol):
 
     async def after(self, room: str, since: int, limit: int) -> Recovery:
         """Messages with id > since, and whether they are all of them (complete)."""
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        """Up to `limit` kept messages, oldest first: the newest with ids below `before`, or the
+        oldest with ids above `after`, or the newest of all (neither given; never both)."""
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        """Up to `limit` kept messages that `query` matches (chat/search.py), newest first,
+        with ids below `before` when given; from an index, never by reading the room.
+        SearchUnavailable where the engine has no index."""
 
     async def epoch(self, room: str) -> str | None:
         """The room's history epoch (see Welcome.epoch); None for a store that keeps ids."""

@@ -23,9 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from wschat.chat.errors import Unavailable
+from wschat.chat.errors import SearchUnavailable, Unavailable
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import Deliver, NewMessage, Resync, RoomEvent, Stored, recovery
+from wschat.chat.search import Query
 from wschat.chat.sequence import Gap, Sequencer
 from wschat.logger import NamedLogger
 from wschat.redis.keys import ref_field, room_keys
@@ -195,6 +196,25 @@ class RedisBroker:
         found = [message_from_entry(room, e) for e in entries]
         oldest_kept = int(oldest) if int(oldest) else None
         return recovery(since, int(last), oldest_kept, found, limit)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        log = room_keys(room).log
+        if after is not None:
+            entries = await self._link.call("XRANGE", log, f"({after}-0", "+", "COUNT", limit)
+            return [message_from_entry(room, e) for e in entries]
+        top = f"({before}-0" if before is not None else "+"
+        entries = await self._link.call("XREVRANGE", log, top, "-", "COUNT", limit)
+        return [message_from_entry(room, e) for e in reversed(entries)]
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        raise SearchUnavailable(
+            "this server keeps history in Redis alone, which has no index to search: "
+            "searching needs --history-db postgresql://..."
+        )
 
     async def epoch(self, room: str) -> str | None:
         return str(await self._link.run(EPOCH, [room_keys(room).epoch], [self._new_epoch()]))

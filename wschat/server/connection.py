@@ -41,12 +41,16 @@ from wschat.chat.model import (
     Command,
     Error,
     Event,
+    History,
     Join,
     Kick,
     Kicked,
     Leave,
+    Page,
     Refresh,
+    Results,
     Say,
+    Search,
     Welcome,
     Who,
 )
@@ -176,7 +180,7 @@ class Connection:
         if not isinstance(event, Error):
             self._refusals.served()
         size = self._transport.send_event(event)
-        if isinstance(event, Welcome) and size:
+        if isinstance(event, Welcome | Page | Results) and size:
             self._charge_welcome(size)
 
     def receive(self, payload: bytes) -> None:
@@ -196,7 +200,8 @@ class Connection:
         maybeDeferred(self._dispatch, session, payload).addErrback(self._failed)
 
     def _charge_welcome(self, size: int) -> None:
-        """Debit a welcome of `size` bytes; in debt, stop serving the client until it is paid."""
+        """Debit a welcome (or a page of history or search results) of `size` bytes; in debt,
+        stop serving the client until it is paid."""
         context = self._context
         now_s = context.clock.seconds()
         if self._welcomes is None:
@@ -299,6 +304,12 @@ class Connection:
 
     def handle_who(self, session: Session, cmd: Who) -> None:
         self._context.hub.who(session, cmd)
+
+    def handle_history(self, session: Session, cmd: History) -> Coroutine[Any, Any, None]:
+        return self._context.hub.history(session, cmd)
+
+    def handle_search(self, session: Session, cmd: Search) -> Coroutine[Any, Any, None]:
+        return self._context.hub.search(session, cmd)
 
     def handle_kick(self, session: Session, cmd: Kick) -> None:
         self._context.hub.charge(session)

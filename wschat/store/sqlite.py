@@ -12,9 +12,10 @@ from importlib import resources
 
 from twisted.logger import Logger
 
-from wschat.chat.errors import StorageUnavailable
+from wschat.chat.errors import SearchUnavailable, StorageUnavailable
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import NewMessage, recovery
+from wschat.chat.search import Query
 
 SCHEMA_VERSION = 4
 _log = Logger(namespace="wschat.sqlite_history")
@@ -22,6 +23,8 @@ _log = Logger(namespace="wschat.sqlite_history")
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
 MEMORY = ":memory:"
+# Above every id: SQLite's INTEGER is a signed 64-bit value.
+MAX_ID = 2**63 - 1
 _COLUMNS = "id, name, text, ts, ref, user, guest"
 # Every statement runs on the reactor thread, so SQLite's busy wait (5 s by default in Python)
 # would stall every connection while another process holds a lock on the database. Wait only
@@ -289,6 +292,26 @@ class SqliteHistory:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"the history could not be read ({exc})") from None
         return recovery(since, last, oldest, [_message(room, r) for r in rows], limit)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        if after is not None:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
+                (room, after, limit),
+            )
+            return [_message(room, r) for r in rows]
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (room, before if before is not None else MAX_ID, limit),
+        )
+        return [_message(room, r) for r in reversed(rows)]
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        raise SearchUnavailable("not yet indexed")
 
     def _read(
         self, sql: str, params: tuple[object, ...], ref: str | None = None
