@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from twisted.application import strports
 from twisted.application.service import IService
 from twisted.python import usage
@@ -27,6 +28,8 @@ from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
 from wschat.chat.model import new_resume_token
 from wschat.chat.ports import Broker, HistoryStore, Roster
+from wschat.postgres.schema import SchemaTooNew
+from wschat.postgres.store import StoreService, open_store
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import redis_node
 from wschat.server.api import ApiContext, make_api_site
@@ -88,8 +91,29 @@ class Backend:
     checks: list[HealthCheck] = field(default_factory=list)
 
 
+def postgres_backend(options: Options, reactor: Any) -> Backend:
+    """One node on PostgreSQL: the schema brought up to date now (a database out of reach, or
+    one a newer wschat migrated, stops start-up), its threads started with the service tree."""
+    try:
+        store = open_store(
+            options["history-conninfo"],
+            options["history-db-shown"],
+            reactor,
+            options["history-keep"],
+        )
+    except (psycopg.Error, SchemaTooNew) as exc:
+        raise usage.UsageError(f"--history-db: {str(exc).strip()}") from None
+
+    def store_health() -> tuple[dict[str, object], bool]:
+        return {"store": "up" if store.up else "down"}, store.up
+
+    return Backend(store, LocalBroker(store), services=[StoreService(store)], checks=[store_health])
+
+
 def make_backend(options: Options, reactor: Any) -> Backend:
     if options["redis"] is None:
+        if options["history-conninfo"] is not None:
+            return postgres_backend(options, reactor)
         store = make_store(options, reactor)
         return Backend(store, LocalBroker(store))
     try:

@@ -1,0 +1,221 @@
+"""The HistoryStore of record in PostgreSQL: for one node instead of SQLite, and shared by
+several nodes (each room's ids are drawn in the database, in the transaction that stores).
+
+Every statement runs in the link's threads (link.py), appends through the group commit
+(commit.py); the reactor thread only queues work and gets Deferreds back. An append's result
+means committed, with the durability the server's `synchronous_commit` gives
+(docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wschat.chat.model import Message, Recovery
+from wschat.chat.ports import NewMessage, recovery
+from wschat.chat.search import Query
+from wschat.postgres.commit import MAX_LEXEME_BYTES, GroupCommit
+from wschat.postgres.link import PgLink, connect
+from wschat.postgres.schema import migrate
+
+# A `ref` is found again for this long after its message was stored (docs/protocol.md, `say`).
+REF_WINDOW_S = 24 * 3600
+# Refs past the window are deleted this often, in batches of REF_PRUNE_BATCH.
+REF_PRUNE_EVERY_S = 60.0
+REF_PRUNE_BATCH = 5000
+# Above every id: a bigint.
+MAX_ID = 2**63 - 1
+
+_COLUMNS = 'id, name, text, ts, ref, "user", guest'
+_log = Logger(namespace="wschat.postgres")
+
+Row = tuple[Any, ...]
+
+
+class PostgresHistory:
+    def __init__(
+        self,
+        link: PgLink,
+        keep: int,
+        now_s: Callable[[], float] = time.time,
+        ref_window_s: float = REF_WINDOW_S,
+    ) -> None:
+        self._link = link
+        self._now_s = now_s
+        self._ref_window_s = ref_window_s
+        self._commit = GroupCommit(link, keep, now_s, ref_window_s)
+        self._pruning = LoopingCall(self.prune_refs)
+        self._pruning.clock = link.reactor
+
+    @property
+    def up(self) -> bool:
+        """Whether the database answers (/healthz's `store`)."""
+        return self._link.up
+
+    def start(self) -> None:
+        """Start the link's threads and the pruning of old refs."""
+        self._link.start()
+        self._pruning.start(REF_PRUNE_EVERY_S, now=False)
+
+    async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
+        return await self._commit.append(room, new)
+
+    async def find_ref(
+        self, room: str, name: str, ref: str, application: bool = False
+    ) -> Message | None:
+        since_s = self._now_s() - self._ref_window_s
+        rows = await self._read(
+            "SELECT m.id, m.name, m.text, m.ts, m.ref, m.\"user\", m.guest "
+            "FROM refs f JOIN messages m ON m.room = f.room AND m.id = f.id "
+            "WHERE f.room = %s AND f.application = %s AND f.name = %s AND f.ref = %s "
+            "AND f.at >= %s",
+            (room, application, name, ref, since_s),
+            ref,
+        )
+        return _message(room, rows[0]) if rows else None
+
+    async def latest(self, room: str, limit: int) -> list[Message]:
+        return await self.page(room, None, None, limit)
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        def read(conn: psycopg.Connection[Any]) -> tuple[Row | None, list[Row]]:
+            bounds = conn.execute(
+                "SELECT r.last_id, (SELECT min(m.id) FROM messages m WHERE m.room = r.room) "
+                "FROM rooms r WHERE r.room = %s",
+                (room,),
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s "
+                "ORDER BY id LIMIT %s",
+                (room, since, limit + 1),
+            ).fetchall()
+            return bounds, rows
+
+        bounds, rows = await self._link.read(read)
+        last_id, oldest = bounds if bounds is not None else (0, None)
+        return recovery(since, last_id, oldest, [_message(room, r) for r in rows], limit)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        if after is not None:
+            rows = await self._read(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s "
+                "ORDER BY id LIMIT %s",
+                (room, after, limit),
+            )
+            return [_message(room, r) for r in rows]
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id < %s "
+            "ORDER BY id DESC LIMIT %s",
+            (room, before if before is not None else MAX_ID, limit),
+        )
+        return [_message(room, r) for r in reversed(rows)]
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        tsquery = ts_query(query)
+        if tsquery is None:
+            return []
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND tsv @@ %s::tsquery "
+            "AND id < %s ORDER BY id DESC LIMIT %s",
+            (room, tsquery, before if before is not None else MAX_ID, limit),
+        )
+        return [_message(room, r) for r in rows]
+
+    async def last_id(self, room: str) -> int:
+        """The last id given out in `room` (0 for a room that never had a message): what a node
+        of several compares an announcement with to see what it missed."""
+        rows = await self._read("SELECT last_id FROM rooms WHERE room = %s", (room,))
+        return int(rows[0][0]) if rows else 0
+
+    async def epoch(self, room: str) -> str | None:
+        # Ids are kept in the database for good; they never start over under a client.
+        return None
+
+    async def prune_refs(self) -> int:
+        """Delete the refs past the window, a batch at a time; how many were deleted."""
+        if not self._link.up:
+            return 0
+        cutoff_s = self._now_s() - self._ref_window_s
+
+        def prune(conn: psycopg.Connection[Any]) -> int:
+            deleted = 0
+            while True:
+                cur = conn.execute(
+                    "DELETE FROM refs WHERE ctid = ANY (ARRAY("
+                    "SELECT ctid FROM refs WHERE at < %s LIMIT %s))",
+                    (cutoff_s, REF_PRUNE_BATCH),
+                )
+                deleted += cur.rowcount
+                if cur.rowcount < REF_PRUNE_BATCH:
+                    return deleted
+
+        try:
+            return await self._link.read(prune)
+        except Exception:
+            # Housekeeping: the next round catches up.
+            return 0
+
+    def close(self) -> None:
+        if self._pruning.running:
+            self._pruning.stop()
+        self._link.stop()
+
+    def _read(self, sql: Any, params: tuple[Any, ...], ref: str | None = None) -> Deferred[list[Row]]:
+        return self._link.read(lambda conn: conn.execute(sql, params).fetchall(), ref)
+
+
+def ts_query(query: Query) -> str | None:
+    """The tsquery of a search: every whole word, and the last word as a prefix (`:*`). Each is
+    quoted, so PostgreSQL takes it as one lexeme as it is. None if a word is too long to have
+    been indexed (nothing can match it)."""
+    terms = [*query.whole, query.prefix]
+    if any(len(term.encode("utf-8")) > MAX_LEXEME_BYTES for term in terms):
+        return None
+    quoted = [_quote(term) for term in query.whole]
+    quoted.append(f"{_quote(query.prefix)}:*")
+    return " & ".join(quoted)
+
+
+def _quote(term: str) -> str:
+    return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def open_store(
+    conninfo: str, shown: str, reactor: Any, keep: int
+) -> PostgresHistory:
+    """Connect (at start-up, before the reactor runs), bring the schema up to date, and make
+    the store. psycopg.Error if the database is out of reach; SchemaTooNew."""
+    with connect(conninfo) as conn:
+        from_version = migrate(conn)
+    if from_version == 0:
+        _log.info("created the history schema in {url}", url=shown)
+    return PostgresHistory(PgLink(conninfo, reactor, shown), keep)
+
+
+def _message(room: str, row: Row) -> Message:
+    msg_id, name, text, ts, ref, user, guest = row
+    return Message(room, int(msg_id), name, text, ts, ref, user, bool(guest))
+
+
+class StoreService(Service):
+    """Starts the store's threads when twistd starts the service tree: after it forked into a
+    daemon (threads do not survive a fork). ChatService closes the store at shutdown."""
+
+    def __init__(self, store: PostgresHistory) -> None:
+        self._store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self._store.start()
