@@ -24,14 +24,21 @@ from wschat.store.sqlite import (
 )
 
 from .chatkit import run
-from .conftest import RedisNodeFactory
+from .conftest import PgStoreFactory, RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """`await make_store(keep)`: an empty store that keeps about `keep` messages a room."""
+    if request.param == "postgres":
+        make_pg: PgStoreFactory = request.getfixturevalue("pg_stores")
+
+        async def pg_store(keep: int) -> HistoryStore:
+            return make_pg(keep)
+
+        return pg_store
     if request.param == "redis":
         make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
 

@@ -193,15 +193,21 @@ def _quote(term: str) -> str:
 
 
 def open_store(
-    conninfo: str, shown: str, reactor: Any, keep: int
+    conninfo: str,
+    shown: str,
+    reactor: Any,
+    keep: int,
+    now_s: Callable[[], float] = time.time,
+    ref_window_s: float = REF_WINDOW_S,
 ) -> PostgresHistory:
     """Connect (at start-up, before the reactor runs), bring the schema up to date, and make
-    the store. psycopg.Error if the database is out of reach; SchemaTooNew."""
+    the store; `start()` it once the reactor runs. psycopg.Error if the database is out of
+    reach; SchemaTooNew if a newer wschat migrated it."""
     with connect(conninfo) as conn:
         from_version = migrate(conn)
     if from_version == 0:
         _log.info("created the history schema in {url}", url=shown)
-    return PostgresHistory(PgLink(conninfo, reactor, shown), keep)
+    return PostgresHistory(PgLink(conninfo, reactor, shown), keep, now_s, ref_window_s)
 
 
 def _message(room: str, row: Row) -> Message:

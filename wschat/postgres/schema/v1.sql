@@ -52,68 +52,78 @@ CREATE INDEX refs_at ON refs (at);
 -- Store a batch of messages in one round trip (the app's group commit): each one gets its
 -- room's next id, unless its ref is in the window (found stored, or earlier in this batch),
 -- in which case the stored message comes back with fresh = false. `keep` > 0 deletes each
--- written room's messages older than its newest `keep` (a room may briefly keep up to 64 more).
+-- written room's messages older than its newest `keep` (a room may briefly keep a batch more).
+-- Set-based: a statement per step whatever the batch's size (a loop of statements per message
+-- costs about three times as much).
 CREATE FUNCTION wschat_append(
     p_rooms text[], p_names text[], p_texts text[], p_words text[], p_ts text[],
     p_refs text[], p_users text[], p_guests boolean[], p_apps boolean[],
     p_now double precision, p_ref_since double precision, p_keep bigint
 ) RETURNS TABLE (
-    ord integer, id bigint, fresh boolean, text text, ts text, "user" text, guest boolean
+    ord bigint, id bigint, fresh boolean, text text, ts text, "user" text, guest boolean
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
-DECLARE
-    v_rooms text[];
-    v_first bigint[];
-    v_last bigint[];
-    v_at integer;
-    v_id bigint;
-    v_found record;
 BEGIN
-    INSERT INTO rooms AS r (room)
-        SELECT DISTINCT b.room FROM unnest(p_rooms) AS b(room)
+    INSERT INTO rooms (room)
+        SELECT DISTINCT b.room FROM unnest(p_rooms) AS b(room) ORDER BY 1
         ON CONFLICT DO NOTHING;
-    -- Locked in one order by every node: two batches sharing rooms cannot deadlock; a later
-    -- statement of this function sees whatever the previous holder committed.
-    SELECT array_agg(r.room ORDER BY r.room), array_agg(r.last_id ORDER BY r.room)
-        INTO v_rooms, v_last
-        FROM (SELECT r.room, r.last_id FROM rooms r WHERE r.room = ANY (p_rooms)
-              ORDER BY r.room FOR UPDATE) AS r;
-    v_first := v_last;
-    FOR i IN 1 .. coalesce(array_length(p_rooms, 1), 0) LOOP
-        IF p_refs[i] IS NOT NULL THEN
-            SELECT m.id, m.text, m.ts, m."user", m.guest INTO v_found
-                FROM refs f JOIN messages m ON m.room = f.room AND m.id = f.id
-                WHERE f.room = p_rooms[i] AND f.application = p_apps[i]
-                  AND f.name = p_names[i] AND f.ref = p_refs[i] AND f.at >= p_ref_since;
-            IF FOUND THEN
-                RETURN QUERY SELECT i, v_found.id, false, v_found.text, v_found.ts,
-                    v_found."user", v_found.guest;
-                CONTINUE;
-            END IF;
-        END IF;
-        v_at := array_position(v_rooms, p_rooms[i]);
-        v_id := v_last[v_at] + 1;
-        v_last[v_at] := v_id;
+    -- Locked in one order by every node: two batches sharing rooms cannot deadlock, and the
+    -- next statement sees whatever the previous holder committed.
+    PERFORM 1 FROM rooms r WHERE r.room = ANY (p_rooms) ORDER BY r.room FOR UPDATE;
+    RETURN QUERY
+    WITH batch AS (
+        SELECT b.*,
+            -- a ref's first message in the batch; the others are its resends
+            CASE WHEN b.ref IS NULL THEN b.ord
+                 ELSE min(b.ord) OVER (PARTITION BY b.room, b.app, b.name, b.ref) END AS first
+        FROM unnest(p_rooms, p_names, p_texts, p_words, p_ts, p_refs, p_users, p_guests, p_apps)
+            WITH ORDINALITY AS b(room, name, text, words, ts, ref, "user", guest, app, ord)
+    ), found AS (
+        -- Each lookup by primary key, whatever the statistics were when the plan was made
+        -- (LATERAL ... LIMIT 1 keeps the planner from joining a whole room's rows first).
+        SELECT b.ord, m.id, m.text, m.ts, m."user", m.guest
+        FROM batch b
+        CROSS JOIN LATERAL (
+            SELECT f.id FROM refs f
+            WHERE f.room = b.room AND f.application = b.app AND f.name = b.name
+                AND f.ref = b.ref AND f.at >= p_ref_since
+            LIMIT 1) f
+        CROSS JOIN LATERAL (
+            SELECT m.* FROM messages m WHERE m.room = b.room AND m.id = f.id LIMIT 1) m
+        WHERE b.ord = b.first AND b.ref IS NOT NULL
+    ), new AS (
+        SELECT b.*, r.last_id + row_number() OVER (PARTITION BY b.room ORDER BY b.ord) AS id
+        FROM batch b
+        CROSS JOIN LATERAL (SELECT r.last_id FROM rooms r WHERE r.room = b.room LIMIT 1) r
+        WHERE b.ord = b.first AND NOT EXISTS (SELECT 1 FROM found WHERE found.ord = b.ord)
+    ), stored AS (
         INSERT INTO messages (room, id, name, text, ts, ref, "user", guest, application, tsv)
-            VALUES (p_rooms[i], v_id, p_names[i], p_texts[i], p_ts[i], p_refs[i], p_users[i],
-                    p_guests[i], p_apps[i], array_to_tsvector(string_to_array(p_words[i], ' ')));
-        IF p_refs[i] IS NOT NULL THEN
-            INSERT INTO refs AS f (room, application, name, ref, id, at)
-                VALUES (p_rooms[i], p_apps[i], p_names[i], p_refs[i], v_id, p_now)
-                ON CONFLICT (room, application, name, ref)
-                DO UPDATE SET id = excluded.id, at = excluded.at;
-        END IF;
-        RETURN QUERY SELECT i, v_id, true, p_texts[i], p_ts[i], p_users[i], p_guests[i];
-    END LOOP;
-    UPDATE rooms r SET last_id = v.last_id
-        FROM unnest(v_rooms, v_last) AS v(room, last_id)
-        WHERE r.room = v.room AND r.last_id <> v.last_id;
-    -- Trimmed each time a room's count crosses a multiple of 64, not at every batch: each
-    -- trim leaves dead index entries that the next one would walk again until vacuumed.
-    IF p_keep > 0 THEN
-        DELETE FROM messages m USING unnest(v_rooms, v_first, v_last) AS v(room, first, last_id)
-            WHERE m.room = v.room AND v.last_id / 64 <> v.first / 64
-              AND m.id <= v.last_id - p_keep;
-    END IF;
+        SELECT n.room, n.id, n.name, n.text, n.ts, n.ref, n."user", n.guest, n.app,
+            array_to_tsvector(string_to_array(n.words, ' '))
+        FROM new n
+    ), remembered AS (
+        INSERT INTO refs (room, application, name, ref, id, at)
+        SELECT n.room, n.app, n.name, n.ref, n.id, p_now FROM new n WHERE n.ref IS NOT NULL
+        ON CONFLICT (room, application, name, ref)
+        DO UPDATE SET id = excluded.id, at = excluded.at
+    ), counted AS (
+        SELECT n.room, min(n.id) - 1 AS before, max(n.id) AS last FROM new n GROUP BY n.room
+    ), numbered AS (
+        UPDATE rooms r SET last_id = c.last FROM counted c WHERE r.room = c.room
+    ), trimmed AS (
+        -- each time a room's count crosses a multiple of 64, not at every batch: a trim leaves
+        -- dead index entries that the next one would walk again until vacuumed
+        DELETE FROM messages m USING counted c
+        WHERE p_keep > 0 AND m.room = c.room AND c.last / 64 <> c.before / 64
+            AND m.id <= c.last - p_keep
+    )
+    SELECT b.ord, coalesce(n.id, f.id), n.ord IS NOT NULL AND n.ord = b.ord,
+        coalesce(n.text, f.text), coalesce(n.ts, f.ts),
+        CASE WHEN n.ord IS NOT NULL THEN n."user" ELSE f."user" END,
+        coalesce(n.guest, f.guest)
+    FROM batch b
+    LEFT JOIN new n ON n.ord = b.first
+    LEFT JOIN found f ON f.ord = b.first
+    ORDER BY b.ord;
 END;
 $$;
