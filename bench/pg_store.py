@@ -48,9 +48,7 @@ async def measure(store: PostgresHistory, args: argparse.Namespace) -> dict[str,
     cpu = time.process_time()
     await defer.gatherResults(
         [
-            defer.ensureDeferred(
-                sender(store, rooms[n], n, started + args.seconds, latencies)
-            )
+            defer.ensureDeferred(sender(store, rooms[n], n, started + args.seconds, latencies))
             for n in range(args.senders)
         ]
     )

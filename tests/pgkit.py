@@ -72,9 +72,7 @@ class PgServer:
             self._as = {"user": "postgres", "group": "postgres", "extra_groups": []}
 
     def _run(self, *args: str) -> None:
-        subprocess.run(
-            args, check=True, capture_output=True, cwd=self.root, **self._as
-        )
+        subprocess.run(args, check=True, capture_output=True, cwd=self.root, **self._as)
 
     def start(self) -> PgServer:
         if not self.data.exists():

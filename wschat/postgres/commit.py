@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -29,7 +30,7 @@ from wschat.chat.errors import StorageUnavailable
 from wschat.chat.model import Message
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import words
-from wschat.postgres.link import WRITE_THREADS, PgLink
+from wschat.postgres.link import OUT_OF_REACH, WRITE_THREADS, PgLink
 
 # Messages in one transaction at most: a larger batch holds its rooms' locks longer.
 MAX_BATCH = 512
@@ -37,11 +38,11 @@ MAX_BATCH = 512
 # without bound while the database is slow.
 MAX_QUEUED = 20_000
 # A lexeme is less than 2 KiB in PostgreSQL; a longer word (a 2,000-character one can weigh
-# 8 KB) is left out of the index, and so cannot be searched for.
+# 8 KB) is indexed by its beginning, which is all a query (200 characters at most) can ask for.
 MAX_LEXEME_BYTES = 2047
 
 _APPEND_SQL = (
-    "SELECT ord, id, fresh, text, ts, \"user\", guest FROM wschat_append("
+    'SELECT ord, id, fresh, text, ts, "user", guest FROM wschat_append('
     "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
     "%s::boolean[], %s::boolean[], %s, %s, %s)"
 )
@@ -51,8 +52,16 @@ _log = Logger(namespace="wschat.postgres")
 
 
 def lexemes(text: str) -> str:
-    """What the index gets for `text`: its folded words, space separated, none too long."""
-    return " ".join(w for w in words(text) if len(w.encode("utf-8")) <= MAX_LEXEME_BYTES)
+    """What the index gets for `text`: its folded words, space separated, each cut to what a
+    lexeme may weigh (a cut word still matches as a prefix, and no whole query word is that
+    long)."""
+    return " ".join(
+        w if len(w) * 4 <= MAX_LEXEME_BYTES else _cut(w, MAX_LEXEME_BYTES) for w in words(text)
+    )
+
+
+def _cut(word: str, max_bytes: int) -> str:
+    return word.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
 @dataclass(slots=True)
@@ -82,9 +91,7 @@ class GroupCommit:
 
     def append(self, room: str, new: NewMessage) -> Deferred[Appended]:
         if not self._link.up:
-            return fail(
-                StorageUnavailable("the history database is out of reach; retry later", new.ref)
-            )
+            return fail(StorageUnavailable(OUT_OF_REACH, new.ref))
         if len(self._queued) >= MAX_QUEUED:
             return fail(StorageUnavailable("the history database is behind; retry later", new.ref))
         done: Deferred[Appended] = Deferred()
@@ -102,7 +109,7 @@ class GroupCommit:
             self._in_flight += 1
             now_s = self._now_s()
             args = _arguments(batch, now_s, now_s - self._ref_window_s, self._keep)
-            stored = self._link.write(lambda conn, args=args: _store(conn, args))
+            stored = self._link.write(partial(_store, args=args))
             stored.addBoth(self._stored, batch, rooms)
 
     def _take(self) -> list[_Queued]:
@@ -120,7 +127,9 @@ class GroupCommit:
         self._queued = left
         return taken
 
-    def _stored(self, result: list[tuple[Any, ...]] | Failure, batch: list[_Queued], rooms: set[str]) -> None:
+    def _stored(
+        self, result: list[tuple[Any, ...]] | Failure, batch: list[_Queued], rooms: set[str]
+    ) -> None:
         self._in_flight -= 1
         self._busy -= rooms
         if isinstance(result, Failure):
@@ -148,7 +157,9 @@ class GroupCommit:
             queued.done.callback((msg, fresh))
 
 
-def _arguments(batch: list[_Queued], now_s: float, ref_since_s: float, keep: int) -> tuple[Any, ...]:
+def _arguments(
+    batch: list[_Queued], now_s: float, ref_since_s: float, keep: int
+) -> tuple[Any, ...]:
     news = [q.new for q in batch]
     return (
         [q.room for q in batch],
@@ -166,7 +177,7 @@ def _arguments(batch: list[_Queued], now_s: float, ref_since_s: float, keep: int
     )
 
 
-def _store(conn: psycopg.Connection[Any], args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+def _store(conn: psycopg.Connection[Any], *, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """In a writer thread: the words are folded here, off the reactor thread."""
     texts = args[2]
     with_words = (*args[:3], [lexemes(text) for text in texts], *args[4:])

@@ -40,6 +40,7 @@ RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 2.0
 RETRY_JITTER_S = 0.25
 HEARTBEAT_S = 5.0
+OUT_OF_REACH = "the history database is out of reach; retry later"
 _log = Logger(namespace="wschat.postgres")
 # Errors after which the connection is no use, whatever state libpq thinks it is in: the server
 # shut down or is starting, or is a read-only standby (a failover left us on the old primary).
@@ -111,7 +112,7 @@ class PgLink:
 
     def _run(self, pool: ThreadPool, work: Work[T], ref: str | None) -> Deferred[T]:
         if not self.up:
-            return fail(StorageUnavailable("the history database is out of reach; retry later", ref))
+            return fail(StorageUnavailable(OUT_OF_REACH, ref))
         done: Deferred[T] = deferToThreadPool(self.reactor, pool, self._in_thread, work)
         done.addErrback(self._failed, ref)
         return done
@@ -159,9 +160,7 @@ class PgLink:
     def _failed(self, failure: Failure, ref: str | None) -> Failure:
         if failure.check(Down):
             self._went_down(str(failure.value))
-            raise StorageUnavailable(
-                "the history database is out of reach; retry later", ref
-            ) from None
+            raise StorageUnavailable(OUT_OF_REACH, ref) from None
         if failure.check(psycopg.Error):
             _log.failure("a history statement failed", failure)
             raise StorageUnavailable("the history database refused; retry later", ref) from None
@@ -212,7 +211,11 @@ class PgLink:
             return
         beat = self.read(_ping)
         beat.addErrback(lambda _: None)
-        beat.addBoth(lambda _: self.up and self._schedule(HEARTBEAT_S, self._heartbeat))
+        beat.addCallback(self._beaten)
+
+    def _beaten(self, _: object) -> None:
+        if self.up:
+            self._schedule(HEARTBEAT_S, self._heartbeat)
 
     def _schedule(self, delay_s: float, call: Callable[[], None]) -> None:
         if self._stopped:

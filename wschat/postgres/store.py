@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import NewMessage, recovery
 from wschat.chat.search import Query
-from wschat.postgres.commit import MAX_LEXEME_BYTES, GroupCommit
+from wschat.postgres.commit import GroupCommit
 from wschat.postgres.link import PgLink, connect
 from wschat.postgres.schema import migrate
 
@@ -31,6 +31,9 @@ REF_WINDOW_S = 24 * 3600
 # Refs past the window are deleted this often, in batches of REF_PRUNE_BATCH.
 REF_PRUNE_EVERY_S = 60.0
 REF_PRUNE_BATCH = 5000
+# A search reads this many of the newest messages in id order before it turns to the index
+# (schema/v1.sql, wschat_search).
+SEARCH_SCAN = 1000
 # Above every id: a bigint.
 MAX_ID = 2**63 - 1
 
@@ -73,7 +76,7 @@ class PostgresHistory:
     ) -> Message | None:
         since_s = self._now_s() - self._ref_window_s
         rows = await self._read(
-            "SELECT m.id, m.name, m.text, m.ts, m.ref, m.\"user\", m.guest "
+            'SELECT m.id, m.name, m.text, m.ts, m.ref, m."user", m.guest '
             "FROM refs f JOIN messages m ON m.room = f.room AND m.id = f.id "
             "WHERE f.room = %s AND f.application = %s AND f.name = %s AND f.ref = %s "
             "AND f.at >= %s",
@@ -93,8 +96,7 @@ class PostgresHistory:
                 (room,),
             ).fetchone()
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s "
-                "ORDER BY id LIMIT %s",
+                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s ORDER BY id LIMIT %s",
                 (room, since, limit + 1),
             ).fetchall()
             return bounds, rows
@@ -108,8 +110,7 @@ class PostgresHistory:
     ) -> list[Message]:
         if after is not None:
             rows = await self._read(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s "
-                "ORDER BY id LIMIT %s",
+                f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND id > %s ORDER BY id LIMIT %s",
                 (room, after, limit),
             )
             return [_message(room, r) for r in rows]
@@ -123,13 +124,9 @@ class PostgresHistory:
     async def search(
         self, room: str, query: Query, before: int | None, limit: int
     ) -> list[Message]:
-        tsquery = ts_query(query)
-        if tsquery is None:
-            return []
         rows = await self._read(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = %s AND tsv @@ %s::tsquery "
-            "AND id < %s ORDER BY id DESC LIMIT %s",
-            (room, tsquery, before if before is not None else MAX_ID, limit),
+            f"SELECT {_COLUMNS} FROM wschat_search(%s, %s::tsquery, %s, %s, %s)",
+            (room, ts_query(query), before if before is not None else MAX_ID, limit, SEARCH_SCAN),
         )
         return [_message(room, r) for r in rows]
 
@@ -172,17 +169,20 @@ class PostgresHistory:
             self._pruning.stop()
         self._link.stop()
 
-    def _read(self, sql: Any, params: tuple[Any, ...], ref: str | None = None) -> Deferred[list[Row]]:
-        return self._link.read(lambda conn: conn.execute(sql, params).fetchall(), ref)
+    def _read(
+        self, sql: Any, params: tuple[Any, ...], ref: str | None = None
+    ) -> Deferred[list[Row]]:
+        def read(conn: psycopg.Connection[Any]) -> list[Row]:
+            rows: list[Row] = conn.execute(sql, params).fetchall()
+            return rows
+
+        return self._link.read(read, ref)
 
 
-def ts_query(query: Query) -> str | None:
+def ts_query(query: Query) -> str:
     """The tsquery of a search: every whole word, and the last word as a prefix (`:*`). Each is
-    quoted, so PostgreSQL takes it as one lexeme as it is. None if a word is too long to have
-    been indexed (nothing can match it)."""
-    terms = [*query.whole, query.prefix]
-    if any(len(term.encode("utf-8")) > MAX_LEXEME_BYTES for term in terms):
-        return None
+    quoted, so PostgreSQL takes it as one lexeme as it is (a query's words, 200 characters at
+    most, always fit in one)."""
     quoted = [_quote(term) for term in query.whole]
     quoted.append(f"{_quote(query.prefix)}:*")
     return " & ".join(quoted)

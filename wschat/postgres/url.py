@@ -40,7 +40,7 @@ def conninfo(url: str, password_file: str | None = None) -> str:
             "the PostgreSQL URL holds a password, which `ps` shows to every user: put it in "
             "--history-db-password-file (or libpq's PGPASSFILE or ~/.pgpass)"
         )
-    extra: dict[str, object] = {
+    extra: dict[str, str | int] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "keepalives": 1,
         "keepalives_idle": KEEPALIVES_IDLE_S,

@@ -127,3 +127,42 @@ BEGIN
     ORDER BY b.ord;
 END;
 $$;
+
+-- A room's messages that `p_query` matches, newest first, below `p_before`. Two reads, neither
+-- of the whole room: the newest `p_scan` messages in id order, where a common word is found at
+-- once; then, if they held fewer than `p_limit`, the older ones through the GIN index (a rare
+-- word). The planner alone would walk the primary key backwards for both (it takes any prefix
+-- query for a common one), reading the whole room to find a rare word.
+CREATE FUNCTION wschat_search(
+    p_room text, p_query tsquery, p_before bigint, p_limit integer, p_scan integer
+) RETURNS TABLE (
+    id bigint, name text, text text, ts text, ref text, "user" text, guest boolean
+) LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    v_found integer;
+    v_floor bigint;
+BEGIN
+    RETURN QUERY
+        SELECT m.id, m.name, m.text, m.ts, m.ref, m."user", m.guest
+        FROM (SELECT * FROM messages m WHERE m.room = p_room AND m.id < p_before
+              ORDER BY m.id DESC LIMIT p_scan) m
+        WHERE m.tsv @@ p_query
+        ORDER BY m.id DESC LIMIT p_limit;
+    GET DIAGNOSTICS v_found = ROW_COUNT;
+    IF v_found >= p_limit THEN
+        RETURN;
+    END IF;
+    SELECT m.id INTO v_floor FROM messages m WHERE m.room = p_room AND m.id < p_before
+        ORDER BY m.id DESC OFFSET p_scan - 1 LIMIT 1;
+    IF v_floor IS NULL THEN
+        RETURN;  -- the room has no more below `p_before` than were read
+    END IF;
+    -- Planned for these values each time (EXECUTE), and `id + 0` so that the primary key's
+    -- order is no reason to walk it: the index that the query's words select wins.
+    RETURN QUERY EXECUTE
+        'SELECT m.id, m.name, m.text, m.ts, m.ref, m."user", m.guest FROM messages m '
+        'WHERE m.room = $1 AND m.id < $2 AND m.tsv @@ $3 ORDER BY m.id + 0 DESC LIMIT $4'
+        USING p_room, v_floor, p_query, p_limit - v_found;
+END;
+$$;
