@@ -120,9 +120,9 @@ def test_postgres_killed_during_traffic_loses_no_acked_message(
     wschat_server: ServerFactory, own_pg: PgServer
 ) -> None:
     """PostgreSQL SIGKILLed while a client says: storage_unavailable at once meanwhile (history,
-    search and a join's welcome too), /healthz 503 with the store down; restarted, the node reconnects by
-    itself, and every acked message is stored once, in order; the outage is logged once when
-    it starts and once when it ends."""
+    search and a join's welcome too), /healthz 503 with the store down; restarted, the node
+    reconnects by itself, and every acked message is stored once, in order; the outage is
+    logged once when it starts and once when it ends."""
     url = own_pg.url(own_pg.create_database())
     server = wschat_server("--history-db", url, *OPEN_LIMITS)
     sender = Sender(server.ws_url)
