@@ -17,7 +17,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel
+from twisted.python import usage
 
+from wschat.app.options import Options
+from wschat.app.wiring import postgres_backend
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query
@@ -353,3 +356,58 @@ def test_a_store_is_made_but_not_started_before_the_reactor(pg_url: str) -> None
     store = open_store(conninfo(pg_url), "test", reactor, 0)
     assert isinstance(store, PostgresHistory) and threading.active_count() == before
     store.close()
+
+
+# The options and the wiring of one node.
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_the_options_refuse_what_postgres_cannot_do(tmp_path: Path) -> None:
+    """A password in the URL, a password file for SQLite, and the sweeps not built for
+    PostgreSQL yet each stop start-up with a message that says what to do."""
+    with pytest.raises(usage.UsageError, match="password-file"):
+        parse("--history-db", "postgresql://wschat:pw@db.example/chat")
+    secret = tmp_path / "pg.pass"
+    secret.write_text("pw\n")
+    with pytest.raises(usage.UsageError, match="is for a PostgreSQL"):
+        parse("--history-db-password-file", str(secret))
+    for sweep in (("--history-ttl", "30d"), ("--max-history-rooms", "10")):
+        with pytest.raises(usage.UsageError, match="--history-keep"):
+            parse("--history-db", "postgresql://wschat@db.example/chat", *sweep)
+    with pytest.raises(usage.UsageError, match="No such file"):
+        parse(
+            "--history-db",
+            "postgresql://wschat@db.example/chat",
+            "--history-db-password-file",
+            str(tmp_path / "missing"),
+        )
+    options = parse(
+        "--history-db", "postgresql://wschat@db.example/chat", "--history-db-password-file",
+        str(secret),
+    )  # fmt: skip
+    assert "password=pw" in options["history-conninfo"]
+    assert options["history-db-shown"] == "postgresql://db.example/chat"
+    assert parse()["history-conninfo"] is None
+
+
+def test_the_backend_of_one_node_on_postgres(pg_url: str) -> None:
+    """The store is migrated when the service is made, starts with the service tree, and
+    /healthz's check reports it; a database out of reach stops start-up."""
+    options = parse("--history-db", pg_url, "--history-keep", "7")
+    backend = postgres_backend(options, reactor)
+    assert isinstance(backend.store, PostgresHistory)
+    [check] = backend.checks
+    assert check() == ({"store": "up"}, True)
+    [service] = backend.services
+    service.startService()
+    backend.store.close()
+    from .pgkit import free_port
+
+    gone = parse("--history-db", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(usage.UsageError, match="--history-db"):
+        postgres_backend(gone, reactor)
