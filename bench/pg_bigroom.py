@@ -117,6 +117,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     args = parser.parse_args()
     server = PgServer({"fsync": "on", "full_page_writes": "on"}).start()
+    try:
+        print(json.dumps(run_on(server, args), indent=1))
+    finally:
+        server.remove()
+
+
+def run_on(server: PgServer, args: argparse.Namespace) -> dict[str, Any]:
     info = conninfo(server.url(server.create_database()))
     store = open_store(info, "bench", reactor, 0)
     started = time.monotonic()
@@ -137,8 +144,7 @@ def main() -> None:
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
     reactor.run()
-    server.remove()
-    print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -75,6 +75,13 @@ def main() -> None:
     server = PgServer(
         {"fsync": "on", "full_page_writes": "on", "synchronous_commit": args.synchronous_commit}
     ).start()
+    try:
+        print(json.dumps(run_on(server, args)))
+    finally:
+        server.remove()
+
+
+def run_on(server: PgServer, args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(conninfo(server.url(server.create_database())), "bench", reactor, 0)
     store.start()
     result: dict[str, Any] = {}
@@ -88,8 +95,7 @@ def main() -> None:
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
     reactor.run()
-    server.remove()
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from wschat.app.options import Options
 from wschat.app.wiring import postgres_backend
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.ports import NewMessage
-from wschat.chat.search import Query
-from wschat.postgres.commit import MAX_LEXEME_BYTES
+from wschat.chat.search import Query, words
+from wschat.postgres.commit import MAX_LEXEME_BYTES, lexemes
 from wschat.postgres.link import connect
 from wschat.postgres.schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from wschat.postgres.store import SEARCH_SCAN, PostgresHistory, open_store, ts_query
@@ -78,6 +78,24 @@ def test_the_query_quotes_each_word_and_the_last_is_a_prefix() -> None:
     """Each word is one lexeme as folded (no parser between), the last one a prefix."""
     assert ts_query(Query.parse("Deploy FAILED")) == "'deploy' & 'failed':*"
     assert ts_query(Query.parse("it's")) == "'it' & 's':*"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Deploy FAILED at 10:42, see build_77 (again!)",
+        "Résumé, Ελληνικά and Кириллица; ﬁnancé ①",
+        "tabs\tand\nnew lines",
+        "",
+        "x" * 2000,
+        "漢" * 700,
+    ],
+)
+def test_the_index_gets_the_words_search_folds(text: str) -> None:
+    """What a message is indexed under is chat/search.py's words of it (ASCII by a quicker
+    path), each no heavier than a lexeme may be."""
+    expected = [w.encode()[:MAX_LEXEME_BYTES].decode("utf-8", "ignore") for w in words(text)]
+    assert lexemes(text) == " ".join(expected)
 
 
 # Migrations.
