@@ -1,5 +1,5 @@
-"""Every history store keeps the same contract (in memory, SQLite, and Redis running the real
-scripts on a real redis-server); SQLite also survives a reopen."""
+"""Every history store keeps the same contract (in memory, SQLite, Redis running the real
+scripts on a real redis-server, and PostgreSQL on a real server); SQLite also survives a reopen."""
 
 from __future__ import annotations
 
