@@ -52,6 +52,21 @@ def free_port() -> int:
         return port
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 class PgServer:
     """`start()`, then `url(create_database())` for each test; `kill()` SIGKILLs the server and
     its backends at once (as a crash would), `start()` again recovers the same data."""
@@ -131,9 +146,15 @@ class PgServer:
         return name
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every backend: what a crash or an OOM kill leaves."""
+        """SIGKILL the postmaster and every backend at once: what a crash or an OOM kill of
+        the whole server leaves. (Each backend is in a process group of its own, and one whose
+        postmaster died may still answer a query before it notices.)"""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            for pid in [*children(self.process.pid), self.process.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.process.wait()
         self.process = None
 
@@ -144,8 +165,7 @@ class PgServer:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill()
         self.process = None
 
     def remove(self) -> None:

@@ -128,11 +128,14 @@ BEGIN
 END;
 $$;
 
--- A room's messages that `p_query` matches, newest first, below `p_before`. Two reads, neither
--- of the whole room: the newest `p_scan` messages in id order, where a common word is found at
--- once; then, if they held fewer than `p_limit`, the older ones through the GIN index (a rare
--- word). The planner alone would walk the primary key backwards for both (it takes any prefix
--- query for a common one), reading the whole room to find a rare word.
+-- A room's messages that `p_query` matches, newest first, below `p_before`; none of it a read of
+-- the whole room. First the newest `p_scan` messages in id order, where a common word is found at
+-- once; if they held enough matches to expect the rest among the next 8 × `p_scan`, those (a word
+-- in a few percent of the messages); then, for what is still missing, the GIN index (a rarer
+-- word: few matches to fetch). The planner alone walks the primary key backwards for every query
+-- (it takes any prefix query for a common one), reading the whole room to find a rare word; and
+-- the index alone fetches and sorts every match: hundreds of milliseconds for a word in 1 % of a
+-- million messages.
 CREATE FUNCTION wschat_search(
     p_room text, p_query tsquery, p_before bigint, p_limit integer, p_scan integer
 ) RETURNS TABLE (
@@ -140,24 +143,35 @@ CREATE FUNCTION wschat_search(
 ) LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
-    v_found integer;
-    v_floor bigint;
+    v_window integer := p_scan;
+    v_floor bigint := p_before;
+    v_found integer := 0;
+    v_got integer;
+    v_read integer;
 BEGIN
-    RETURN QUERY
-        SELECT m.id, m.name, m.text, m.ts, m.ref, m."user", m.guest
-        FROM (SELECT * FROM messages m WHERE m.room = p_room AND m.id < p_before
-              ORDER BY m.id DESC LIMIT p_scan) m
-        WHERE m.tsv @@ p_query
-        ORDER BY m.id DESC LIMIT p_limit;
-    GET DIAGNOSTICS v_found = ROW_COUNT;
-    IF v_found >= p_limit THEN
-        RETURN;
-    END IF;
-    SELECT m.id INTO v_floor FROM messages m WHERE m.room = p_room AND m.id < p_before
-        ORDER BY m.id DESC OFFSET p_scan - 1 LIMIT 1;
-    IF v_floor IS NULL THEN
-        RETURN;  -- the room has no more below `p_before` than were read
-    END IF;
+    LOOP
+        RETURN QUERY
+            SELECT m.id, m.name, m.text, m.ts, m.ref, m."user", m.guest
+            FROM (SELECT * FROM messages m WHERE m.room = p_room AND m.id < v_floor
+                  ORDER BY m.id DESC LIMIT v_window) m
+            WHERE m.tsv @@ p_query
+            ORDER BY m.id DESC LIMIT p_limit - v_found;
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        v_found := v_found + v_got;
+        IF v_found >= p_limit THEN
+            RETURN;
+        END IF;
+        -- The whole window was read: where it ended, and whether the room went on below it.
+        SELECT min(w.id), count(*) INTO v_floor, v_read
+            FROM (SELECT m.id FROM messages m WHERE m.room = p_room AND m.id < v_floor
+                  ORDER BY m.id DESC LIMIT v_window) w;
+        IF v_read < v_window THEN
+            RETURN;
+        END IF;
+        -- Another window only when it can be expected to hold what is missing.
+        EXIT WHEN v_window > p_scan OR v_found * 9 < p_limit;
+        v_window := v_window * 8;
+    END LOOP;
     -- Planned for these values each time (EXECUTE), and `id + 0` so that the primary key's
     -- order is no reason to walk it: the index that the query's words select wins.
     RETURN QUERY EXECUTE
