@@ -4,11 +4,15 @@ what a reconnect sends, and the command line (tests/e2e/test_cli.py runs it in t
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, timedelta, timezone
+from typing import Any, cast
 
 import pytest
+from twisted.internet.task import Clock
 
 from wschat.cli import parse_args
+from wschat.cli.client import ANSWER_WAIT_S, Cli
 from wschat.cli.state import HELP, ChatState, shown_time, ws_url
 
 TS = "2026-12-07T10:00:00.000Z"
@@ -342,3 +346,63 @@ def test_help_lists_history_search_and_more(capsys: pytest.CaptureFixture[str]) 
         parse_args(["--help"])
     for shown in ("\n".join(HELP), " ".join(capsys.readouterr().out.split())):
         assert all(command in shown for command in ("/history [N]", "/search WORDS", "/more"))
+
+
+class FakeWebSocket:
+    """What Cli uses of its Autobahn protocol: the frames sent, and whether it closed."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed_with: int | None = None
+
+    def sendMessage(self, payload: bytes) -> None:
+        self.sent.append(json.loads(payload))
+
+    def sendClose(self, code: int) -> None:
+        self.closed_with = code
+
+
+def json_cli(clock: Clock) -> tuple[Cli, FakeWebSocket]:
+    cli = Cli(clock, parse_args(["ws://h/ws", "--json", "--room", "lobby", "--name", "s"]))
+    return cli, FakeWebSocket()
+
+
+def frame(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_json_mode_quits_once_what_it_sent_is_answered() -> None:
+    """--json with stdin closed (here before the connection opened): the frames are sent, and
+    the client closes once each has had its answer (broadcasts are none), not before."""
+    clock = Clock()
+    cli, ws = json_cli(clock)
+    cli.typed(json.dumps({"type": "history", "room": "lobby", "limit": 2}))
+    cli.stdin_closed()
+    cli.opened(cast(Any, ws))
+    assert [f["type"] for f in ws.sent] == ["join", "history"]
+    cli.received(frame(type="welcome", room="lobby", name="s", count=1, history=[]))
+    cli.received(frame(type="message", room="lobby", id=1, name="b", text="t", ts=TS))
+    cli.received(frame(type="left", room="lobby", reason="kicked"))
+    assert ws.closed_with is None
+    cli.received(frame(type="page", room="lobby", messages=[], more=False))
+    assert ws.closed_with == 1000
+
+
+def test_json_mode_waits_for_answers_at_most_a_while() -> None:
+    """An answer that never comes holds the client at most ANSWER_WAIT_S after stdin closed;
+    with nothing unanswered it closes at once."""
+    clock = Clock()
+    cli, ws = json_cli(clock)
+    cli.opened(cast(Any, ws))
+    cli.received(frame(type="welcome", room="lobby", name="s", count=1, history=[]))
+    cli.typed(json.dumps({"type": "search", "room": "lobby", "q": "x"}))
+    cli.stdin_closed()
+    clock.advance(ANSWER_WAIT_S - 0.1)
+    assert ws.closed_with is None
+    clock.advance(0.1)
+    assert ws.closed_with == 1000
+    idle, quiet = json_cli(clock)
+    idle.opened(cast(Any, quiet))
+    idle.received(frame(type="welcome", room="lobby", name="s", count=1, history=[]))
+    idle.stdin_closed()
+    assert quiet.closed_with == 1000
