@@ -249,7 +249,9 @@ class Api(Resource):
         before = _query_int(request, "before", 0, MAX_ID)
         after = _query_int(request, "after", 0, MAX_ID)
         if (since, before, after).count(None) < 2:
-            raise ApiError(400, "invalid_field", "give one of 'since', 'before' and 'after'")
+            raise ApiError(
+                400, "invalid_field", "give at most one of 'since', 'before' and 'after'"
+            )
         if since is not None:
             return await self._recovery(request, room, since)
         limit = _query_int(request, "limit", 1, PAGE_MAX_LIMIT) or PAGE_DEFAULT_LIMIT
