@@ -18,10 +18,12 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from treq.testing import StubTreq
 
-from wschat.chat.errors import StorageUnavailable, Unavailable
+from wschat.chat.errors import SearchUnavailable, StorageUnavailable, Unavailable
 from wschat.chat.identity import Identity, sign_in
+from wschat.chat.limits import Limits
 from wschat.chat.memory import MemoryHistory
-from wschat.chat.model import Join, Left, Message, Presence
+from wschat.chat.model import Join, Left, Message, Presence, Recovery
+from wschat.chat.search import Query
 from wschat.chat.session import Session
 from wschat.server.api import Api, ApiContext, ApiKeys, KeyFileError, load_api_keys
 
@@ -37,15 +39,33 @@ class FlakyHistory(MemoryHistory):
 
     broken = False
 
-    async def append(self, *args: Any, **kwargs: Any) -> tuple[Message, bool]:
+    def _check(self) -> None:
         if self.broken:
-            raise StorageUnavailable("disk full")
+            raise StorageUnavailable("disk unreadable")
+
+    async def append(self, *args: Any, **kwargs: Any) -> tuple[Message, bool]:
+        self._check()
         return await super().append(*args, **kwargs)
 
     async def latest(self, room: str, limit: int) -> list[Message]:
-        if self.broken:
-            raise StorageUnavailable("disk unreadable")
+        self._check()
         return await super().latest(room, limit)
+
+    async def after(self, room: str, since: int, limit: int) -> Recovery:
+        self._check()
+        return await super().after(room, since, limit)
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        self._check()
+        return await super().page(room, before, after, limit)
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        self._check()
+        return await super().search(room, query, before, limit)
 
 
 class UnreachableHistory(MemoryHistory):
@@ -56,6 +76,25 @@ class UnreachableHistory(MemoryHistory):
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         raise Unavailable("Redis is out of reach")
+
+    async def page(
+        self, room: str, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        raise Unavailable("Redis is out of reach")
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        raise Unavailable("Redis is out of reach")
+
+
+class UnsearchableHistory(MemoryHistory):
+    """History without an index (Redis streams alone)."""
+
+    async def search(
+        self, room: str, query: Query, before: int | None, limit: int
+    ) -> list[Message]:
+        raise SearchUnavailable("history in Redis alone has no index")
 
 
 @dataclass
@@ -251,6 +290,23 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     ("GET", "/api/rooms/{room}/history", 503): lambda w: _broken(w).call(
         "GET", "/api/rooms/lobby/history"
     ),
+    ("GET", "/api/rooms/{room}/search", 200): lambda w: (
+        _publish_new(w),
+        w.call("GET", "/api/rooms/lobby/search?q=hi&limit=1"),
+    )[1],
+    ("GET", "/api/rooms/{room}/search", 400): lambda w: w.call("GET", "/api/rooms/lobby/search"),
+    ("GET", "/api/rooms/{room}/search", 401): lambda w: w.call(
+        "GET", "/api/rooms/lobby/search?q=hi", key="wrong"
+    ),
+    ("GET", "/api/rooms/{room}/search", 405): lambda w: w.call(
+        "POST", "/api/rooms/lobby/search?q=hi", {}
+    ),
+    ("GET", "/api/rooms/{room}/search", 501): lambda w: ApiWorld(
+        World(store=UnsearchableHistory(100))
+    ).call("GET", "/api/rooms/lobby/search?q=hi"),
+    ("GET", "/api/rooms/{room}/search", 503): lambda w: _broken(w).call(
+        "GET", "/api/rooms/lobby/search?q=hi"
+    ),
     ("POST", "/api/kick", 200): lambda w: _with_members(w).call(
         "POST", "/api/kick", {"room": "lobby", "name": "bob"}
     ),
@@ -355,19 +411,180 @@ def test_members_say_who_is_signed_and_how_many_connections() -> None:
     assert w.call("GET", "/api/rooms").body == {"rooms": [{"room": "lobby", "count": 2}]}
 
 
-def test_history_pages_with_since_and_limit() -> None:
-    """history gives the latest messages, or those after `since` with `complete`."""
-    w = ApiWorld()
-    for i in range(5):
-        w.call("POST", "/api/publish", {"room": "lobby", "text": f"m{i + 1}"})
-    latest = w.call("GET", "/api/rooms/lobby/history?limit=2").body
-    assert [m["id"] for m in latest["messages"]] == [4, 5] and "complete" not in latest
-    after = w.call("GET", "/api/rooms/lobby/history?since=3").body
+def get(w: ApiWorld, path: str) -> Answer:
+    """GET `path`, checked against docs/api.yaml."""
+    answer = w.call("GET", path)
+    SPEC.validate("GET", SPEC.template_of(path), answer)
+    return answer
+
+
+def published(count: int, world: World | None = None) -> ApiWorld:
+    """An API whose room `lobby` holds m1..m<count> (ids 1..count), and no member."""
+    w = ApiWorld() if world is None else ApiWorld(world)
+    for i in range(1, count + 1):
+        assert w.call("POST", "/api/publish", {"room": "lobby", "text": f"m{i}"}).status == 201
+    return w
+
+
+def paged(w: ApiWorld, query: str) -> tuple[list[int], bool]:
+    body = get(w, f"/api/rooms/lobby/history?{query}").body
+    return [m["id"] for m in body["messages"]], body["more"]
+
+
+def test_history_pages_back_and_forth_as_the_history_request() -> None:
+    """Without since, history pages like `history`: the newest, `before` and `after`
+    (exclusive), `more` exact at both ends, 50 by default, a room without members too."""
+    w = published(60)
+    assert not w.world.hub.members_of("lobby")
+    assert paged(w, "") == (list(range(11, 61)), True)
+    assert paged(w, "limit=3") == ([58, 59, 60], True)
+    assert paged(w, "before=4&limit=2") == ([2, 3], True)
+    assert paged(w, "before=4&limit=3") == ([1, 2, 3], False)
+    assert paged(w, "after=57&limit=3") == ([58, 59, 60], False)
+    assert paged(w, "after=56&limit=3") == ([57, 58, 59], True)
+    assert paged(w, "after=0&limit=200")[0] == list(range(1, 61))
+    assert paged(w, "before=1") == ([], False)
+    assert paged(w, "after=60") == ([], False)
+    first = get(w, "/api/rooms/lobby/history?limit=1").body["messages"][0]
+    assert first == {"room": "lobby", "id": 60, "name": "api", "text": "m60", "ts": first["ts"]}
+
+
+def test_history_refuses_what_the_history_request_refuses() -> None:
+    """Both `before` and `after` (or either with `since`), limits out of 1-200, and ids that
+    are not integers from 0 are 400 invalid_field; a bad room is room_invalid."""
+    w = published(3)
+    for bad in (
+        "before=3&after=1",
+        "since=1&before=3",
+        "since=1&after=1",
+        "limit=0",
+        "limit=201",
+        "before=-1",
+        "after=x",
+        "before=",
+    ):
+        answer = w.call("GET", f"/api/rooms/lobby/history?{bad}")
+        assert (answer.status, answer.body["error"]) == (400, "invalid_field"), bad
+    assert w.call("GET", "/api/rooms/lobby/history?limit=200").status == 200
+    assert w.call("GET", "/api/rooms/a%20b/history").body["error"] == "room_invalid"
+
+
+def test_history_of_an_unknown_room_is_404_and_an_empty_page_of_a_known_one_is_not() -> None:
+    """404 only for a room with neither members here nor a kept message; an empty page of a
+    room that has either is 200."""
+    w = published(3)
+    for query in ("", "before=5", "after=0", "since=0"):
+        answer = w.call("GET", f"/api/rooms/nowhere/history?{query}")
+        assert (answer.status, answer.body["error"]) == (404, "room_not_found"), query
+    assert paged(w, "after=3") == ([], False)
+    w.member("bob", room="quiet")
+    assert get(w, "/api/rooms/quiet/history").body == {
+        "room": "quiet",
+        "messages": [],
+        "more": False,
+    }
+
+
+def test_history_pages_weigh_at_most_the_welcome_history_bytes() -> None:
+    """A page of heavy messages holds those that fit in --welcome-history-bytes (at least
+    one) nearest to where it starts, with `more`."""
+    w = ApiWorld(World(Limits(welcome_history_bytes=1200), FlakyHistory(100)))
+    for _ in range(5):
+        w.call("POST", "/api/publish", {"room": "lobby", "text": "x" * 400})
+    assert paged(w, "") == ([4, 5], True)
+    assert paged(w, "after=0") == ([1, 2], True)
+    w.call("POST", "/api/publish", {"room": "lobby", "text": "y" * 1500})
+    assert paged(w, "") == ([6], True)
+
+
+def test_history_since_recovers_as_a_rejoin() -> None:
+    """With `since`: every message after it and `complete`, or the latest and not complete;
+    its limit is 1 to --history-size."""
+    w = published(5)
+    after = get(w, "/api/rooms/lobby/history?since=3").body
     assert after["complete"] is True and [m["text"] for m in after["messages"]] == ["m4", "m5"]
-    ahead = w.call("GET", "/api/rooms/lobby/history?since=99&limit=1").body
+    assert "more" not in after
+    ahead = get(w, "/api/rooms/lobby/history?since=99&limit=1").body
     assert ahead["complete"] is False and [m["id"] for m in ahead["messages"]] == [5]
-    for bad in ("since=-1", "since=x", "limit=101", "limit=0"):
+    too_many = get(w, "/api/rooms/lobby/history?since=1&limit=2").body
+    assert too_many["complete"] is False and [m["id"] for m in too_many["messages"]] == [4, 5]
+    assert get(w, "/api/rooms/lobby/history?since=5").body == {
+        "room": "lobby",
+        "complete": True,
+        "messages": [],
+    }
+    for bad in ("since=-1", "since=x", "since=0&limit=101", "since=0&limit=0"):
         assert w.call("GET", f"/api/rooms/lobby/history?{bad}").status == 400
+
+
+SAID = ["deploy failed on web-1", "Résumé uploaded", "the deployment is done", "DEPLOY FAILED"]
+
+
+def searched(w: ApiWorld, query: str, room: str = "lobby") -> tuple[list[int], int | None]:
+    body = get(w, f"/api/rooms/{room}/search?{query}").body
+    return [m["id"] for m in body["messages"]], body["next"]
+
+
+def test_search_finds_as_the_search_request() -> None:
+    """Every word, any case, accents ignored, the last word as a prefix, newest first, in a
+    room without members; the query is echoed as asked."""
+    w = ApiWorld()
+    for said in SAID:
+        w.call("POST", "/api/publish", {"room": "lobby", "text": said})
+    assert searched(w, "q=deploy+failed") == ([4, 1], None)
+    assert searched(w, "q=resume") == ([2], None)
+    assert searched(w, "q=depl") == ([4, 3, 1], None)
+    assert searched(w, "q=nothing") == ([], None)
+    assert searched(w, "q=deploy", room="nowhere") == ([], None)
+    body = get(w, "/api/rooms/lobby/search?q=R%C3%A9SUM%C3%89").body
+    assert body["q"] == "RéSUMÉ" and [m["text"] for m in body["messages"]] == ["Résumé uploaded"]
+    assert "type" not in body["messages"][0]
+
+
+def test_search_pages_with_next_to_the_end() -> None:
+    """`next` is the `before` of the next page, null at the end; following it visits each
+    match once."""
+    w = published(25)
+    seen: list[int] = []
+    ids, after = searched(w, "q=m&limit=7")
+    assert ids == [25, 24, 23, 22, 21, 20, 19] and after == 19
+    # "m" is a prefix of every text (m1..m25): paging covers the room once, newest first.
+    seen = ids
+    while after is not None:
+        ids, after = searched(w, f"q=m&before={after}&limit=7")
+        seen += ids
+    assert seen == list(range(25, 0, -1))
+    assert searched(w, "q=m&before=5&limit=4") == ([4, 3, 2, 1], None)
+
+
+def test_search_refuses_what_the_search_request_refuses() -> None:
+    """No `q`, an empty one, one without words, over 200 characters or 16 words, not UTF-8,
+    a limit out of 1-100 or a bad `before` is 400 invalid_field."""
+    w = published(1)
+    for bad in (
+        "",
+        "q=",
+        "q=%3F%21",
+        "q=" + "x" * 201,
+        "q=" + "+w" * 17,
+        "q=%FF",
+        "q=m&limit=0",
+        "q=m&limit=101",
+        "q=m&before=-1",
+    ):
+        answer = w.call("GET", f"/api/rooms/lobby/search?{bad}")
+        assert (answer.status, answer.body["error"]) == (400, "invalid_field"), bad
+        SPEC.validate("GET", "/api/rooms/{room}/search", answer)
+    assert w.call("GET", "/api/rooms/lobby/search?q=m&limit=100").status == 200
+    assert w.call("GET", "/api/rooms/lobby/search?q=" + "x" * 200).status == 200
+
+
+def test_search_where_history_has_no_index_is_501() -> None:
+    """History kept in Redis alone cannot be searched: 501 search_unavailable, not a 503 to
+    retry."""
+    w = ApiWorld(World(store=UnsearchableHistory(100)))
+    answer = w.call("GET", "/api/rooms/lobby/search?q=hi")
+    assert (answer.status, answer.body["error"]) == (501, "search_unavailable")
 
 
 def test_kick_takes_every_connection_of_the_name_out() -> None:
@@ -438,10 +655,12 @@ def test_the_key_file(tmp_path: Path) -> None:
     [
         ("POST", "/api/publish", {"room": "lobby", "text": "hi"}),
         ("GET", "/api/rooms/lobby/history", None),
+        ("GET", "/api/rooms/lobby/history?before=9", None),
+        ("GET", "/api/rooms/lobby/search?q=hi", None),
     ],
 )
 def test_a_shared_store_out_of_reach_is_503(method: str, path: str, body: object) -> None:
-    """With --redis and Redis down (Unavailable), publish and history reads answer 503
+    """With --redis and Redis down (Unavailable), publish, history reads and searches answer 503
     `unavailable`, as docs/api.yaml promises, not 400."""
     w = ApiWorld(world=World(store=UnreachableHistory(100)))
     answer = w.call(method, path, body)

@@ -42,6 +42,7 @@ from wschat.chat.model import (
     Welcome,
     Who,
 )
+from wschat.chat.search import Query
 
 SUBPROTOCOL = "wschat.v1"
 
@@ -118,7 +119,8 @@ def _history(obj: dict[str, Any], ref: str | None) -> History:
 
 def _search(obj: dict[str, Any], ref: str | None) -> Search:
     limit = _limit(obj, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT, ref)
-    return Search(_room(obj, ref), _str(obj, "q", ref), _optional_id(obj, "before", ref), limit)
+    query = Query.parse(_str(obj, "q", ref), ref)
+    return Search(_room(obj, ref), query, _optional_id(obj, "before", ref), limit)
 
 
 def _limit(obj: dict[str, Any], default: int, most: int, ref: str | None) -> int:

@@ -47,6 +47,13 @@ def test_publish_reaches_the_room_and_the_history(
     history = call(api, "GET", "/api/rooms/lobby/history?since=0")[1]
     assert history["complete"] is True
     assert [m["text"] for m in history["messages"]] == ["hello from the app", "and from bob"]
+    first, second = (m["id"] for m in history["messages"])
+    newest = call(api, "GET", "/api/rooms/lobby/history?limit=1")
+    assert newest == (200, {"room": "lobby", "messages": history["messages"][1:], "more": True})
+    older = call(api, "GET", f"/api/rooms/lobby/history?before={second}")[1]
+    assert ([m["id"] for m in older["messages"]], older["more"]) == ([first], False)
+    newer = call(api, "GET", f"/api/rooms/lobby/history?after={first}")[1]
+    assert ([m["id"] for m in newer["messages"]], newer["more"]) == ([second], False)
     status, info = call(api, "GET", "/api/info")
     assert status == 200 and info["auth"] == "off" and info["connections"] == 1
 
@@ -84,3 +91,42 @@ def test_disconnect_and_kick_signed_users(wschat_server: ServerFactory, tmp_path
     )
     code, reason = alice.expect_close()
     assert code == 4403 and "application" in reason
+
+
+def test_history_and_search_of_a_room_without_members(
+    wschat_server: ServerFactory, tmp_path: Path
+) -> None:
+    """An application pages through a room nobody is in, back to the first message and
+    forward again, and searches it page by page (`next` to null); the answers agree with
+    what a member's `history` and `search` get."""
+    server, api = api_server(
+        wschat_server, tmp_path, "--history-db", ":memory:", "--history-size", "500"
+    )
+    for i in range(1, 61):
+        text = f"build {i} " + ("failed" if i % 4 == 0 else "passed")
+        assert call(api, "POST", "/api/publish", {"room": "ci", "text": text})[0] == 201
+    status, page = call(api, "GET", "/api/rooms/ci/history?limit=25")
+    assert status == 200 and page["more"] is True
+    back = [m["id"] for m in page["messages"]]
+    while page["more"]:
+        page = call(api, "GET", f"/api/rooms/ci/history?before={back[0]}&limit=25")[1]
+        back = [m["id"] for m in page["messages"]] + back
+    assert back == list(range(1, 61))
+    forward = call(api, "GET", "/api/rooms/ci/history?after=0&limit=200")[1]
+    assert [m["id"] for m in forward["messages"]] == back and forward["more"] is False
+    failed = [i for i in range(60, 0, -1) if i % 4 == 0]
+    seen: list[int] = []
+    results = call(api, "GET", "/api/rooms/ci/search?q=Build+FAIL&limit=4")[1]
+    seen += [m["id"] for m in results["messages"]]
+    while results["next"] is not None:
+        path = f"/api/rooms/ci/search?q=Build+FAIL&limit=4&before={results['next']}"
+        results = call(api, "GET", path)[1]
+        seen += [m["id"] for m in results["messages"]]
+    assert seen == failed
+    assert call(api, "GET", "/api/rooms/ci/search?q=x&limit=101")[1]["error"] == "invalid_field"
+    member = Chat(server.ws_url)
+    member.join("ci", "ann")
+    member.send(type="history", room="ci", before=11, limit=5)
+    assert [m["id"] for m in member.expect("page")["messages"]] == [6, 7, 8, 9, 10]
+    member.send(type="search", room="ci", q="build fail", limit=4)
+    assert [m["id"] for m in member.expect("results")["messages"]] == failed[:4]

@@ -16,7 +16,7 @@ import pytest
 from ..jwtkit import claims, hs256, write_secret
 from .client import Chat
 from .conftest import ServerFactory
-from .process import count_rows
+from .process import ServerProcess, count_rows
 from .terminal import Terminal
 
 pytestmark = pytest.mark.e2e
@@ -208,3 +208,106 @@ def test_json_mode_pipes_frames(wschat_server: ServerFactory) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+# Room for the whole test's history in memory (searchable there), and welcomes and pages of
+# about 20 short messages: a join shows the newest ones only.
+HISTORY_ARGS = ("--history-db", ":memory:", "--history-size", "500")
+SMALL_PAGES = ("--welcome-history-bytes", "2500", "--rate", "1000", "--burst", "1000")
+
+
+def said(server: ServerProcess, texts: list[str]) -> None:
+    """`texts` said in lobby by bob, in order (ids 1..n), all acked."""
+    bob = Chat(server.ws_url)
+    bob.join("lobby", "bob")
+    for i, text in enumerate(texts):
+        bob.send(type="say", room="lobby", text=text, ref=f"b{i}")
+    acks = 0
+    while acks < len(texts):
+        acks += bob.recv()["type"] == "ack"
+    bob.close()
+
+
+def test_history_scrolls_back_to_the_first_message(
+    wschat_server: ServerFactory, terminal: OpenTerminal
+) -> None:
+    """/history N shows the N messages before the oldest shown, marked as history, and
+    /history again goes on until no older one is kept: every message is then on the screen
+    exactly once, in order."""
+    server = wschat_server(*HISTORY_ARGS, *SMALL_PAGES)
+    said(server, [f"msg {i:02d}" for i in range(1, 61)])
+    alice = terminal(server.ws_url, "--room", "lobby", "--name", "alice")
+    screen = alice.wait_for("<bob> msg 60")
+    welcomed = [int(line.split()[-1]) for line in screen.splitlines() if "<bob> msg" in line]
+    oldest = welcomed[0]
+    assert welcomed == list(range(oldest, 61)) and oldest > 10
+    alice.type("/history 5")
+    alice.wait_for("* #lobby: 5 older messages; /history for more")
+    paged = [line for line in alice.screen().splitlines() if line.startswith("[lobby] history")]
+    assert [line.split()[2] for line in paged] == [f"#{i}" for i in range(oldest - 5, oldest)]
+    assert paged[-1].endswith(f"<bob> msg {oldest - 1:02d}")
+    pages = 1
+    while not alice.lines_with("none before them is kept"):
+        alice.type("/history")
+        pages += 1
+        alice.wait_for("older messages;", count=pages)
+        assert pages < 10, alice.screen()
+    alice.type("/history")
+    alice.wait_for("* #lobby: no older messages are kept")
+    lines = alice.screen().splitlines()
+    shown = [int(line.split()[-1]) for line in lines if "<bob> msg" in line]
+    history = [line for line in lines if line.startswith("[lobby] history")]
+    assert sorted(shown) == list(range(1, 61)) and len(history) == oldest - 1
+
+
+def test_search_lists_results_newest_first_and_more_pages_on(
+    wschat_server: ServerFactory, terminal: OpenTerminal
+) -> None:
+    """/search WORDS lists the room's matches (every word, any case, the last as a prefix)
+    newest first with their ids, and /more pages on until no older result is left."""
+    server = wschat_server(*HISTORY_ARGS, *SMALL_PAGES)
+    said(server, [f"build {i:02d} " + ("FAILED" if i % 10 == 0 else "ok") for i in range(1, 61)])
+    alice = terminal(server.ws_url, "--room", "lobby", "--name", "alice")
+    alice.wait_for("<bob> build 60")
+    alice.type("/search Build fail")
+    alice.wait_for('* #lobby: no older results for "Build fail"')
+    found = [line.split()[2] for line in alice.lines_with("[lobby] found")]
+    assert found == ["#60", "#50", "#40", "#30", "#20", "#10"]
+    alice.type("/search build")
+    alice.wait_for('/more for older results for "build"')
+    rounds = 0
+    while not alice.lines_with('no older results for "build"'):
+        rounds += 1
+        alice.type("/more")
+        alice.wait_for('results for "build"', count=rounds + 1)
+        assert rounds < 10, alice.screen()
+    ids = [int(line.split()[2][1:]) for line in alice.lines_with("[lobby] found")][6:]
+    assert ids == list(range(60, 0, -1)) and rounds >= 2
+    alice.type("/more")
+    alice.wait_for("! no more results: /search WORDS")
+
+
+def test_json_mode_passes_history_and_search_through(wschat_server: ServerFactory) -> None:
+    """--json: `history` and `search` typed as frames are sent as they are, and `page` and
+    `results` come back as JSON lines."""
+    server = wschat_server(*HISTORY_ARGS)
+    said(server, ["deploy one", "deploy two", "something else"])
+    requests = [
+        {"type": "history", "room": "lobby", "before": 3, "limit": 1},
+        {"type": "search", "room": "lobby", "q": "DEPL"},
+    ]
+    done = subprocess.run(
+        [CLI, server.ws_url, "--json", "--room", "lobby", "--name", "script"],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    frames = [json.loads(line) for line in done.stdout.splitlines()]
+    answers = {f["type"]: f for f in frames if f["type"] in ("page", "results")}
+    assert "page" in answers, (done.stdout, done.stderr)
+    assert answers["page"]["more"] is True
+    assert [m["text"] for m in answers["page"]["messages"]] == ["deploy two"]
+    assert [m["id"] for m in answers["results"]["messages"]] == [2, 1]
+    assert answers["results"]["next"] is None

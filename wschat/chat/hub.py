@@ -213,11 +213,10 @@ class Hub:
 
     async def search(self, session: Session, cmd: Search) -> None:
         self.charge(session)
-        query = Query.parse(cmd.q)
         if cmd.room not in session.rooms:
             raise NotInRoom(f"join {cmd.room!r} to search it")
-        messages, after = await self.find(cmd.room, query, cmd.before, cmd.limit)
-        session.send(Results(cmd.room, cmd.q, messages, after))
+        messages, after = await self.find(cmd.room, cmd.query, cmd.before, cmd.limit)
+        session.send(Results(cmd.room, cmd.query.q, messages, after))
 
     def disconnect(self, session: Session) -> None:
         """The connection is gone (closed, dropped or replaced): leave all its rooms."""

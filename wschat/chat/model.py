@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from wschat.chat.errors import NameInvalid, RoomInvalid, TextEmpty, TextInvalid, TextTooLong
+from wschat.chat.search import Query
 
 MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64
@@ -159,7 +160,7 @@ class Search:
 
     kind: ClassVar[str] = "search"
     room: str
-    q: str
+    query: Query
     before: int | None = None
     limit: int = SEARCH_DEFAULT_LIMIT
 

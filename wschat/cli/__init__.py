@@ -1,12 +1,16 @@
 """`wschat-cli URL --room R [--name N]`: a line chat in the terminal, on Autobahn's client.
 
 Type a line to say it in the current room (the one joined last); commands start with `/`:
-/join ROOM, /leave [ROOM], /who [ROOM], /kick NAME (admins), /help, /quit. The client
-reconnects with backoff, rejoins its rooms with `since` (so it shows what it missed, once), and
-resends what it said while offline (with the same `ref`, so nothing is stored twice).
+/join ROOM, /leave [ROOM], /who [ROOM], /history [N], /search WORDS, /more, /kick NAME
+(admins), /help, /quit. /history shows the N (default 50) messages before the oldest shown;
+/search lists the room's messages holding every word, newest first, with their ids and times,
+and /more the next page of them. The client reconnects with backoff, rejoins its rooms with
+`since` (so it shows what it missed, once), and resends what it said while offline (with the
+same `ref`, so nothing is stored twice).
 
 --json is for scripts: every line on stdin is sent as a frame, every frame received is written
-to stdout as one JSON line, and the client exits when the connection ends.
+to stdout as one JSON line, and the client exits when the connection ends, or once stdin is
+closed and what was sent has been answered.
 
 The token of a signed identity is read from --token-file, never from the command line (argv is
 visible to every user of the machine), and read again before it expires and on a reconnect, so
@@ -33,7 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # No --token abbreviating --token-file: a token on the command line is what to avoid.
         allow_abbrev=False,
         description="A line chat in the terminal for a wschat server.",
-        epilog="Commands: /join ROOM, /leave [ROOM], /who [ROOM], /kick NAME, /help, /quit.",
+        epilog=(
+            "Commands: /join ROOM, /leave [ROOM], /who [ROOM], /history [N] (the N, default "
+            "50, messages before the oldest shown), /search WORDS (the room's messages with "
+            "all these words, newest first), /more (the next page of that search), /kick NAME, "
+            "/help, /quit."
+        ),
     )
     parser.add_argument("url", help="ws://host:port/ws, wss://…, or http(s)://host:port")
     parser.add_argument(

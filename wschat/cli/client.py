@@ -15,10 +15,11 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wschat.cli.state import ChatState, Frame, ws_url
 from wschat.wire import CLOSE_DISCONNECTED, CLOSE_REPLACED, CLOSE_UNAUTHORIZED, SUBPROTOCOL
@@ -31,6 +32,13 @@ PING_TIMEOUT_S = 5.0
 # token file again this often until it holds a new token.
 REFRESH_BEFORE_S = 60.0
 REFRESH_RETRY_S = 5.0
+# --json: once stdin is closed, the answers to the frames sent are awaited this long at most
+# (`echo '{"type": "history", ...}' | wschat-cli --json` prints the page before it exits).
+ANSWER_WAIT_S = 10.0
+# The frames that answer a request, one per request (docs/protocol.md); a kick's `left` is not.
+_ANSWERS = frozenset(
+    {"welcome", "ack", "left", "members", "page", "results", "kicked", "authed", "error"}
+)
 
 # Close codes after which reconnecting cannot help (docs/protocol.md): exit with these.
 EXIT_UNAUTHORIZED = 2
@@ -43,19 +51,33 @@ FATAL_CLOSES = {
 }
 
 
+@implementer(IHalfCloseableProtocol)
 class Stdin(LineOnlyReceiver):
+    """stdin's lines to the client; half-closeable, so that stdout stays open after stdin's
+    end for the answers still to come (--json)."""
+
     delimiter = b"\n"
     MAX_LENGTH = 1024 * 1024
 
     def __init__(self, cli: Cli) -> None:
         self._cli = cli
+        self._ended = False
         self.lost: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
         self._cli.typed(line.decode("utf-8", "replace"))
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def readConnectionLost(self) -> None:
+        self._ended = True
         self._cli.stdin_closed()
+
+    def writeConnectionLost(self) -> None:
+        """Nobody reads stdout any more: what is shown is lost, the chat goes on."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._ended:
+            self._ended = True
+            self._cli.stdin_closed()
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -94,6 +116,9 @@ class Cli:
         # closed meanwhile quits after them (`echo '{...}' | wschat-cli --json` sends its line).
         self._early: list[Frame] | None = [] if self._json else None
         self._quit_when_open = False
+        # --json: requests sent and not answered yet, and the wait for them once stdin closed.
+        self._unanswered = 0
+        self._answer_wait: IDelayedCall | None = None
         self._protocol: _ChatClient | None = None
         self._attempts = 0
         self._retry: IDelayedCall | None = None
@@ -179,7 +204,7 @@ class Cli:
         for frame in early or ():
             self._send(frame)
         if self._quit_when_open:
-            self.quit()
+            self._quit_when_answered()
 
     def closed(self, protocol: _ChatClient, code: int | None, reason: str | None) -> None:
         """Also called for a connection that never opened (the handshake was refused)."""
@@ -200,6 +225,7 @@ class Cli:
     def _send(self, frame: Frame) -> None:
         if self._protocol is not None:
             self._protocol.sendMessage(json.dumps(frame).encode("utf-8"))
+            self._unanswered += 1
 
     def received(self, payload: bytes) -> None:
         try:
@@ -208,14 +234,19 @@ class Cli:
             return
         if self._json:
             self.show(json.dumps(frame, ensure_ascii=False))
+        kind = frame.get("type")
+        if kind in _ANSWERS and not (kind == "left" and frame.get("reason") == "kicked"):
+            self._unanswered = max(0, self._unanswered - 1)
         lines, answers = self.state.received(frame)
         if not self._json:
             for line in lines:
                 self.show(line)
         for answer in answers:
             self._send(answer)
-        if frame.get("type") == "authed":
+        if kind == "authed":
             self._schedule_refresh(float(frame.get("expires_in", 0)))
+        if self._answer_wait is not None and not self._unanswered:
+            self.quit()
 
     def typed(self, line: str) -> None:
         if self._json:
@@ -249,13 +280,26 @@ class Cli:
         if self._early is not None and self._protocol is None:
             self._quit_when_open = True
             return
+        if self._json:
+            self._quit_when_answered()
+            return
         self.quit()
+
+    def _quit_when_answered(self) -> None:
+        """--json, stdin closed: quit once every frame sent has had its answer (the server
+        stops serving a connection that closes, so quitting at once would lose them)."""
+        if not self._unanswered or self._protocol is None:
+            self.quit()
+            return
+        self._answer_wait = self._reactor.callLater(ANSWER_WAIT_S, self.quit)
 
     def quit(self) -> None:
         if self._quitting:
             return
         self._quitting = True
         self._cancel_refresh()
+        if self._answer_wait is not None and self._answer_wait.active():
+            self._answer_wait.cancel()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._protocol is not None:

@@ -1,5 +1,6 @@
 """The server API for applications, on its own listener (--api-listen): publish into rooms,
-read rooms, members and history, kick, disconnect users. Specified in docs/api.yaml.
+read rooms, members and history (paged and searched as a client's `history` and `search` are),
+kick, disconnect users. Specified in docs/api.yaml.
 
 JSON in and out, real status codes, errors as {"error": code, "message": text}. Every request
 needs `Authorization: Bearer <key>` with a key of --api-key-file, compared in constant time.
@@ -21,17 +22,28 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from wschat.chat.errors import ChatError, NoSuchMember, StorageUnavailable, Unavailable
+from wschat.chat.errors import (
+    ChatError,
+    NoSuchMember,
+    SearchUnavailable,
+    StorageUnavailable,
+    Unavailable,
+)
 from wschat.chat.hub import Hub
 from wschat.chat.identity import MAX_SUB_CHARS
 from wschat.chat.model import (
     DEFAULT_PUBLISH_NAME,
     MAX_NAME_CHARS,
     MAX_REF_CHARS,
+    PAGE_DEFAULT_LIMIT,
+    PAGE_MAX_LIMIT,
+    SEARCH_DEFAULT_LIMIT,
+    SEARCH_MAX_LIMIT,
     Message,
     check_room,
 )
 from wschat.chat.ports import HistoryStore
+from wschat.chat.search import Query
 from wschat.server.http import REQUEST_TIMEOUT_S, BoundedSite, json_refusal
 from wschat.wire import MAX_ID, message_fields
 
@@ -124,6 +136,7 @@ class Api(Resource):
             ("GET", ("rooms",)): self._rooms,
             ("GET", ("rooms", "*", "members")): self._members,
             ("GET", ("rooms", "*", "history")): self._history,
+            ("GET", ("rooms", "*", "search")): self._search,
             ("POST", ("kick",)): self._kick,
             ("POST", ("disconnect",)): self._disconnect,
             ("GET", ("info",)): self._info,
@@ -152,6 +165,9 @@ class Api(Resource):
             return 503, {"error": exc.code, "message": exc.message}
         except NoSuchMember as exc:
             return 404, {"error": exc.code, "message": exc.message}
+        except SearchUnavailable as exc:
+            # Not a passing failure: this server's history cannot be searched (Redis alone).
+            return 501, {"error": exc.code, "message": exc.message}
         except ChatError as exc:
             return 400, {"error": exc.code, "message": exc.message}
 
@@ -229,23 +245,61 @@ class Api(Resource):
 
     async def _history(self, request: Request, params: list[str]) -> tuple[int, dict[str, Any]]:
         room = check_room(params[0])
-        size = self._context.history_size
         since = _query_int(request, "since", 0, MAX_ID)
-        limit = _query_int(request, "limit", 1, size)
-        limit = size if limit is None else limit
-        store = self._context.store
-        latest = await store.latest(room, limit)
-        if not latest and not self._context.hub.members_of(room):
-            raise ApiError(404, "room_not_found", f"{room!r} has no members and no history")
-        result: dict[str, Any] = {"room": room}
-        messages: list[Message] = latest
+        before = _query_int(request, "before", 0, MAX_ID)
+        after = _query_int(request, "after", 0, MAX_ID)
+        if (since, before, after).count(None) < 2:
+            raise ApiError(
+                400, "invalid_field", "give at most one of 'since', 'before' and 'after'"
+            )
         if since is not None:
-            found = await store.after(room, since, limit)
-            result["complete"] = found.complete
-            if found.complete:
-                messages = found.messages
-        result["messages"] = [_message(m) for m in messages]
-        return 200, result
+            return await self._recovery(request, room, since)
+        limit = _query_int(request, "limit", 1, PAGE_MAX_LIMIT) or PAGE_DEFAULT_LIMIT
+        messages, more = await self._context.hub.page(room, before, after, limit)
+        if not messages:
+            await self._require_room(room)
+        return 200, {"room": room, "messages": [_message(m) for m in messages], "more": more}
+
+    async def _recovery(
+        self, request: Request, room: str, since: int
+    ) -> tuple[int, dict[str, Any]]:
+        """What a client rejoining with `since` would get: every message after it, or the
+        latest and `complete` false."""
+        size = self._context.history_size
+        limit = _query_int(request, "limit", 1, size) or size
+        store = self._context.store
+        found = await store.after(room, since, limit)
+        messages = found.messages if found.complete else await store.latest(room, limit)
+        if not messages:
+            await self._require_room(room)
+        return 200, {
+            "room": room,
+            "complete": found.complete,
+            "messages": [_message(m) for m in messages],
+        }
+
+    async def _require_room(self, room: str) -> None:
+        """404 for a room with neither members on this node nor a message kept."""
+        hub = self._context.hub
+        if hub.members_of(room):
+            return
+        newest, _ = await hub.page(room, None, None, 1)
+        if not newest:
+            raise ApiError(404, "room_not_found", f"{room!r} has no members and no history")
+
+    async def _search(self, request: Request, params: list[str]) -> tuple[int, dict[str, Any]]:
+        room = check_room(params[0])
+        q = _query_text(request, "q")
+        query = Query.parse(q)
+        before = _query_int(request, "before", 0, MAX_ID)
+        limit = _query_int(request, "limit", 1, SEARCH_MAX_LIMIT) or SEARCH_DEFAULT_LIMIT
+        messages, after = await self._context.hub.find(room, query, before, limit)
+        return 200, {
+            "room": room,
+            "q": q,
+            "messages": [_message(m) for m in messages],
+            "next": after,
+        }
 
     async def _kick(self, request: Request, params: list[str]) -> tuple[int, dict[str, Any]]:
         body = _json_body(request)
@@ -318,6 +372,17 @@ def _query_int(request: Request, key: str, low: int, high: int) -> int | None:
     if not low <= number <= high:
         raise ApiError(400, "invalid_field", f"{key!r} must be an integer from {low} to {high}")
     return number
+
+
+def _query_text(request: Request, key: str) -> str:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(key.encode())
+    if not values:
+        raise ApiError(400, "invalid_field", f"{key!r} is required")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_field", f"{key!r} must be UTF-8") from None
 
 
 class ApiSite(BoundedSite):
