@@ -20,7 +20,7 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from wschat.app.options import Options
-from wschat.app.wiring import postgres_backend
+from wschat.app.wiring import make_store, postgres_backend
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query, words
@@ -376,12 +376,18 @@ def test_a_database_out_of_reach_stops_start_up() -> None:
     assert time.monotonic() - started < 6
 
 
-def test_a_store_is_made_but_not_started_before_the_reactor(pg_url: str) -> None:
-    """open_store only migrates (twistd may fork after): no thread runs until start()."""
+@pytest_twisted.ensureDeferred
+async def test_no_thread_runs_before_the_store_is_used(pg_url: str) -> None:
+    """open_store only migrates (twistd may fork after it): the threads start with the first
+    piece of work, whether or not start() was called (a tool filling a store needs none)."""
     before = threading.active_count()
     store = open_store(conninfo(pg_url), "test", reactor, 0)
-    assert isinstance(store, PostgresHistory) and threading.active_count() == before
-    store.close()
+    assert threading.active_count() == before
+    try:
+        assert (await store.append("lobby", said("a", "hi")))[0].id == 1
+        assert threading.active_count() > before
+    finally:
+        store.close()
 
 
 # The options and the wiring of one node.
@@ -425,6 +431,9 @@ def test_the_backend_of_one_node_on_postgres(pg_url: str) -> None:
     """The store is migrated when the service is made, starts with the service tree, and
     /healthz's check reports it; a database out of reach stops start-up."""
     options = parse("--history-db", pg_url, "--history-keep", "7")
+    made = make_store(options, reactor)
+    assert isinstance(made, PostgresHistory)
+    made.close()
     backend = postgres_backend(options, reactor)
     assert isinstance(backend.store, PostgresHistory)
     [check] = backend.checks

@@ -29,7 +29,7 @@ from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
 from wschat.chat.model import new_resume_token
 from wschat.chat.ports import Broker, HistoryStore, Roster
 from wschat.postgres.schema import SchemaTooNew
-from wschat.postgres.store import StoreService, open_store
+from wschat.postgres.store import PostgresHistory, StoreService, open_store
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import redis_node
 from wschat.server.api import ApiContext, make_api_site
@@ -67,6 +67,8 @@ def sweeps_wanted(options: Options) -> bool:
 
 
 def make_store(options: Options, reactor: Any) -> HistoryStore:
+    if options["history-conninfo"] is not None:
+        return postgres_store(options, reactor)
     path = options["history-db"]
     if path == MEMORY:
         return MemoryHistory(options["history-size"])
@@ -91,11 +93,11 @@ class Backend:
     checks: list[HealthCheck] = field(default_factory=list)
 
 
-def postgres_backend(options: Options, reactor: Any) -> Backend:
-    """One node on PostgreSQL: the schema brought up to date now (a database out of reach, or
-    one a newer wschat migrated, stops start-up), its threads started with the service tree."""
+def postgres_store(options: Options, reactor: Any) -> PostgresHistory:
+    """The schema brought up to date now: a database out of reach, or one a newer wschat
+    migrated, stops start-up."""
     try:
-        store = open_store(
+        return open_store(
             options["history-conninfo"],
             options["history-db-shown"],
             reactor,
@@ -103,6 +105,11 @@ def postgres_backend(options: Options, reactor: Any) -> Backend:
         )
     except (psycopg.Error, SchemaTooNew) as exc:
         raise usage.UsageError(f"--history-db: {str(exc).strip()}") from None
+
+
+def postgres_backend(options: Options, reactor: Any) -> Backend:
+    """One node on PostgreSQL; its heartbeat and pruning start with the service tree."""
+    store = postgres_store(options, reactor)
 
     def store_health() -> tuple[dict[str, object], bool]:
         return {"store": "up" if store.up else "down"}, store.up

@@ -89,16 +89,22 @@ class PgLink:
         self._stopped = False
 
     def start(self) -> None:
-        self._writers.start()
-        self._readers.start()
+        """Start the heartbeat (the threads start with the first piece of work: never before
+        twistd forked into a daemon, whoever uses the link)."""
         self._schedule(HEARTBEAT_S, self._heartbeat)
+
+    def _threads(self) -> None:
+        if not self._writers.started:
+            self._writers.start()
+            self._readers.start()
 
     def stop(self) -> None:
         self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._writers.stop()
-        self._readers.stop()
+        if self._writers.started:
+            self._writers.stop()
+            self._readers.stop()
         with self._lock:
             idle, self._idle = self._idle, []
         for _, conn in idle:
@@ -113,6 +119,7 @@ class PgLink:
     def _run(self, pool: ThreadPool, work: Work[T], ref: str | None) -> Deferred[T]:
         if not self.up:
             return fail(StorageUnavailable(OUT_OF_REACH, ref))
+        self._threads()
         done: Deferred[T] = deferToThreadPool(self.reactor, pool, self._in_thread, work)
         done.addErrback(self._failed, ref)
         return done
@@ -183,6 +190,7 @@ class PgLink:
 
     def _try_again(self) -> None:
         self._timer = None
+        self._threads()
         probe = deferToThreadPool(self.reactor, self._readers, self._in_thread, _ping)
         probe.addCallbacks(self._came_back, self._still_down)
 

@@ -64,7 +64,7 @@ class PostgresHistory:
         return self._link.up
 
     def start(self) -> None:
-        """Start the link's threads and the pruning of old refs."""
+        """Start the link's heartbeat and the pruning of old refs, once the reactor runs."""
         self._link.start()
         self._pruning.start(REF_PRUNE_EVERY_S, now=False)
 
@@ -201,8 +201,9 @@ def open_store(
     ref_window_s: float = REF_WINDOW_S,
 ) -> PostgresHistory:
     """Connect (at start-up, before the reactor runs), bring the schema up to date, and make
-    the store; `start()` it once the reactor runs. psycopg.Error if the database is out of
-    reach; SchemaTooNew if a newer wschat migrated it."""
+    the store (its threads start with its first piece of work); `start()` it once the reactor
+    runs. psycopg.Error if the database is out of reach; SchemaTooNew if a newer wschat
+    migrated it."""
     with connect(conninfo) as conn:
         from_version = migrate(conn)
     if from_version == 0:
@@ -216,8 +217,8 @@ def _message(room: str, row: Row) -> Message:
 
 
 class StoreService(Service):
-    """Starts the store's threads when twistd starts the service tree: after it forked into a
-    daemon (threads do not survive a fork). ChatService closes the store at shutdown."""
+    """Starts the store's timers with the service tree. ChatService closes the store at
+    shutdown."""
 
     def __init__(self, store: PostgresHistory) -> None:
         self._store = store
