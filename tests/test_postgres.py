@@ -175,6 +175,30 @@ async def test_a_ref_twice_in_one_batch_is_stored_once(pg_stores: PgStoreFactory
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_nodes_share_the_ids_and_the_refs(pg_stores: PgStoreFactory) -> None:
+    """Two stores on one database (two nodes) appending to the same rooms at once: each room's
+    ids are 1..n with none given twice, and a ref sent through both is stored once."""
+    one, two = pg_stores(), pg_stores()
+    appends = []
+    for i in range(200):
+        for store in (one, two):
+            room = f"room{i % 2}"
+            # Every message is sent through both nodes with the same ref: stored once.
+            appends.append(defer.ensureDeferred(store.append(room, said("a", f"{i}", f"r{i}"))))
+    stored = await defer.gatherResults(appends)
+    assert sum(fresh for _, fresh in stored) == 200
+    for room in ("room0", "room1"):
+        kept = await one.page(room, None, None, 500)
+        assert [m.id for m in kept] == list(range(1, 101))
+        assert sorted(m.ref for m in kept) == sorted(
+            f"r{i}" for i in range(room == "room1", 200, 2)
+        )
+        assert await two.last_id(room) == 100
+    for (first, _), (second, _) in zip(stored[::2], stored[1::2], strict=True):
+        assert first == second
+
+
+@pytest_twisted.ensureDeferred
 async def test_keep_zero_keeps_everything(pg_stores: PgStoreFactory) -> None:
     """--history-keep 0: nothing is trimmed, however many messages."""
     store = pg_stores(0)
