@@ -22,6 +22,7 @@ from twisted.python import usage
 from wschat.app.options import Options
 from wschat.app.wiring import make_store, postgres_backend
 from wschat.chat.errors import StorageUnavailable
+from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query, words
 from wschat.postgres.commit import MAX_LEXEME_BYTES, lexemes
@@ -231,9 +232,36 @@ async def test_a_ref_is_known_for_the_window_and_then_forgotten(
     again, fresh = await store.append("lobby", said("alice", "hi", "r1"))
     assert fresh and again.id == 3
     # r2 is past the window and goes; r1 was remembered again with the new message.
-    assert await store.prune_refs() == 1
+    assert await store.sweep() == (1, 0)
     assert await store.append("lobby", said("alice", "hi", "r1")) == (again, False)
     assert [m.id for m in await store.latest("lobby", 10)] == [1, 2, 3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_ttl_deletes_older_messages_and_ids_go_on(pg_stores: PgStoreFactory) -> None:
+    """--history-ttl: a sweep deletes the messages stamped before now - ttl (through an index on
+    ts made for it), the others stay, and the room's ids never start over."""
+    now = [1_800_000_000.0]
+    store = pg_stores(0, now_s=lambda: now[0], ttl_s=3600.0)
+    for age_s in (7200, 3601, 3599, 10):
+        await store.append("lobby", NewMessage("a", f"{age_s}s old", format_ts(now[0] - age_s)))
+    await store.append("dev", NewMessage("a", "old", format_ts(now[0] - 7200)))
+    assert await store.sweep() == (0, 3)
+    assert [m.text for m in await store.latest("lobby", 10)] == ["3599s old", "10s old"]
+    assert await store.latest("dev", 10) == []
+    assert (await store.append("dev", NewMessage("a", "new", format_ts(now[0]))))[0].id == 2
+    now[0] += 3600
+    assert await store.sweep() == (0, 2)
+
+
+def test_the_ts_index_is_made_only_for_a_ttl(pg_url: str) -> None:
+    """Every insert pays for an index: the one on ts is made when a TTL asks for it."""
+    with connect(pg_url) as conn:
+        migrate(conn)
+        query = "SELECT count(*) FROM pg_indexes WHERE indexname = 'messages_ts'"
+        assert conn.execute(query).fetchone() == (0,)
+        migrate(conn, expiring=True)
+        assert conn.execute(query).fetchone() == (1,)
 
 
 # Search.
@@ -424,17 +452,18 @@ def parse(*args: str) -> Options:
 
 
 def test_the_options_refuse_what_postgres_cannot_do(tmp_path: Path) -> None:
-    """A password in the URL, a password file for SQLite, and the sweeps not built for
-    PostgreSQL yet each stop start-up with a message that says what to do."""
+    """A password in the URL, a password file for SQLite, and --max-history-rooms (not built
+    for PostgreSQL yet) each stop start-up with a message that says what to do."""
     with pytest.raises(usage.UsageError, match="password-file"):
         parse("--history-db", "postgresql://wschat:pw@db.example/chat")
     secret = tmp_path / "pg.pass"
     secret.write_text("pw\n")
     with pytest.raises(usage.UsageError, match="is for a PostgreSQL"):
         parse("--history-db-password-file", str(secret))
-    for sweep in (("--history-ttl", "30d"), ("--max-history-rooms", "10")):
-        with pytest.raises(usage.UsageError, match="--history-keep"):
-            parse("--history-db", "postgresql://wschat@db.example/chat", *sweep)
+    with pytest.raises(usage.UsageError, match="--history-keep"):
+        parse("--history-db", "postgresql://wschat@db.example/chat", "--max-history-rooms", "9")
+    ttl = parse("--history-db", "postgresql://wschat@db.example/chat", "--history-ttl", "30d")
+    assert ttl["history-ttl"] == 30 * 86400
     with pytest.raises(usage.UsageError, match="No such file"):
         parse(
             "--history-db",

@@ -529,10 +529,11 @@ class Options(usage.Options):
                     "(postgresql://user@host/db)"
                 )
             return
-        if self["history-ttl"] is not None or self["max-history-rooms"]:
+        if self["max-history-rooms"]:
             raise usage.UsageError(
-                "--history-ttl and --max-history-rooms are not implemented for PostgreSQL yet: "
-                "bound each room with --history-keep (docs/scaling.md)"
+                "--max-history-rooms is not implemented for PostgreSQL yet: bound each room "
+                "with --history-keep, and the age of messages with --history-ttl "
+                "(docs/scaling.md)"
             )
         try:
             self["history-conninfo"] = conninfo(url, self["history-db-password-file"])

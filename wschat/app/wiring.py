@@ -102,6 +102,7 @@ def postgres_store(options: Options, reactor: Any) -> PostgresHistory:
             options["history-db-shown"],
             reactor,
             options["history-keep"],
+            ttl_s=options["history-ttl"],
         )
     except (psycopg.Error, SchemaTooNew) as exc:
         raise usage.UsageError(f"--history-db: {str(exc).strip()}") from None

@@ -21,9 +21,13 @@ def schema_sql(version: int) -> str:
     return resources.files("wschat.postgres").joinpath(f"schema/v{version}.sql").read_text("utf-8")
 
 
-def migrate(conn: psycopg.Connection[Any], target: int = SCHEMA_VERSION) -> int:
+def migrate(
+    conn: psycopg.Connection[Any], target: int = SCHEMA_VERSION, expiring: bool = False
+) -> int:
     """Bring the database to `target` and say from which version (0: it was empty).
-    SchemaTooNew if it is past `target`. `conn` must be in autocommit mode."""
+    SchemaTooNew if it is past `target`. `conn` must be in autocommit mode. `expiring`
+    (--history-ttl) adds the index on `ts` that the expiry reads: one more index per insert,
+    so made only when asked for (it stays, harmless, if the TTL is later turned off)."""
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS wschat_schema (version integer NOT NULL)")
@@ -38,6 +42,8 @@ def migrate(conn: psycopg.Connection[Any], target: int = SCHEMA_VERSION) -> int:
                 conn.execute(schema_sql(step).encode())
                 conn.execute("DELETE FROM wschat_schema")
                 conn.execute("INSERT INTO wschat_schema (version) VALUES (%s)", (step,))
+        if expiring:
+            conn.execute("CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts)")
         return found
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -19,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from wschat.chat.model import Message, Recovery
+from wschat.chat.model import Message, Recovery, format_ts
 from wschat.chat.ports import NewMessage, recovery
 from wschat.chat.search import Query
 from wschat.postgres.commit import GroupCommit
@@ -28,9 +29,17 @@ from wschat.postgres.schema import migrate
 
 # A `ref` is found again for this long after its message was stored (docs/protocol.md, `say`).
 REF_WINDOW_S = 24 * 3600
-# Refs past the window are deleted this often, in batches of REF_PRUNE_BATCH.
-REF_PRUNE_EVERY_S = 60.0
-REF_PRUNE_BATCH = 5000
+# Refs past the window, and messages past --history-ttl, are deleted this often, in batches
+# of SWEEP_BATCH (each its own transaction).
+SWEEP_EVERY_S = 60.0
+SWEEP_BATCH = 5000
+_PRUNE_REFS = (
+    "DELETE FROM refs WHERE ctid = ANY (ARRAY(SELECT ctid FROM refs WHERE at < %s LIMIT %s))"
+)
+_EXPIRE = (
+    "DELETE FROM messages WHERE ctid = ANY (ARRAY("
+    "SELECT ctid FROM messages WHERE ts < %s LIMIT %s))"
+)
 # A search reads this many of the newest messages in id order before it turns to the index
 # (schema/v1.sql, wschat_search).
 SEARCH_SCAN = 1000
@@ -50,13 +59,15 @@ class PostgresHistory:
         keep: int,
         now_s: Callable[[], float] = time.time,
         ref_window_s: float = REF_WINDOW_S,
+        ttl_s: float | None = None,
     ) -> None:
         self._link = link
         self._now_s = now_s
         self._ref_window_s = ref_window_s
+        self._ttl_s = ttl_s
         self._commit = GroupCommit(link, keep, now_s, ref_window_s)
-        self._pruning = LoopingCall(self.prune_refs)
-        self._pruning.clock = link.reactor
+        self._sweeping = LoopingCall(self.sweep)
+        self._sweeping.clock = link.reactor
 
     @property
     def up(self) -> bool:
@@ -64,9 +75,9 @@ class PostgresHistory:
         return self._link.up
 
     def start(self) -> None:
-        """Start the link's heartbeat and the pruning of old refs, once the reactor runs."""
+        """Start the link's heartbeat and the sweeps, once the reactor runs."""
         self._link.start()
-        self._pruning.start(REF_PRUNE_EVERY_S, now=False)
+        self._sweeping.start(SWEEP_EVERY_S, now=False)
 
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         return await self._commit.append(room, new)
@@ -140,33 +151,28 @@ class PostgresHistory:
         # Ids are kept in the database for good; they never start over under a client.
         return None
 
-    async def prune_refs(self) -> int:
-        """Delete the refs past the window, a batch at a time; how many were deleted."""
+    async def sweep(self) -> tuple[int, int]:
+        """Delete the refs past the window, and with a TTL the messages past it, a batch at a
+        time; how many of each. Housekeeping: one that fails is caught up by the next."""
         if not self._link.up:
-            return 0
-        cutoff_s = self._now_s() - self._ref_window_s
-
-        def prune(conn: psycopg.Connection[Any]) -> int:
-            deleted = 0
-            while True:
-                cur = conn.execute(
-                    "DELETE FROM refs WHERE ctid = ANY (ARRAY("
-                    "SELECT ctid FROM refs WHERE at < %s LIMIT %s))",
-                    (cutoff_s, REF_PRUNE_BATCH),
-                )
-                deleted += cur.rowcount
-                if cur.rowcount < REF_PRUNE_BATCH:
-                    return deleted
-
+            return 0, 0
+        now_s = self._now_s()
+        refs = messages = 0
         try:
-            return await self._link.read(prune)
+            refs = await self._link.read(
+                partial(_delete, sql=_PRUNE_REFS, cutoff=now_s - self._ref_window_s)
+            )
+            if self._ttl_s is not None:
+                messages = await self._link.read(
+                    partial(_delete, sql=_EXPIRE, cutoff=format_ts(now_s - self._ttl_s))
+                )
         except Exception:
-            # Housekeeping: the next round catches up.
-            return 0
+            pass
+        return refs, messages
 
     def close(self) -> None:
-        if self._pruning.running:
-            self._pruning.stop()
+        if self._sweeping.running:
+            self._sweeping.stop()
         self._link.stop()
 
     def _read(
@@ -177,6 +183,15 @@ class PostgresHistory:
             return rows
 
         return self._link.read(read, ref)
+
+
+def _delete(conn: psycopg.Connection[Any], *, sql: Any, cutoff: object) -> int:
+    deleted = 0
+    while True:
+        cur = conn.execute(sql, (cutoff, SWEEP_BATCH))
+        deleted += cur.rowcount
+        if cur.rowcount < SWEEP_BATCH:
+            return deleted
 
 
 def ts_query(query: Query) -> str:
@@ -199,16 +214,17 @@ def open_store(
     keep: int,
     now_s: Callable[[], float] = time.time,
     ref_window_s: float = REF_WINDOW_S,
+    ttl_s: float | None = None,
 ) -> PostgresHistory:
     """Connect (at start-up, before the reactor runs), bring the schema up to date, and make
     the store (its threads start with its first piece of work); `start()` it once the reactor
     runs. psycopg.Error if the database is out of reach; SchemaTooNew if a newer wschat
     migrated it."""
     with connect(conninfo) as conn:
-        from_version = migrate(conn)
+        from_version = migrate(conn, expiring=ttl_s is not None)
     if from_version == 0:
         _log.info("created the history schema in {url}", url=shown)
-    return PostgresHistory(PgLink(conninfo, reactor, shown), keep, now_s, ref_window_s)
+    return PostgresHistory(PgLink(conninfo, reactor, shown), keep, now_s, ref_window_s, ttl_s)
 
 
 def _message(room: str, row: Row) -> Message:
