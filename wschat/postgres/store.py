@@ -168,6 +168,12 @@ class PostgresHistory:
                 )
         except Exception:
             pass
+        if messages:
+            _log.info(
+                "history sweep: deleted {messages} messages older than {ttl_s:.0f}s",
+                messages=messages,
+                ttl_s=self._ttl_s,
+            )
         return refs, messages
 
     def close(self) -> None:
