@@ -14,10 +14,9 @@ import pytest_twisted
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.memory import MemoryHistory
 from wschat.chat.ports import HistoryStore, NewMessage
+from wschat.store.checkpoint import BACKSTOP_WAL_PAGES, CHECKPOINT_EVERY_MESSAGES
 from wschat.store.sqlite import (
-    BACKSTOP_WAL_PAGES,
     BUSY_TIMEOUT_S,
-    CHECKPOINT_EVERY_MESSAGES,
     SCHEMA_VERSION,
     TRIM_EVERY_MESSAGES,
     SqliteHistory,
@@ -27,6 +26,7 @@ from .chatkit import run
 from .conftest import RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
+TS = "2026-11-27T00:00:00.000Z"
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -50,27 +50,21 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 async def afill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
     for i in range(count):
-        await store.append(
-            room, NewMessage(name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}")
-        )
+        await store.append(room, NewMessage(name, f"m{i + 1}", TS, f"r{i + 1}"))
 
 
 def fill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
     for i in range(count):
-        run(
-            store.append(
-                room, NewMessage(name, f"m{i + 1}", "2026-11-27T00:00:00.000Z", f"r{i + 1}")
-            )
-        )
+        run(store.append(room, NewMessage(name, f"m{i + 1}", TS, f"r{i + 1}")))
 
 
 @pytest_twisted.ensureDeferred
 async def test_ids_increase_per_room(make_store: StoreFactory) -> None:
     """Each room numbers its messages 1, 2, 3, ... independently."""
     store = await make_store(10)
-    a1 = (await store.append("a", NewMessage("x", "1", "t", None)))[0]
-    b1 = (await store.append("b", NewMessage("x", "1", "t", None)))[0]
-    a2 = (await store.append("a", NewMessage("x", "2", "t", None)))[0]
+    a1 = (await store.append("a", NewMessage("x", "1", TS, None)))[0]
+    b1 = (await store.append("b", NewMessage("x", "1", TS, None)))[0]
+    a2 = (await store.append("a", NewMessage("x", "2", TS, None)))[0]
     assert (a1.id, b1.id, a2.id) == (1, 1, 2)
 
 
@@ -88,12 +82,12 @@ async def test_a_kept_ref_is_not_stored_again(make_store: StoreFactory) -> None:
     """append with a ref the same name already stored in the room returns the kept message
     and False; another name, or another room, stores a new one."""
     store = await make_store(10)
-    first, new = await store.append("lobby", NewMessage("alice", "hi", "t", "r1"))
+    first, new = await store.append("lobby", NewMessage("alice", "hi", TS, "r1"))
     assert new
-    again, new = await store.append("lobby", NewMessage("alice", "hi (resent)", "t", "r1"))
+    again, new = await store.append("lobby", NewMessage("alice", "hi (resent)", TS, "r1"))
     assert (again, new) == (first, False)
-    assert (await store.append("lobby", NewMessage("bob", "hi", "t", "r1")))[1]
-    assert (await store.append("dev", NewMessage("alice", "hi", "t", "r1")))[1]
+    assert (await store.append("lobby", NewMessage("bob", "hi", TS, "r1")))[1]
+    assert (await store.append("dev", NewMessage("alice", "hi", TS, "r1")))[1]
 
 
 @pytest_twisted.ensureDeferred
@@ -101,15 +95,15 @@ async def test_the_applications_refs_are_apart_from_the_clients(make_store: Stor
     """An application's publish and a client's say with the same name and ref are two messages,
     each stored once: a resend of either finds its own, never the other's."""
     store = await make_store(10)
-    said, new = await store.append("lobby", NewMessage("api", "client", "t", "r1"))
+    said, new = await store.append("lobby", NewMessage("api", "client", TS, "r1"))
     assert new
     published, new = await store.append(
-        "lobby", NewMessage("api", "application", "t", "r1", application=True)
+        "lobby", NewMessage("api", "application", TS, "r1", application=True)
     )
     assert new and published.id == said.id + 1
-    again = await store.append("lobby", NewMessage("api", "again", "t", "r1", application=True))
+    again = await store.append("lobby", NewMessage("api", "again", TS, "r1", application=True))
     assert again == (published, False)
-    assert (await store.append("lobby", NewMessage("api", "again", "t", "r1"))) == (said, False)
+    assert (await store.append("lobby", NewMessage("api", "again", TS, "r1"))) == (said, False)
     assert await store.find_ref("lobby", "api", "r1", application=True) == published
     assert await store.find_ref("lobby", "api", "r1") == said
     assert [m.text for m in await store.latest("lobby", 10)] == ["client", "application"]
@@ -161,7 +155,7 @@ def test_sqlite_survives_reopen_and_continues_ids(tmp_path: Path) -> None:
     store.close()
     store = SqliteHistory(path, 100)
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "m2", "m3"]
-    assert run(store.append("lobby", NewMessage("bob", "m4", "t", None)))[0].id == 4
+    assert run(store.append("lobby", NewMessage("bob", "m4", TS, None)))[0].id == 4
     store.close()
 
 
@@ -193,11 +187,11 @@ def test_sqlite_write_failure_is_storage_unavailable(tmp_path: Path) -> None:
     locker = sqlite3.connect(path, timeout=0, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StorageUnavailable) as caught:
-        run(store.append("lobby", NewMessage("alice", "lost?", "t", "rx")))[0]
+        run(store.append("lobby", NewMessage("alice", "lost?", TS, "rx")))[0]
     assert caught.value.ref == "rx"
     locker.execute("ROLLBACK")
     locker.close()
-    assert run(store.append("lobby", NewMessage("alice", "kept", "t", "rx")))[0].id == 2
+    assert run(store.append("lobby", NewMessage("alice", "kept", TS, "rx")))[0].id == 2
     assert [m.text for m in run(store.latest("lobby", 10))] == ["m1", "kept"]
 
 
@@ -232,15 +226,17 @@ def test_sqlite_checkpoints_in_the_thread_it_is_given(tmp_path: Path) -> None:
     store = SqliteHistory(path, 100_000, in_thread=handed.append)
     fill(store, "lobby", CHECKPOINT_EVERY_MESSAGES - 1)
     assert handed == []
-    # SQLite's own checkpoint (at 1,000 WAL pages) would have run by now; nothing is copied.
-    fill(store, "other", 1_000)
+    # About 2,000 pages of WAL: SQLite's own checkpoint (at 1,000) would have run by now;
+    # nothing is copied.
+    more = 500
+    fill(store, "other", more)
     assert rows_in_main_file(path, tmp_path / "copy1") == 0
     # One was handed over at the threshold, and no second one while it has not run.
     assert len(handed) == 1
 
     handed.pop()()
-    assert rows_in_main_file(path, tmp_path / "copy2") == CHECKPOINT_EVERY_MESSAGES + 999
-    # 999 messages came in while it waited: the next one hands over another at once.
+    assert rows_in_main_file(path, tmp_path / "copy2") == CHECKPOINT_EVERY_MESSAGES - 1 + more
+    # Messages came in while it waited: the next one hands over another at once.
     fill(store, "third", 1)
     assert len(handed) == 1
     handed.pop()()
@@ -307,9 +303,9 @@ def test_sqlite_without_a_thread_keeps_sqlite_checkpoints(tmp_path: Path) -> Non
 async def test_the_sender_is_kept_with_the_message(make_store: StoreFactory) -> None:
     """A signed sender's sub and a guest's mark are stored and read back with the message."""
     store = await make_store(10)
-    await store.append("lobby", NewMessage("alice", "signed", "t", "r1", user="u-alice"))
-    await store.append("lobby", NewMessage("zed (guest)", "guest", "t", None, guest=True))
-    await store.append("lobby", NewMessage("bob", "open", "t", None))
+    await store.append("lobby", NewMessage("alice", "signed", TS, "r1", user="u-alice"))
+    await store.append("lobby", NewMessage("zed (guest)", "guest", TS, None, guest=True))
+    await store.append("lobby", NewMessage("bob", "open", TS, None))
     kept = await store.latest("lobby", 10)
     assert [(m.user, m.guest) for m in kept] == [("u-alice", False), (None, True), (None, False)]
     found = await store.find_ref("lobby", "alice", "r1")
@@ -326,16 +322,16 @@ def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
     path = str(tmp_path / "h.sqlite3")
     db = sqlite3.connect(path)
     db.executescript(resources.files("wschat.store").joinpath("schema/v1.sql").read_text("utf-8"))
-    db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', 't', 'r1')")
+    db.execute("INSERT INTO messages VALUES ('lobby', 1, 'alice', 'old', ?, 'r1')", (TS,))
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
     store = SqliteHistory(path, 10)
     [old] = run(store.latest("lobby", 10))
     assert (old.text, old.user, old.guest) == ("old", None, False)
-    assert run(store.append("lobby", NewMessage("alice", "old", "t", "r1"))) == (old, False)
-    assert run(store.append("lobby", NewMessage("bob", "new", "t", None, user="u-bob")))[0].id == 2
+    assert run(store.append("lobby", NewMessage("alice", "old", TS, "r1"))) == (old, False)
+    assert run(store.append("lobby", NewMessage("bob", "new", TS, None, user="u-bob")))[0].id == 2
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     db.close()

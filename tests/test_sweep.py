@@ -11,7 +11,7 @@ from twisted.internet.testing import EventLoggingObserver
 from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
 from wschat.store.sqlite import MEMORY, SqliteHistory, Swept
-from wschat.store.sweep import EXPIRE_BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
+from wschat.store.sweep import BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
 
 from .chatkit import run
 
@@ -33,7 +33,7 @@ def test_ttl_deletes_old_messages_in_batches_between_reactor_turns(
     """Messages older than the TTL go, a batch per reactor turn; a room left with none is
     forgotten, a room with newer ones keeps those; one log line for the whole sweep."""
     store = SqliteHistory(MEMORY, 10_000, track_rooms=True, expiring=True)
-    for index in range(EXPIRE_BATCH_MESSAGES * 2 + 10):
+    for index in range(BATCH_MESSAGES * 2 + 10):
         say(store, "old", NOW_S - 40 * DAY_S + index)
     say(store, "mixed", NOW_S - 31 * DAY_S, "stale")
     say(store, "mixed", NOW_S - 1 * DAY_S, "fresh")
@@ -52,7 +52,7 @@ def test_ttl_deletes_old_messages_in_batches_between_reactor_turns(
     clock.advance(SWEEP_INTERVAL_S)
     # task.Clock runs the callLater(0) of each next batch within the same advance; the real
     # reactor runs it on its next turn, after polling the sockets.
-    assert batches == [(500, EXPIRE_BATCH_MESSAGES)] * 2 + [(11, EXPIRE_BATCH_MESSAGES)]
+    assert batches == [(500, BATCH_MESSAGES)] * 2 + [(11, BATCH_MESSAGES)]
     assert sweeper.sweeps == 1
     assert run(store.latest("old", 10)) == []
     assert [m.text for m in run(store.latest("mixed", 10))] == ["fresh"]
