@@ -1,5 +1,6 @@
 """Every history store keeps the same contract (in memory, SQLite, and Redis running the real
-scripts on a real redis-server); SQLite also survives a reopen."""
+scripts on a real redis-server): ids, refs, recovery, pages and search; SQLite also survives a
+reopen, and opens the databases of the releases before it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from wschat.chat.errors import StorageUnavailable
+from wschat.chat.errors import SearchUnavailable, StorageUnavailable
 from wschat.chat.memory import MemoryHistory
+from wschat.chat.model import Message
 from wschat.chat.ports import HistoryStore, NewMessage
+from wschat.chat.search import Query
 from wschat.store.checkpoint import BACKSTOP_WAL_PAGES, CHECKPOINT_EVERY_MESSAGES
 from wschat.store.sqlite import (
     BUSY_TIMEOUT_S,
@@ -27,12 +30,19 @@ from .conftest import RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 TS = "2026-11-27T00:00:00.000Z"
+FIXTURES = Path(__file__).parent / "fixtures"
+# Every engine runs the contract; those that search run the search contract too (Redis alone
+# has no index, and says so). A new engine: a name in these lists and a branch in
+# store_factory.
+ENGINES = ["memory", "sqlite", "redis"]
+SEARCHING = ["memory", "sqlite"]
+NOT_SEARCHING = ["redis"]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """`await make_store(keep)`: an empty store that keeps about `keep` messages a room."""
-    if request.param == "redis":
+def store_factory(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """`await factory(keep)`: an empty store of `engine` that keeps about `keep` messages a
+    room."""
+    if engine == "redis":
         make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
 
         async def redis_store(keep: int) -> HistoryStore:
@@ -41,11 +51,29 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
         return redis_store
 
     async def store(keep: int) -> HistoryStore:
-        if request.param == "memory":
+        if engine == "memory":
             return MemoryHistory(keep)
         return SqliteHistory(str(tmp_path / "h.sqlite3"), keep)
 
     return store
+
+
+@pytest.fixture(params=ENGINES)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """An empty store of each engine."""
+    return store_factory(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=SEARCHING)
+def make_searching(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """An empty store of each engine that can search."""
+    return store_factory(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=NOT_SEARCHING)
+def make_not_searching(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """An empty store of each engine without a search index."""
+    return store_factory(request.param, request, tmp_path)
 
 
 async def afill(store: HistoryStore, room: str, count: int, name: str = "alice") -> None:
@@ -145,6 +173,173 @@ async def test_after_notices_trimmed_messages(make_store: StoreFactory) -> None:
     assert recent.complete and [m.id for m in recent.messages] == list(
         range(last - keep + 1, last + 1)
     )
+
+
+def ids(messages: list[Message]) -> list[int]:
+    return [m.id for m in messages]
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_reads_back_and_forth(make_store: StoreFactory) -> None:
+    """A page holds at most `limit` messages, oldest first: the newest without a bound, those
+    just older than `before`, or those just newer than `after` (both exclusive)."""
+    store = await make_store(100)
+    await afill(store, "lobby", 10)
+    assert ids(await store.page("lobby", None, None, 3)) == [8, 9, 10]
+    assert ids(await store.page("lobby", 8, None, 3)) == [5, 6, 7]
+    assert ids(await store.page("lobby", 3, None, 5)) == [1, 2]
+    assert ids(await store.page("lobby", 1000, None, 2)) == [9, 10]
+    assert ids(await store.page("lobby", None, 4, 3)) == [5, 6, 7]
+    assert ids(await store.page("lobby", None, 8, 5)) == [9, 10]
+    assert ids(await store.page("lobby", None, 0, 100)) == list(range(1, 11))
+    assert await store.page("lobby", 1, None, 5) == []
+    assert await store.page("lobby", None, 10, 5) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_messages_are_the_stored_ones(make_store: StoreFactory) -> None:
+    """A page's messages are whole, as `latest` gives them (sender, user, guest, ref)."""
+    store = await make_store(100)
+    await store.append("lobby", NewMessage("alice", "signed", TS, "r1", user="u-alice"))
+    await store.append("lobby", NewMessage("zed (guest)", "guest", TS, None, guest=True))
+    assert await store.page("lobby", None, None, 10) == await store.latest("lobby", 10)
+    assert await store.page("lobby", None, 0, 10) == await store.latest("lobby", 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_of_a_room_without_history(make_store: StoreFactory) -> None:
+    """A room nobody wrote to has empty pages, whatever the bound."""
+    store = await make_store(100)
+    await afill(store, "lobby", 3)
+    assert await store.page("empty", None, None, 50) == []
+    assert await store.page("empty", 10, None, 50) == []
+    assert await store.page("empty", None, 0, 50) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_skips_what_retention_removed(make_store: StoreFactory) -> None:
+    """Ids that retention removed are simply absent: a page holds the kept messages nearest to
+    where it starts, and nothing lies before the oldest kept."""
+    store = await make_store(5)
+    await afill(store, "lobby", TRIM_EVERY_MESSAGES * 2)
+    kept = await store.latest("lobby", 1000)
+    oldest = kept[0].id
+    assert oldest > 1
+    assert await store.page("lobby", None, 0, 3) == kept[:3]
+    assert await store.page("lobby", oldest, None, 10) == []
+    assert await store.page("lobby", None, None, 1000) == kept
+
+
+async def say_all(store: HistoryStore, room: str, texts: list[str]) -> list[Message]:
+    return [(await store.append(room, NewMessage("alice", text, TS, None)))[0] for text in texts]
+
+
+async def found(store: HistoryStore, q: str, room: str = "lobby", limit: int = 100) -> list[int]:
+    return ids(await store.search(room, Query.parse(q), None, limit))
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_needs_every_word(make_searching: StoreFactory) -> None:
+    """A message matches when it holds every word of the query, in any order and place;
+    results are newest first."""
+    store = await make_searching(100)
+    await say_all(
+        store,
+        "lobby",
+        ["deploy failed on node 3", "deploy succeeded", "the build failed", "failed: deploy"],
+    )
+    assert await found(store, "deploy failed") == [4, 1]
+    assert await found(store, "failed deploy") == [4, 1]
+    assert await found(store, "node 3 failed") == [1]
+    assert await found(store, "deploy build") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_ignores_case_and_accents(make_searching: StoreFactory) -> None:
+    """Case and accents are ignored in every script: `resume` finds `Résumé`, and so do
+    `RÉSUMÉ` and `résumé`; Greek, Cyrillic and German fold alike."""
+    store = await make_searching(100)
+    await say_all(store, "lobby", ["Résumé attached", "Ελληνικά κείμενα", "ПРИВЕТ мир", "Straße"])
+    for q in ("resume", "RÉSUMÉ", "résumé attached"):
+        assert await found(store, q) == [1], q
+    assert await found(store, "ελληνικα") == [2]
+    assert await found(store, "привет") == [3]
+    assert await found(store, "strasse") == [4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_takes_the_last_word_as_a_prefix(make_searching: StoreFactory) -> None:
+    """The last word also matches the beginning of a word (`depl` finds `deploy`), in any
+    script; the others must be whole words."""
+    store = await make_searching(100)
+    await say_all(store, "lobby", ["deploy failed", "καλημέρα κόσμε"])
+    assert await found(store, "depl") == [1]
+    assert await found(store, "d") == [1]
+    assert await found(store, "failed depl") == [1]
+    assert await found(store, "depl failed") == []
+    assert await found(store, "καλημ") == [2]
+    assert await found(store, "deployment") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_words_are_letters_digits_and_underscores(
+    make_searching: StoreFactory,
+) -> None:
+    """A word is a run of letters, digits and `_`: `snake_case` is one word, `deploy-failed`
+    two, and numbers are words."""
+    store = await make_searching(100)
+    await say_all(store, "lobby", ["use snake_case_names", "deploy-failed", "build 41 is out"])
+    assert await found(store, "snake_case_names") == [1]
+    assert await found(store, "snake_c") == [1]
+    assert await found(store, "snake case") == []
+    assert await found(store, "failed deploy") == [2]
+    assert await found(store, "41") == [3]
+    assert await found(store, "4") == [3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_pages_newest_first_with_before(make_searching: StoreFactory) -> None:
+    """Results come newest first, at most `limit`; `before` continues below an id, and a
+    page past the oldest match is empty."""
+    store = await make_searching(100)
+    await say_all(store, "lobby", [f"match {i}" if i % 2 else f"other {i}" for i in range(1, 12)])
+    query = Query.parse("match")
+    assert ids(await store.search("lobby", query, None, 3)) == [11, 9, 7]
+    assert ids(await store.search("lobby", query, 7, 3)) == [5, 3, 1]
+    assert ids(await store.search("lobby", query, 1, 3)) == []
+    found_all = await store.search("lobby", query, None, 100)
+    assert [m.text for m in found_all] == [f"match {i}" for i in (11, 9, 7, 5, 3, 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_stays_in_its_room(make_searching: StoreFactory) -> None:
+    """A word said in another room is not found, nor anything in a room without history."""
+    store = await make_searching(100)
+    await say_all(store, "lobby", ["lobby words"])
+    await say_all(store, "dev", ["dev words", "more dev words"])
+    assert await found(store, "words", "lobby") == [1]
+    assert await found(store, "dev", "lobby") == []
+    assert await found(store, "words", "dev") == [2, 1]
+    assert await found(store, "words", "empty") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_finds_only_kept_messages(make_searching: StoreFactory) -> None:
+    """Messages that retention removed are not found any more."""
+    store = await make_searching(5)
+    await say_all(store, "lobby", [f"needle {i}" for i in range(TRIM_EVERY_MESSAGES * 2)])
+    kept = await store.latest("lobby", 1000)
+    assert len(kept) < TRIM_EVERY_MESSAGES * 2
+    assert await found(store, "needle", limit=1000) == ids(kept)[::-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_without_an_index_says_so(make_not_searching: StoreFactory) -> None:
+    """An engine without a search index answers SearchUnavailable, never a scan."""
+    store = await make_not_searching(100)
+    await say_all(store, "lobby", ["deploy failed"])
+    with pytest.raises(SearchUnavailable):
+        await store.search("lobby", Query.parse("deploy"), None, 10)
 
 
 def test_sqlite_survives_reopen_and_continues_ids(tmp_path: Path) -> None:
