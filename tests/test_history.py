@@ -14,15 +14,17 @@ import pytest_twisted
 
 from wschat.chat.errors import SearchUnavailable, StorageUnavailable
 from wschat.chat.memory import MemoryHistory
-from wschat.chat.model import Message
+from wschat.chat.model import Message, format_ts
 from wschat.chat.ports import HistoryStore, NewMessage
 from wschat.chat.search import Query
 from wschat.store.checkpoint import BACKSTOP_WAL_PAGES, CHECKPOINT_EVERY_MESSAGES
+from wschat.store.refs import REF_WINDOW_S
 from wschat.store.sqlite import (
     BUSY_TIMEOUT_S,
     SCHEMA_VERSION,
     TRIM_EVERY_MESSAGES,
     SqliteHistory,
+    Swept,
 )
 
 from .chatkit import run
@@ -30,7 +32,6 @@ from .conftest import RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 TS = "2026-11-27T00:00:00.000Z"
-FIXTURES = Path(__file__).parent / "fixtures"
 # Every engine runs the contract; those that search run the search contract too (Redis alone
 # has no index, and says so). A new engine: a name in these lists and a branch in
 # store_factory.
@@ -135,6 +136,51 @@ async def test_the_applications_refs_are_apart_from_the_clients(make_store: Stor
     assert await store.find_ref("lobby", "api", "r1", application=True) == published
     assert await store.find_ref("lobby", "api", "r1") == said
     assert [m.text for m in await store.latest("lobby", 10)] == ["client", "application"]
+
+
+def test_sqlite_recognises_a_resend_for_a_day(tmp_path: Path) -> None:
+    """While everything is kept, a ref is remembered for REF_WINDOW_S after its message: a
+    resend a millisecond inside the window gets the stored message, one a millisecond past
+    it is stored again (and is what later resends find)."""
+    store = SqliteHistory(str(tmp_path / "h.sqlite3"), 0)
+    start_s = 1_800_000_000.0
+    first, _ = run(store.append("lobby", NewMessage("alice", "hi", format_ts(start_s), "r1")))
+    inside = format_ts(start_s + REF_WINDOW_S - 0.001)
+    assert run(store.append("lobby", NewMessage("alice", "hi", inside, "r1"))) == (first, False)
+    past = format_ts(start_s + REF_WINDOW_S + 0.001)
+    second, new = run(store.append("lobby", NewMessage("alice", "hi", past, "r1")))
+    assert new and second.id == first.id + 1
+    later = format_ts(start_s + REF_WINDOW_S + 60)
+    assert run(store.append("lobby", NewMessage("alice", "hi", later, "r1"))) == (second, False)
+    assert run(store.find_ref("lobby", "alice", "r1")) == second
+    store.close()
+
+
+def test_sqlite_forgets_refs_older_than_the_window_in_batches(tmp_path: Path) -> None:
+    """forget_refs deletes the oldest refs stamped before the window's start, a batch at a
+    time, and keeps the others; the messages stay, and their refs, no longer remembered,
+    are not recognised."""
+    store = SqliteHistory(str(tmp_path / "h.sqlite3"), 0)
+    start_s = 1_800_000_000.0
+    for i in range(7):
+        run(store.append("lobby", NewMessage("alice", "x", format_ts(start_s + i), f"r{i}")))
+    window_start = format_ts(start_s + 5)
+    assert store.forget_refs(window_start, 3) == Swept(3, 0, False)
+    assert store.forget_refs(window_start, 3) == Swept(2, 0, True)
+    assert store.forget_refs(window_start, 3) == Swept(0, 0, True)
+    assert run(store.find_ref("lobby", "alice", "r4")) is None
+    assert run(store.find_ref("lobby", "alice", "r5")) is not None
+    assert [m.ref for m in run(store.latest("lobby", 10))] == [f"r{i}" for i in range(7)]
+    store.close()
+
+
+def test_sqlite_refs_of_removed_messages_are_not_recognised() -> None:
+    """A ref whose message retention removed is no resend: the message is stored again."""
+    store = SqliteHistory(":memory:", 5)
+    fill(store, "lobby", TRIM_EVERY_MESSAGES)
+    again, new = run(store.append("lobby", NewMessage("alice", "m1", TS, "r1")))
+    assert new and again.id == TRIM_EVERY_MESSAGES + 1
+    assert run(store.append("lobby", NewMessage("alice", "m1", TS, "r1"))) == (again, False)
 
 
 @pytest_twisted.ensureDeferred
