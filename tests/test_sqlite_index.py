@@ -17,7 +17,7 @@ from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query, words
 from wschat.store import index
-from wschat.store.index import INDEX_EVERY_MESSAGES, MAX_ID
+from wschat.store.index import INDEX_EVERY_CHARS, INDEX_EVERY_MESSAGES, MAX_ID
 from wschat.store.sqlite import MEMORY, SqliteHistory
 
 from .chatkit import run
@@ -125,6 +125,34 @@ def test_removal_and_edits_keep_the_index_exact() -> None:
     assert_index_is_the_kept_words(store)
 
 
+def indexed_up_to(store: SqliteHistory, room: str) -> int:
+    (top,) = store._db.execute("SELECT indexed FROM rooms WHERE room = ?", (room,)).fetchone()
+    assert isinstance(top, int)
+    return top
+
+
+def test_messages_are_indexed_in_batches_of_a_bounded_size() -> None:
+    """Stored messages are indexed together every INDEX_EVERY_MESSAGES, or sooner once they
+    hold INDEX_EVERY_CHARS of text (folding long texts takes a while); a search indexes
+    those still waiting first."""
+    store = SqliteHistory(MEMORY, 0)
+    for i in range(INDEX_EVERY_MESSAGES - 1):
+        say(store, "short", i)
+    assert indexed_up_to(store, "short") == 0
+    say(store, "short", INDEX_EVERY_MESSAGES)
+    assert indexed_up_to(store, "short") == INDEX_EVERY_MESSAGES
+    long_text = "word " * 400
+    count = -(-INDEX_EVERY_CHARS // len(long_text))
+    for _ in range(count - 1):
+        run(store.append("long", NewMessage("alice", long_text, format_ts(NOW_S), None)))
+    assert indexed_up_to(store, "long") == 0
+    run(store.append("long", NewMessage("alice", long_text, format_ts(NOW_S), None)))
+    assert indexed_up_to(store, "long") == count
+    say(store, "short", 1)
+    assert search(store, "short", "n1 n1") == [INDEX_EVERY_MESSAGES + 1, 2]
+    assert indexed_up_to(store, "short") == INDEX_EVERY_MESSAGES + 1
+
+
 def test_what_a_crash_left_unindexed_is_indexed_at_start(tmp_path: Path) -> None:
     """Messages are indexed in batches after they are stored: those a crash left out (stored,
     acked, not yet indexed) are indexed when the store opens again."""
@@ -133,9 +161,7 @@ def test_what_a_crash_left_unindexed_is_indexed_at_start(tmp_path: Path) -> None
     for i in range(INDEX_EVERY_MESSAGES + 3):
         say(crashed, "lobby", i)
     # No close(): the last three never reached the index.
-    in_file = sqlite3.connect(path)
-    assert in_file.execute("SELECT indexed FROM rooms").fetchone() == (INDEX_EVERY_MESSAGES,)
-    in_file.close()
+    assert indexed_up_to(crashed, "lobby") == INDEX_EVERY_MESSAGES
     store = SqliteHistory(path, 0)
     assert search(store, "lobby", f"n{INDEX_EVERY_MESSAGES + 2}") == [INDEX_EVERY_MESSAGES + 3]
     assert_index_is_the_kept_words(store)
