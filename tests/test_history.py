@@ -32,6 +32,7 @@ from .conftest import RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 TS = "2026-11-27T00:00:00.000Z"
+TS_S = 1_795_737_600.0
 # Every engine runs the contract; those that search run the search contract too (Redis alone
 # has no index, and says so). A new engine: a name in these lists and a branch in
 # store_factory.
@@ -567,7 +568,8 @@ def test_a_v1_database_is_migrated_keeping_its_messages(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    store = SqliteHistory(path, 10)
+    # Opened a minute after the message: its ref is within the window.
+    store = SqliteHistory(path, 10, now_s=lambda: TS_S + 60)
     [old] = run(store.latest("lobby", 10))
     assert (old.text, old.user, old.guest) == ("old", None, False)
     assert run(store.append("lobby", NewMessage("alice", "old", TS, "r1"))) == (old, False)

@@ -17,20 +17,23 @@ from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query, words
 from wschat.store import index
-from wschat.store.index import INDEX_EVERY_CHARS, INDEX_EVERY_MESSAGES, MAX_ID
+from wschat.store.backlog import BATCH_CHARS, BATCH_MESSAGES
+from wschat.store.index import MAX_ID
 from wschat.store.sqlite import MEMORY, SqliteHistory
 
 from .chatkit import run
 
 NOW_S = 1_800_000_000.0
 FIXTURES = Path(__file__).parent / "fixtures"
+# An hour after the fixture's last message (2026-11-20T11:03:19Z).
+UPGRADED_S = 1_795_172_599.0 + 3600
 VOCABULARY = ["deploy", "failed", "résumé", "ελληνικά", "привет", "snake_case", "build", "41"]
 
 
 def vocabulary(store: SqliteHistory) -> Counter[str]:
     """Each word in the index, with the number of messages it finds (once pending ones are
     indexed)."""
-    store._index.flush()
+    store._backlog.flush()
     db = store._db
     db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, search, row)")
     return Counter({term: docs for term, docs in db.execute("SELECT term, doc FROM temp.vocab")})
@@ -111,14 +114,14 @@ def test_removal_and_edits_keep_the_index_exact() -> None:
     """remove() takes messages and their words out; replace_text() finds a message by its new
     words only; both after messages still waiting for their batch."""
     store = SqliteHistory(MEMORY, 0)
-    for i in range(INDEX_EVERY_MESSAGES + 5):
+    for i in range(BATCH_MESSAGES + 5):
         say(store, "lobby", i)
-    assert store.replace_text("lobby", INDEX_EVERY_MESSAGES + 5, "edited wording") is True
+    assert store.replace_text("lobby", BATCH_MESSAGES + 5, "edited wording") is True
     assert store.replace_text("lobby", 3, "another edit") is True
     assert store.replace_text("lobby", 10_000, "no such message") is False
-    assert search(store, "lobby", "edited") == [INDEX_EVERY_MESSAGES + 5]
-    assert search(store, "lobby", f"n{INDEX_EVERY_MESSAGES + 4}") == []
-    assert search(store, "lobby", "edit") == [INDEX_EVERY_MESSAGES + 5, 3]
+    assert search(store, "lobby", "edited") == [BATCH_MESSAGES + 5]
+    assert search(store, "lobby", f"n{BATCH_MESSAGES + 4}") == []
+    assert search(store, "lobby", "edit") == [BATCH_MESSAGES + 5, 3]
     assert store.remove("lobby", [3, 4, 10_000]) == 2
     assert search(store, "lobby", "another") == []
     assert [m.id for m in run(store.page("lobby", 6, None, 10))] == [1, 2, 5]
@@ -132,39 +135,44 @@ def indexed_up_to(store: SqliteHistory, room: str) -> int:
 
 
 def test_messages_are_indexed_in_batches_of_a_bounded_size() -> None:
-    """Stored messages are indexed together every INDEX_EVERY_MESSAGES, or sooner once they
-    hold INDEX_EVERY_CHARS of text (folding long texts takes a while); a search indexes
+    """Stored messages are indexed together every BATCH_MESSAGES, or sooner once they
+    hold BATCH_CHARS of text (folding long texts takes a while); a search indexes
     those still waiting first."""
     store = SqliteHistory(MEMORY, 0)
-    for i in range(INDEX_EVERY_MESSAGES - 1):
+    for i in range(BATCH_MESSAGES - 1):
         say(store, "short", i)
     assert indexed_up_to(store, "short") == 0
-    say(store, "short", INDEX_EVERY_MESSAGES)
-    assert indexed_up_to(store, "short") == INDEX_EVERY_MESSAGES
+    say(store, "short", BATCH_MESSAGES)
+    assert indexed_up_to(store, "short") == BATCH_MESSAGES
     long_text = "word " * 400
-    count = -(-INDEX_EVERY_CHARS // len(long_text))
+    count = -(-BATCH_CHARS // len(long_text))
     for _ in range(count - 1):
         run(store.append("long", NewMessage("alice", long_text, format_ts(NOW_S), None)))
     assert indexed_up_to(store, "long") == 0
     run(store.append("long", NewMessage("alice", long_text, format_ts(NOW_S), None)))
     assert indexed_up_to(store, "long") == count
     say(store, "short", 1)
-    assert search(store, "short", "n1 n1") == [INDEX_EVERY_MESSAGES + 1, 2]
-    assert indexed_up_to(store, "short") == INDEX_EVERY_MESSAGES + 1
+    assert search(store, "short", "n1 n1") == [BATCH_MESSAGES + 1, 2]
+    assert indexed_up_to(store, "short") == BATCH_MESSAGES + 1
 
 
 def test_what_a_crash_left_unindexed_is_indexed_at_start(tmp_path: Path) -> None:
-    """Messages are indexed in batches after they are stored: those a crash left out (stored,
-    acked, not yet indexed) are indexed when the store opens again."""
+    """Messages are indexed, and their refs written, in batches after they are stored: those
+    a crash left out (stored, acked, not yet written) are written when the store opens again,
+    and a resend of such a message is still recognised."""
     path = str(tmp_path / "h.sqlite3")
     crashed = SqliteHistory(path, 0)
-    for i in range(INDEX_EVERY_MESSAGES + 3):
+    for i in range(BATCH_MESSAGES + 3):
         say(crashed, "lobby", i)
-    # No close(): the last three never reached the index.
-    assert indexed_up_to(crashed, "lobby") == INDEX_EVERY_MESSAGES
-    store = SqliteHistory(path, 0)
-    assert search(store, "lobby", f"n{INDEX_EVERY_MESSAGES + 2}") == [INDEX_EVERY_MESSAGES + 3]
+    said = NewMessage("alice", "with a ref", format_ts(NOW_S), "r1")
+    acked, _ = run(crashed.append("lobby", said))
+    # No close(): the last four never reached the index, nor the ref its table.
+    assert indexed_up_to(crashed, "lobby") == BATCH_MESSAGES
+    store = SqliteHistory(path, 0, now_s=lambda: NOW_S + 60)
+    assert search(store, "lobby", f"n{BATCH_MESSAGES + 2}") == [BATCH_MESSAGES + 3]
     assert_index_is_the_kept_words(store)
+    assert store._db.execute("SELECT id FROM refs WHERE ref = 'r1'").fetchone() == (acked.id,)
+    assert run(store.append("lobby", said)) == (acked, False)
     store.close()
     crashed._db.close()
 
@@ -201,7 +209,7 @@ def steps_of(store: SqliteHistory, room: str, q: str) -> int:
         steps += 1
         return 0
 
-    store._index.flush()
+    store._backlog.flush()
     store._db.set_progress_handler(count, 1)
     search(store, room, q)
     store._db.set_progress_handler(None, 1)
@@ -272,7 +280,8 @@ def test_a_database_of_the_release_before_keeps_everything_and_becomes_searchabl
     db.close()
     assert len(before) == 6 + 108
 
-    store = SqliteHistory(str(path), 0, track_rooms=True)
+    # Started an hour after the last message: its refs are within the window.
+    store = SqliteHistory(str(path), 0, track_rooms=True, now_s=lambda: UPGRADED_S)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone() == (5,)
     assert db.execute("SELECT * FROM messages ORDER BY room, id").fetchall() == before
@@ -307,4 +316,17 @@ def test_a_database_of_the_release_before_keeps_everything_and_becomes_searchabl
     assert run(store.append("gone", NewMessage("dave", "back", within, None)))[0].id == 8
     assert run(store.append("lobby", NewMessage("bob", "new", within, None)))[0].id == 7
     assert store.room_count == 3
+    store.close()
+
+
+def test_refs_older_than_a_day_are_not_written_when_the_index_is_built(tmp_path: Path) -> None:
+    """Building the index writes the refs of the last day's messages only (by the store's
+    clock): a database opened long after its last message recognises none of them."""
+    path = tmp_path / "h.sqlite3"
+    shutil.copyfile(FIXTURES / "history-v4.sqlite3", path)
+    store = SqliteHistory(str(path), 0, now_s=lambda: UPGRADED_S + 2 * 86400)
+    assert store._db.execute("SELECT count(*) FROM refs").fetchone() == (0,)
+    resent = NewMessage("alice", "again", format_ts(UPGRADED_S + 2 * 86400), "a1")
+    again, new = run(store.append("lobby", resent))
+    assert new and again.id == 7
     store.close()

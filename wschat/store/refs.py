@@ -2,10 +2,11 @@
 messages, in a table of their own.
 
 While everything is kept, the history cannot be the window (its index of refs would grow with
-it). The `refs` table holds a row per message said with a ref, and the sweeper deletes the
-rows older than the window every second, oldest first: it holds a day's refs at most (a second
-more between two sweeps). A resend is recognised when its ref's row is inside the window
-counted back from the resend's own stamp, and the message is still kept.
+it). The `refs` table holds a row per message said with a ref (written with the search index's
+batches, store/backlog.py), and the sweeper deletes the rows older than the window every
+second, oldest first: it holds a day's refs at most (a second more between two sweeps). A
+resend is recognised when its ref's row is inside the window counted back from the resend's
+own stamp, and the message is still kept.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ def find(
     return row
 
 
-def remember(db: sqlite3.Connection, room: str, new: NewMessage, msg_id: int) -> None:
-    """Inside the transaction that stores the message. It replaces the row of an older
-    message with this ref: gone, or out of the window."""
-    db.execute(
+def remember(db: sqlite3.Connection, stored: list[tuple[str, NewMessage, int]]) -> None:
+    """Rows for messages (room, message, id) said with a ref, in the order stored. Each
+    replaces the row of an older message with its ref: gone, or out of the window."""
+    db.executemany(
         "INSERT OR REPLACE INTO refs (room, name, application, ref, id, ts) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (room, new.name, int(new.application), new.ref, msg_id, new.ts),
+        [
+            (room, new.name, int(new.application), new.ref, msg_id, new.ts)
+            for room, new, msg_id in stored
+        ],
     )
 
 

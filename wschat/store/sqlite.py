@@ -2,7 +2,8 @@
 
 Messages are kept until a retention rule removes them (--history-keep per room, --history-ttl,
 --max-history-rooms); every path that deletes one takes it out of the search index too
-(store/index.py). Refs are remembered for a day (store/refs.py), however much is kept.
+(store/index.py). Refs are remembered for a day (store/refs.py), however much is kept. Both
+are written in batches after the ack (store/backlog.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from importlib import resources
 from twisted.logger import Logger
 
 from wschat.chat.errors import StorageUnavailable
-from wschat.chat.model import Message, Recovery
+from wschat.chat.model import Message, Recovery, format_ts
 from wschat.chat.ports import NewMessage, recovery
 from wschat.chat.search import Query
-from wschat.store import refs
+from wschat.store import index, refs
+from wschat.store.backlog import Backlog
 from wschat.store.checkpoint import Checkpointer
-from wschat.store.index import MAX_ID, SearchIndex, match_expression, rowid_range
-from wschat.store.refs import MESSAGE_COLUMNS
+from wschat.store.index import MAX_ID, RoomNumbers, match_expression, rowid_range
+from wschat.store.refs import MESSAGE_COLUMNS, REF_WINDOW_S
 from wschat.store.transaction import transaction
 
 SCHEMA_VERSION = 5
@@ -47,7 +49,8 @@ def _schema(version: int) -> str:
 class SqliteHistory:
     """Runs in the reactor thread: each statement takes microseconds, and a commit in WAL mode
     with synchronous=NORMAL survives a crash of the process (not of the OS), which is what an
-    ack promises (docs/protocol.md). `keep`: messages kept per room (0: all)."""
+    ack promises (docs/protocol.md). `keep`: messages kept per room (0: all); `now_s`: the
+    clock for the refs written at start."""
 
     def __init__(
         self,
@@ -56,6 +59,7 @@ class SqliteHistory:
         in_thread: Callable[[Callable[[], None]], object] | None = None,
         track_rooms: bool = False,
         expiring: bool = False,
+        now_s: Callable[[], float] = time.time,
     ) -> None:
         # The checkpoint thread opens the file again later: twistd may have changed directory.
         self._path = path if path == MEMORY else os.path.abspath(path)
@@ -70,9 +74,12 @@ class SqliteHistory:
             else None
         )
         self._migrate()
-        self._index = SearchIndex(self._db)
+        self._numbers = RoomNumbers(self._db)
+        self._backlog = Backlog(self._db)
         started = time.monotonic()
-        indexed = self._index.start()
+        # What a crash (or a release before v5) left out is written now; refs only from the
+        # last day.
+        indexed = self._backlog.start(format_ts(now_s() - REF_WINDOW_S))
         if indexed:
             _log.info(
                 "search index: indexed {count} messages kept before it (in {seconds:.1f} s)",
@@ -128,15 +135,15 @@ class SqliteHistory:
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         ref = new.ref
         if ref is not None:
-            row = self._read_ref(room, new.name, ref, new.application, refs.window_start(new.ts))
-            if row is not None:
-                return _message(room, row), False
+            kept = self._find_ref(room, new.name, ref, new.application, refs.window_start(new.ts))
+            if kept is not None:
+                return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
             if msg_id > MAX_ID:
                 raise sqlite3.OperationalError(f"the room has used all {MAX_ID} ids")
             with transaction(self._db):
-                no = self._index.enter(room)
+                no = self._numbers.enter(room)
                 self._db.execute(
                     "INSERT INTO messages (room, id, name, text, ts, ref, user, guest, "
                     "application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -152,18 +159,16 @@ class SqliteHistory:
                         int(new.application),
                     ),
                 )
-                if ref is not None:
-                    refs.remember(self._db, room, new, msg_id)
         except sqlite3.Error as exc:
             # Re-read the room's last id (and number) next time: we don't know what the
             # failure left.
             self._last_id.pop(room, None)
-            self._index.drop(room)
+            self._numbers.drop(room)
             raise StorageUnavailable(
                 f"the message was not stored ({exc}); retry later", ref
             ) from None
         self._last_id[room] = msg_id
-        self._index.add(no, msg_id, new.text)
+        self._backlog.add(no, room, msg_id, new)
         recent = self._recent
         if recent is not None:
             recent[room] = new.ts
@@ -174,14 +179,14 @@ class SqliteHistory:
                 count = 0
                 self._trim(room, msg_id)
             self._since_trim[room] = count
-        self._index.flush_if_due()
+        self._backlog.flush_if_due()
         if self._checkpoints is not None:
             self._checkpoints.stored()
         return Message(room, msg_id, new.name, new.text, new.ts, ref, new.user, new.guest), True
 
     def _trim(self, room: str, last_id: int) -> None:
         try:
-            self._index.flush()
+            self._backlog.flush()
             rows = self._db.execute(
                 "SELECT id, text FROM messages WHERE room = ? AND id <= ?",
                 (room, last_id - self._keep),
@@ -197,9 +202,9 @@ class SqliteHistory:
         transaction, once the index is flushed."""
         if not rows:
             return
-        no = self._index.number(room)
+        no = self._numbers.of(room)
         assert no is not None, f"room {room!r} has messages, hence a number"
-        self._index.remove(no, rows)
+        index.remove(self._db, no, rows)
         self._db.executemany(
             "DELETE FROM messages WHERE room = ? AND id = ?", [(room, row[0]) for row in rows]
         )
@@ -209,16 +214,16 @@ class SqliteHistory:
     def replace_text(self, room: str, msg_id: int, text: str) -> bool:
         """Give a kept message a new text, which search then finds it by instead of the old
         one. False if the room keeps no such message. sqlite3.Error if it failed."""
-        self._index.flush()
+        self._backlog.flush()
         with transaction(self._db):
             row = self._db.execute(
                 "SELECT text FROM messages WHERE room = ? AND id = ?", (room, msg_id)
             ).fetchone()
             if row is None:
                 return False
-            no = self._index.number(room)
+            no = self._numbers.of(room)
             assert no is not None, f"room {room!r} has messages, hence a number"
-            self._index.replace(no, msg_id, row[0], text)
+            index.replace(self._db, no, msg_id, row[0], text)
             self._db.execute(
                 "UPDATE messages SET text = ? WHERE room = ? AND id = ?", (text, room, msg_id)
             )
@@ -227,7 +232,7 @@ class SqliteHistory:
     def remove(self, room: str, ids: Iterable[int]) -> int:
         """Delete these messages of the room, and their index entries; how many were kept.
         sqlite3.Error if it failed."""
-        self._index.flush()
+        self._backlog.flush()
         rows = []
         with transaction(self._db):
             for msg_id in ids:
@@ -250,13 +255,14 @@ class SqliteHistory:
     def forget_refs(self, before_ts: str, batch: int) -> Swept:
         """Delete up to `batch` of the oldest refs stored before `before_ts` (the window's
         start). `done` when none is left."""
+        self._backlog.flush()
         deleted = refs.forget(self._db, before_ts, batch)
         return Swept(deleted, 0, done=deleted < batch)
 
     def expire(self, before_ts: str, batch: int) -> Swept:
         """Delete up to `batch` of the oldest messages stamped before `before_ts`; once none
         is left, forget the rooms that had no newer one. `done` when nothing is left."""
-        self._index.flush()
+        self._backlog.flush()
         rows = self._db.execute(
             "SELECT room, id, text FROM messages WHERE ts < ? ORDER BY ts LIMIT ?",
             (before_ts, batch),
@@ -286,7 +292,7 @@ class SqliteHistory:
         `done` when no more than `max_rooms` are left."""
         recent = self._recent
         assert recent is not None, "SqliteHistory(track_rooms=True) can evict"
-        self._index.flush()
+        self._backlog.flush()
         deleted = 0
         emptied: list[str] = []
         with transaction(self._db):
@@ -313,7 +319,7 @@ class SqliteHistory:
         high = self._forgotten_high_id
         for room in rooms:
             high = max(high, self._last_id.get(room, 0))
-            self._index.forget(room)
+            self._numbers.forget(room)
         if high != self._forgotten_high_id:
             self._db.execute("UPDATE forgotten SET high_id = ?", (high,))
 
@@ -329,16 +335,22 @@ class SqliteHistory:
         self, room: str, name: str, ref: str, application: bool = False
     ) -> Message | None:
         # The sweeper keeps the table within the window.
-        row = self._read_ref(room, name, ref, application, "")
-        return _message(room, row) if row is not None else None
+        return self._find_ref(room, name, ref, application, "")
 
-    def _read_ref(
+    def _find_ref(
         self, room: str, name: str, ref: str, application: bool, not_before_ts: str
-    ) -> tuple[object, ...] | None:
+    ) -> Message | None:
+        pending = self._backlog.find_ref(room, name, application, ref, not_before_ts)
         try:
-            return refs.find(self._db, room, name, ref, application, not_before_ts)
+            if pending is not None:
+                row = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id = ?", (room, pending)
+                ).fetchone()
+            else:
+                row = refs.find(self._db, room, name, ref, application, not_before_ts)
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"the history could not be read ({exc})", ref) from None
+        return _message(room, row) if row is not None else None
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         rows = self._read(
@@ -379,8 +391,8 @@ class SqliteHistory:
         self, room: str, query: Query, before: int | None, limit: int
     ) -> list[Message]:
         try:
-            self._index.flush()
-            no = self._index.number(room)
+            self._backlog.flush()
+            no = self._numbers.of(room)
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"the history could not be searched ({exc})") from None
         if no is None:
@@ -412,7 +424,7 @@ class SqliteHistory:
 
     def close(self) -> None:
         try:
-            self._index.flush()
+            self._backlog.flush()
         except sqlite3.Error:
             # Indexed at the next start, from rooms.indexed.
             pass
