@@ -15,9 +15,9 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 _log = Logger(namespace="wschat.sqlite_history")
-# About SQLite's 1,000 pages: a message said with a ref is ~4 pages of WAL (its row, its ref's
-# two, its share of the search index's batches), one without ~1.6.
-CHECKPOINT_EVERY_MESSAGES = 250
+# About SQLite's 1,000 pages: a message is ~1.75 pages of WAL (its row, and its share of the
+# batches of search index entries and refs).
+CHECKPOINT_EVERY_MESSAGES = 500
 # The WAL starts over only after a checkpoint that copied all of it; commits landing while the
 # thread copies leave a tail, so it tries a few passes. If traffic never lets one finish, SQLite's
 # own checkpoint, at this many pages, still bounds the WAL (and its tail is small by then).
