@@ -16,12 +16,16 @@ what a crash left out is written at the next start, as is everything when the in
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
+
+from twisted.logger import Logger
 
 from wschat.chat.ports import NewMessage
 from wschat.store import index, refs
-from wschat.store.transaction import transaction
+from wschat.store.sql import transaction
 
+_log = Logger(namespace="wschat.sqlite_history")
 BATCH_MESSAGES = 64
 BATCH_CHARS = 16_384
 # Messages written per transaction when a start catches up (or builds the whole index).
@@ -47,10 +51,11 @@ class Backlog:
         # The pending refs: (room, name, application, ref) -> (id, ts).
         self._refs: dict[_RefKey, tuple[int, str]] = {}
 
-    def start(self, refs_since_ts: str) -> int:
+    def start(self, refs_since_ts: str) -> None:
         """Build the index again if it was folded with other Unicode tables (or never built),
-        then write what each room is missing; refs only of messages stamped `refs_since_ts` or
-        later (older ones are out of the window). How many messages it indexed."""
+        then write what each room is missing (logged); refs only of messages stamped
+        `refs_since_ts` or later (older ones are out of the window)."""
+        started = time.monotonic()
         if index.folded_elsewhere(self._db):
             with transaction(self._db):
                 index.empty(self._db)
@@ -74,7 +79,12 @@ class Backlog:
                     break
                 since = rows[-1][0]
         self.flush()
-        return caught_up
+        if caught_up:
+            _log.info(
+                "search index: indexed {count} messages kept before it (in {seconds:.1f} s)",
+                count=caught_up,
+                seconds=time.monotonic() - started,
+            )
 
     def add(self, no: int, room: str, msg_id: int, new: NewMessage) -> None:
         """A message stored in room `no` (committed)."""

@@ -23,6 +23,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from wschat.chat.search import Query, indexed_text
+from wschat.store.refs import MESSAGE_COLUMNS
 
 ID_BITS = 36
 # A room's ids and the rooms' numbers share SQLite's signed 64-bit rowid.
@@ -51,6 +52,22 @@ def rowid_range(no: int, before: int | None) -> tuple[int, int]:
     low = no << ID_BITS
     top = MAX_ID if before is None else min(before - 1, MAX_ID)
     return low, low + top
+
+
+def search(
+    room: str, no: int, query: Query, before: int | None, limit: int
+) -> tuple[str, tuple[object, ...]]:
+    """The statement (and its parameters) that reads the room's messages matching `query`,
+    newest first: CROSS JOIN keeps the index outside, each of its matches looked up in
+    messages, never the room's messages scanned for words."""
+    low, high = rowid_range(no, before)
+    return (
+        f"SELECT {MESSAGE_COLUMNS} FROM search CROSS JOIN messages AS m "
+        "ON m.room = ? AND m.id = search.rowid - ? "
+        "WHERE search MATCH ? AND search.rowid BETWEEN ? AND ? "
+        "ORDER BY search.rowid DESC LIMIT ?",
+        (room, low, match_expression(query), low, high, limit),
+    )
 
 
 def add(db: sqlite3.Connection, no: int, rows: Iterable[tuple[int, str]]) -> None:

@@ -14,9 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
-
-from twisted.logger import Logger
 
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.model import Message, Recovery, format_ts
@@ -25,12 +22,11 @@ from wschat.chat.search import Query
 from wschat.store import index, refs
 from wschat.store.backlog import Backlog
 from wschat.store.checkpoint import Checkpointer
-from wschat.store.index import MAX_ID, RoomNumbers, match_expression, rowid_range
-from wschat.store.refs import MESSAGE_COLUMNS, REF_WINDOW_S
-from wschat.store.transaction import transaction
+from wschat.store.index import MAX_ID, RoomNumbers
+from wschat.store.refs import REF_WINDOW_S
+from wschat.store.sql import migrate, transaction
 
 SCHEMA_VERSION = 5
-_log = Logger(namespace="wschat.sqlite_history")
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
@@ -40,10 +36,6 @@ _COLUMNS = "id, name, text, ts, ref, user, guest"
 # would stall every connection while another process holds a lock on the database. Wait only
 # long enough for someone else's short transaction, then refuse with storage_unavailable.
 BUSY_TIMEOUT_S = 0.1
-
-
-def _schema(version: int) -> str:
-    return resources.files("wschat.store").joinpath(f"schema/v{version}.sql").read_text("utf-8")
 
 
 class SqliteHistory:
@@ -73,19 +65,12 @@ class SqliteHistory:
             if in_thread is not None and path != MEMORY
             else None
         )
-        self._migrate()
+        migrate(self._db, SCHEMA_VERSION)
         self._numbers = RoomNumbers(self._db)
         self._backlog = Backlog(self._db)
-        started = time.monotonic()
         # What a crash (or a release before v5) left out is written now; refs only from the
         # last day.
-        indexed = self._backlog.start(format_ts(now_s() - REF_WINDOW_S))
-        if indexed:
-            _log.info(
-                "search index: indexed {count} messages kept before it (in {seconds:.1f} s)",
-                count=indexed,
-                seconds=time.monotonic() - started,
-            )
+        self._backlog.start(format_ts(now_s() - REF_WINDOW_S))
         self._last_id: dict[str, int] = {}
         self._since_trim: dict[str, int] = {}
         if expiring:
@@ -106,17 +91,6 @@ class SqliteHistory:
             ):
                 self._recent[room] = last_ts
                 self._last_id[room] = last_id
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"history database has schema v{version}; this wschat knows up to v{SCHEMA_VERSION}"
-            )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(
-                f"BEGIN;\n{_schema(step)}\nPRAGMA user_version = {step};\nCOMMIT;"
-            )
 
     def _room_last_id(self, room: str) -> int:
         last = self._last_id.get(room)
@@ -397,16 +371,7 @@ class SqliteHistory:
             raise StorageUnavailable(f"the history could not be searched ({exc})") from None
         if no is None:
             return []
-        low, high = rowid_range(no, before)
-        # CROSS JOIN keeps the index outside: its matches, newest first, each looked up in
-        # messages; never the room's messages scanned for words.
-        rows = self._read(
-            f"SELECT {MESSAGE_COLUMNS} FROM search CROSS JOIN messages AS m "
-            "ON m.room = ? AND m.id = search.rowid - ? "
-            "WHERE search MATCH ? AND search.rowid BETWEEN ? AND ? "
-            "ORDER BY search.rowid DESC LIMIT ?",
-            (room, low, match_expression(query), low, high, limit),
-        )
+        rows = self._read(*index.search(room, no, query, before, limit))
         return [_message(room, r) for r in rows]
 
     def _read(
