@@ -1,17 +1,22 @@
-"""The history sweeps (--history-ttl, --max-history-rooms) on SQLite, timed by task.Clock."""
+"""The history sweeps (the ref window, --history-ttl, --max-history-rooms) on SQLite, timed by
+task.Clock; makeService starts them, and gives the store --history-keep."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+from twisted.application.service import MultiService
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 
+from wschat.app.wiring import Options, make_store, makeService
 from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
-from wschat.store.sqlite import MEMORY, SqliteHistory, Swept
-from wschat.store.sweep import EXPIRE_BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
+from wschat.store.refs import REF_WINDOW_S
+from wschat.store.sqlite import MEMORY, TRIM_EVERY_MESSAGES, SqliteHistory, Swept
+from wschat.store.sweep import BATCH_MESSAGES, SWEEP_INTERVAL_S, HistorySweeper
 
 from .chatkit import run
 
@@ -33,7 +38,7 @@ def test_ttl_deletes_old_messages_in_batches_between_reactor_turns(
     """Messages older than the TTL go, a batch per reactor turn; a room left with none is
     forgotten, a room with newer ones keeps those; one log line for the whole sweep."""
     store = SqliteHistory(MEMORY, 10_000, track_rooms=True, expiring=True)
-    for index in range(EXPIRE_BATCH_MESSAGES * 2 + 10):
+    for index in range(BATCH_MESSAGES * 2 + 10):
         say(store, "old", NOW_S - 40 * DAY_S + index)
     say(store, "mixed", NOW_S - 31 * DAY_S, "stale")
     say(store, "mixed", NOW_S - 1 * DAY_S, "fresh")
@@ -52,7 +57,7 @@ def test_ttl_deletes_old_messages_in_batches_between_reactor_turns(
     clock.advance(SWEEP_INTERVAL_S)
     # task.Clock runs the callLater(0) of each next batch within the same advance; the real
     # reactor runs it on its next turn, after polling the sockets.
-    assert batches == [(500, EXPIRE_BATCH_MESSAGES)] * 2 + [(11, EXPIRE_BATCH_MESSAGES)]
+    assert batches == [(500, BATCH_MESSAGES)] * 2 + [(11, BATCH_MESSAGES)]
     assert sweeper.sweeps == 1
     assert run(store.latest("old", 10)) == []
     assert [m.text for m in run(store.latest("mixed", 10))] == ["fresh"]
@@ -137,3 +142,77 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
     assert store.room_count == 1
     assert store.expire("2021-01-01T00:00:00.000Z", 10).rooms == 1
     store.close()
+
+
+def test_the_sweeper_forgets_refs_past_their_window_whatever_the_ttl(
+    log_events: EventLoggingObserver,
+) -> None:
+    """Without --history-ttl or --max-history-rooms the sweeper still runs for the refs: each
+    sweep deletes those older than REF_WINDOW_S, in batches between reactor turns, keeps the
+    younger ones and every message, and logs nothing for it."""
+    store = SqliteHistory(MEMORY, 0)
+    old = BATCH_MESSAGES + 20
+    for i in range(old):
+        run(store.append("lobby", NewMessage("n", "x", format_ts(NOW_S - 2 * DAY_S + i), f"o{i}")))
+    for i in range(5):
+        run(store.append("lobby", NewMessage("n", "x", format_ts(NOW_S - DAY_S + 60), f"y{i}")))
+    clock = Clock()
+    batches: list[Swept] = []
+    forget_refs = store.forget_refs
+
+    def recording(before_ts: str, batch: int) -> Swept:
+        batches.append(forget_refs(before_ts, batch))
+        return batches[-1]
+
+    store.forget_refs = recording  # type: ignore[method-assign]
+    sweeper = HistorySweeper(store, clock, None, 0, now_s=lambda: NOW_S)
+    sweeper.startService()
+    clock.advance(SWEEP_INTERVAL_S)
+    assert batches == [Swept(BATCH_MESSAGES, 0, False), Swept(20, 0, True)]
+    assert store._db.execute("SELECT count(*) FROM refs").fetchone() == (5,)
+    assert len(run(store.latest("lobby", 1000))) == old + 5
+    assert sweeps(log_events) == []
+    assert REF_WINDOW_S == DAY_S
+    sweeper.stopService()
+
+
+class ThreadedReactor(MemoryReactorClock):
+    """The SQLite history hands its checkpoints to the reactor's threads; these run them now."""
+
+    def callInThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
+        f(*args, **kwargs)
+
+
+def test_make_service_sweeps_every_sqlite_history(tmp_path: Path) -> None:
+    """makeService starts the sweeper for a SQLite file even without a TTL or a bound of
+    rooms (the refs need it), and none for a history in memory."""
+
+    def sweepers(*args: str) -> list[HistorySweeper]:
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0", *args])
+        top = makeService(options, reactor=ThreadedReactor())
+        assert isinstance(top, MultiService)
+        return [service for service in top if isinstance(service, HistorySweeper)]
+
+    assert len(sweepers("--history-db", str(tmp_path / "h.sqlite3"))) == 1
+    assert sweepers("--history-db", ":memory:") == []
+
+
+def test_make_store_keeps_what_history_keep_says(tmp_path: Path) -> None:
+    """--history-keep bounds each room of the SQLite file (0, the default, keeps all); in
+    memory it bounds each room too, and without it --history-size does."""
+
+    def kept(*args: str) -> int:
+        options = Options()
+        options.parseOptions(["--history-size", "5", *args])
+        store = make_store(options, ThreadedReactor())
+        for i in range(TRIM_EVERY_MESSAGES * 2):
+            run(store.append("lobby", NewMessage("n", "x", format_ts(NOW_S + i), None)))
+        count = len(run(store.latest("lobby", 1000)))
+        store.close()
+        return count
+
+    assert kept("--history-db", str(tmp_path / "all.sqlite3")) == TRIM_EVERY_MESSAGES * 2
+    assert kept("--history-db", str(tmp_path / "ten.sqlite3"), "--history-keep", "10") == 10
+    assert kept("--history-db", ":memory:") == 5
+    assert kept("--history-db", ":memory:", "--history-keep", "7") == 7

@@ -115,7 +115,7 @@ class Options(usage.Options):
             DEFAULT_DB,
             "Where history is kept: a SQLite file, or a PostgreSQL URL (postgresql://user@host"
             "/db?sslmode=verify-full&sslrootcert=ca.pem) for several nodes; ':memory:' keeps "
-            "the last --history-size messages per room, in memory only.",
+            "the last --history-keep (else --history-size) messages per room, in memory only.",
         ],
         [
             "history-db-password-file",

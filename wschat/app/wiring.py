@@ -71,10 +71,11 @@ def make_store(options: Options, reactor: Any) -> HistoryStore:
         return postgres_store(options, reactor)
     path = options["history-db"]
     if path == MEMORY:
-        return MemoryHistory(options["history-size"])
+        # Memory only: bounded whatever --history-keep says.
+        return MemoryHistory(options["history-keep"] or options["history-size"])
     return SqliteHistory(
         path,
-        options["history-size"],
+        options["history-keep"],
         in_thread=reactor.callInThread,
         track_rooms=sweeps_wanted(options),
         expiring=options["history-ttl"] is not None,
@@ -255,8 +256,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for service in backend.services:
         service.setServiceParent(top)
     ChatService(factory, backend.store, reactor).setServiceParent(top)
-    if isinstance(backend.store, SqliteHistory) and sweeps_wanted(options):
-        # After ChatService, so stopped before it closes the database.
+    if isinstance(backend.store, SqliteHistory):
+        # After ChatService, so stopped before it closes the database. It always forgets
+        # the refs older than their window; expiry and eviction only if asked for.
         HistorySweeper(
             backend.store, reactor, options["history-ttl"], options["max-history-rooms"]
         ).setServiceParent(top)

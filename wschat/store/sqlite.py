@@ -1,55 +1,48 @@
-"""The durable HistoryStore: SQLite in WAL mode, its schema from versioned files in schema/."""
+"""The durable HistoryStore: SQLite in WAL mode, its schema from versioned files in schema/.
+
+Messages are kept until a retention rule removes them (--history-keep per room, --history-ttl,
+--max-history-rooms); every path that deletes one takes it out of the search index too
+(store/index.py). Refs are remembered for a day (store/refs.py), however much is kept. Both
+are written in batches after the ack (store/backlog.py).
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
 
-from twisted.logger import Logger
-
-from wschat.chat.errors import SearchUnavailable, StorageUnavailable
-from wschat.chat.model import Message, Recovery
+from wschat.chat.errors import StorageUnavailable
+from wschat.chat.model import Message, Recovery, format_ts
 from wschat.chat.ports import NewMessage, recovery
 from wschat.chat.search import Query
+from wschat.store import index, refs
+from wschat.store.backlog import Backlog
+from wschat.store.checkpoint import Checkpointer
+from wschat.store.index import MAX_ID, RoomNumbers
+from wschat.store.refs import REF_WINDOW_S
+from wschat.store.sql import migrate, transaction
 
-SCHEMA_VERSION = 4
-_log = Logger(namespace="wschat.sqlite_history")
+SCHEMA_VERSION = 5
 # Trimming on every insert would double the write cost; a room briefly keeps up to
 # this many extra messages, which `after` handles (it looks at what is really kept).
 TRIM_EVERY_MESSAGES = 64
 MEMORY = ":memory:"
-# Above every id: SQLite's INTEGER is a signed 64-bit value.
-MAX_ID = 2**63 - 1
 _COLUMNS = "id, name, text, ts, ref, user, guest"
 # Every statement runs on the reactor thread, so SQLite's busy wait (5 s by default in Python)
 # would stall every connection while another process holds a lock on the database. Wait only
 # long enough for someone else's short transaction, then refuse with storage_unavailable.
 BUSY_TIMEOUT_S = 0.1
-# With synchronous=NORMAL the only fsync is a checkpoint's, and SQLite's automatic one runs
-# inside whichever commit crosses 1,000 WAL pages: on the reactor thread, for as long as the disk
-# takes. Given a thread to run it in, the store checkpoints there instead, about as often
-# (a message is ~2 pages of WAL).
-CHECKPOINT_EVERY_MESSAGES = 400
-# The WAL starts over only after a checkpoint that copied all of it; commits landing while the
-# thread copies leave a tail, so it tries a few passes. If traffic never lets one finish, SQLite's
-# own checkpoint, at this many pages, still bounds the WAL (and its tail is small by then).
-CHECKPOINT_PASSES = 4
-BACKSTOP_WAL_PAGES = 4000
-
-
-def _schema(version: int) -> str:
-    return resources.files("wschat.store").joinpath(f"schema/v{version}.sql").read_text("utf-8")
 
 
 class SqliteHistory:
     """Runs in the reactor thread: each statement takes microseconds, and a commit in WAL mode
     with synchronous=NORMAL survives a crash of the process (not of the OS), which is what an
-    ack promises (docs/protocol.md)."""
+    ack promises (docs/protocol.md). `keep`: messages kept per room (0: all); `now_s`: the
+    clock for the refs written at start."""
 
     def __init__(
         self,
@@ -58,6 +51,7 @@ class SqliteHistory:
         in_thread: Callable[[Callable[[], None]], object] | None = None,
         track_rooms: bool = False,
         expiring: bool = False,
+        now_s: Callable[[], float] = time.time,
     ) -> None:
         # The checkpoint thread opens the file again later: twistd may have changed directory.
         self._path = path if path == MEMORY else os.path.abspath(path)
@@ -66,12 +60,17 @@ class SqliteHistory:
         if path != MEMORY:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._in_thread = in_thread if path != MEMORY else None
-        if self._in_thread is not None:
-            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_WAL_PAGES}")
-        self._checkpointing = threading.Lock()
-        self._since_checkpoint = 0
-        self._migrate()
+        self._checkpoints = (
+            Checkpointer(self._db, self._path, BUSY_TIMEOUT_S, in_thread)
+            if in_thread is not None and path != MEMORY
+            else None
+        )
+        migrate(self._db, SCHEMA_VERSION)
+        self._numbers = RoomNumbers(self._db)
+        self._backlog = Backlog(self._db)
+        # What a crash (or a release before v5) left out is written now; refs only from the
+        # last day.
+        self._backlog.start(format_ts(now_s() - REF_WINDOW_S))
         self._last_id: dict[str, int] = {}
         self._since_trim: dict[str, int] = {}
         if expiring:
@@ -81,26 +80,17 @@ class SqliteHistory:
             self._db.execute("CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts)")
         (self._forgotten_high_id,) = self._db.execute("SELECT high_id FROM forgotten").fetchone()
         # Each room's newest timestamp, least recently written first: kept only for the
-        # sweeps (track_rooms), read from the file once at start.
+        # sweeps (track_rooms), read from the file once at start (a lookup per room).
         self._recent: OrderedDict[str, str] | None = None
         if track_rooms:
             self._recent = OrderedDict()
             for room, last_id, last_ts in self._db.execute(
-                "SELECT room, max(id), max(ts) FROM messages GROUP BY room ORDER BY 3"
+                "SELECT r.room, m.id, m.ts FROM rooms AS r CROSS JOIN messages AS m "
+                "ON m.room = r.room AND m.id = (SELECT max(id) FROM messages WHERE room = r.room) "
+                "ORDER BY m.ts"
             ):
                 self._recent[room] = last_ts
                 self._last_id[room] = last_id
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"history database has schema v{version}; this wschat knows up to v{SCHEMA_VERSION}"
-            )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(
-                f"BEGIN;\n{_schema(step)}\nPRAGMA user_version = {step};\nCOMMIT;"
-            )
 
     def _room_last_id(self, room: str) -> int:
         last = self._last_id.get(room)
@@ -119,87 +109,116 @@ class SqliteHistory:
     async def append(self, room: str, new: NewMessage) -> tuple[Message, bool]:
         ref = new.ref
         if ref is not None:
-            kept = await self.find_ref(room, new.name, ref, new.application)
+            kept = self._find_ref(room, new.name, ref, new.application, refs.window_start(new.ts))
             if kept is not None:
                 return kept, False
         try:
             msg_id = self._room_last_id(room) + 1
-            self._db.execute(
-                "INSERT INTO messages (room, id, name, text, ts, ref, user, guest, application) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    room,
-                    msg_id,
-                    new.name,
-                    new.text,
-                    new.ts,
-                    ref,
-                    new.user,
-                    int(new.guest),
-                    int(new.application),
-                ),
-            )
+            if msg_id > MAX_ID:
+                raise sqlite3.OperationalError(f"the room has used all {MAX_ID} ids")
+            with transaction(self._db):
+                no = self._numbers.enter(room)
+                self._db.execute(
+                    "INSERT INTO messages (room, id, name, text, ts, ref, user, guest, "
+                    "application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        room,
+                        msg_id,
+                        new.name,
+                        new.text,
+                        new.ts,
+                        ref,
+                        new.user,
+                        int(new.guest),
+                        int(new.application),
+                    ),
+                )
         except sqlite3.Error as exc:
-            # Re-read the room's last id next time: we don't know what the failure left.
+            # Re-read the room's last id (and number) next time: we don't know what the
+            # failure left.
             self._last_id.pop(room, None)
+            self._numbers.drop(room)
             raise StorageUnavailable(
                 f"the message was not stored ({exc}); retry later", ref
             ) from None
         self._last_id[room] = msg_id
+        self._backlog.add(no, room, msg_id, new)
         recent = self._recent
         if recent is not None:
             recent[room] = new.ts
             recent.move_to_end(room)
-        count = self._since_trim.get(room, 0) + 1
-        if count >= TRIM_EVERY_MESSAGES:
-            count = 0
-            self._trim(room, msg_id)
-        self._since_trim[room] = count
-        self._since_checkpoint += 1
-        if (
-            self._in_thread is not None
-            and self._since_checkpoint >= CHECKPOINT_EVERY_MESSAGES
-            and self._checkpointing.acquire(blocking=False)
-        ):
-            self._since_checkpoint = 0
-            try:
-                self._in_thread(self._checkpoint)
-            except Exception:
-                # The message is stored; the backstop checkpoint keeps the WAL bounded.
-                self._checkpointing.release()
-                _log.failure("could not start a checkpoint thread")
+        if self._keep:
+            count = self._since_trim.get(room, 0) + 1
+            if count >= TRIM_EVERY_MESSAGES:
+                count = 0
+                self._trim(room, msg_id)
+            self._since_trim[room] = count
+        self._backlog.flush_if_due()
+        if self._checkpoints is not None:
+            self._checkpoints.stored()
         return Message(room, msg_id, new.name, new.text, new.ts, ref, new.user, new.guest), True
-
-    def _checkpoint(self) -> None:
-        """Runs in another thread, on a connection of its own; a PASSIVE checkpoint never
-        blocks the writer."""
-        try:
-            db = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-            try:
-                for _ in range(CHECKPOINT_PASSES):
-                    busy, wal_pages, copied = db.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)"
-                    ).fetchone()
-                    if busy or copied >= wal_pages:
-                        break
-            finally:
-                db.close()
-        except sqlite3.Error:
-            # Housekeeping, like trimming: the next one, or SQLite's backstop, catches up.
-            pass
-        finally:
-            self._checkpointing.release()
 
     def _trim(self, room: str, last_id: int) -> None:
         try:
-            self._db.execute(
-                "DELETE FROM messages WHERE room = ? AND id <= ?", (room, last_id - self._keep)
-            )
+            self._backlog.flush()
+            rows = self._db.execute(
+                "SELECT id, text FROM messages WHERE room = ? AND id <= ?",
+                (room, last_id - self._keep),
+            ).fetchall()
+            with transaction(self._db):
+                self._delete(room, rows)
         except sqlite3.Error:
             # Trimming is housekeeping; a failed one is retried after the next batch.
             pass
 
-    # The sweeps (wschat/sweep.py), each a small transaction on the reactor thread.
+    def _delete(self, room: str, rows: list[tuple[int, str]]) -> None:
+        """Delete these messages (id, text) of the room with their index entries: inside a
+        transaction, once the index is flushed."""
+        if not rows:
+            return
+        no = self._numbers.of(room)
+        assert no is not None, f"room {room!r} has messages, hence a number"
+        index.remove(self._db, no, rows)
+        self._db.executemany(
+            "DELETE FROM messages WHERE room = ? AND id = ?", [(room, row[0]) for row in rows]
+        )
+
+    # Edits (issue 22 builds on these): one message's text, and its index entry with it.
+
+    def replace_text(self, room: str, msg_id: int, text: str) -> bool:
+        """Give a kept message a new text, which search then finds it by instead of the old
+        one. False if the room keeps no such message. sqlite3.Error if it failed."""
+        self._backlog.flush()
+        with transaction(self._db):
+            row = self._db.execute(
+                "SELECT text FROM messages WHERE room = ? AND id = ?", (room, msg_id)
+            ).fetchone()
+            if row is None:
+                return False
+            no = self._numbers.of(room)
+            assert no is not None, f"room {room!r} has messages, hence a number"
+            index.replace(self._db, no, msg_id, row[0], text)
+            self._db.execute(
+                "UPDATE messages SET text = ? WHERE room = ? AND id = ?", (text, room, msg_id)
+            )
+        return True
+
+    def remove(self, room: str, ids: Iterable[int]) -> int:
+        """Delete these messages of the room, and their index entries; how many were kept.
+        sqlite3.Error if it failed."""
+        self._backlog.flush()
+        rows = []
+        with transaction(self._db):
+            for msg_id in ids:
+                found = self._db.execute(
+                    "SELECT text FROM messages WHERE room = ? AND id = ?", (room, msg_id)
+                ).fetchone()
+                if found is not None:
+                    rows.append((msg_id, found[0]))
+            self._delete(room, rows)
+        return len(rows)
+
+    # The sweeps (store/sweep.py), each a small transaction on the reactor thread.
 
     @property
     def room_count(self) -> int:
@@ -207,71 +226,105 @@ class SqliteHistory:
         assert self._recent is not None, "SqliteHistory(track_rooms=True) counts its rooms"
         return len(self._recent)
 
+    def forget_refs(self, before_ts: str, batch: int) -> Swept:
+        """Delete up to `batch` of the oldest refs stored before `before_ts` (the window's
+        start). `done` when none is left."""
+        self._backlog.flush()
+        deleted = refs.forget(self._db, before_ts, batch)
+        return Swept(deleted, 0, done=deleted < batch)
+
     def expire(self, before_ts: str, batch: int) -> Swept:
         """Delete up to `batch` of the oldest messages stamped before `before_ts`; once none
         is left, forget the rooms that had no newer one. `done` when nothing is left."""
-        deleted = self._db.execute(
-            "DELETE FROM messages WHERE (room, id) IN "
-            "(SELECT room, id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+        self._backlog.flush()
+        rows = self._db.execute(
+            "SELECT room, id, text FROM messages WHERE ts < ? ORDER BY ts LIMIT ?",
             (before_ts, batch),
-        ).rowcount
-        if deleted >= batch:
-            return Swept(deleted, 0, done=False)
+        ).fetchall()
+        by_room: dict[str, list[tuple[int, str]]] = {}
+        for room, msg_id, text in rows:
+            by_room.setdefault(room, []).append((msg_id, text))
         rooms = []
-        recent = self._recent
-        while recent and next(iter(recent.values())) < before_ts:
-            rooms.append(recent.popitem(last=False)[0])
-        self._forget(rooms)
-        return Swept(deleted, len(rooms), done=True)
+        with transaction(self._db):
+            for room, kept in by_room.items():
+                self._delete(room, kept)
+            recent = self._recent
+            if len(rows) < batch and recent:
+                for room, last_ts in recent.items():
+                    if last_ts >= before_ts:
+                        break
+                    rooms.append(room)
+                self._forget(rooms)
+        if len(rows) >= batch:
+            return Swept(len(rows), 0, done=False)
+        self._forgotten(rooms)
+        return Swept(len(rows), len(rooms), done=True)
 
     def evict(self, max_rooms: int, batch: int) -> Swept:
-        """Forget the histories of up to `batch` rooms, least recently written first, while
-        more than `max_rooms` have one. `done` when no more than `max_rooms` are left."""
+        """Delete up to `batch` messages of the rooms written to least recently, oldest first,
+        while more than `max_rooms` have a history; a room left with none is forgotten.
+        `done` when no more than `max_rooms` are left."""
         recent = self._recent
         assert recent is not None, "SqliteHistory(track_rooms=True) can evict"
-        taken = [recent.popitem(last=False) for _ in range(min(batch, len(recent) - max_rooms))]
-        rooms = [room for room, _ in taken]
+        self._backlog.flush()
         deleted = 0
-        if rooms:
-            try:
-                self._db.execute("BEGIN")
-                for room in rooms:
-                    deleted += self._db.execute(
-                        "DELETE FROM messages WHERE room = ?", (room,)
-                    ).rowcount
-                self._forget(rooms)
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                # Still there: first in line for the next sweep.
-                for room, ts in reversed(taken):
-                    recent[room] = ts
-                    recent.move_to_end(room, last=False)
-                raise
-        return Swept(deleted, len(rooms), done=len(recent) <= max_rooms)
+        emptied: list[str] = []
+        with transaction(self._db):
+            for room in recent:
+                if len(recent) - len(emptied) <= max_rooms or deleted >= batch:
+                    break
+                budget = batch - deleted
+                rows = self._db.execute(
+                    "SELECT id, text FROM messages WHERE room = ? ORDER BY id LIMIT ?",
+                    (room, budget),
+                ).fetchall()
+                self._delete(room, rows)
+                deleted += len(rows)
+                if len(rows) == budget:
+                    break
+                emptied.append(room)
+            self._forget(emptied)
+        self._forgotten(emptied)
+        return Swept(deleted, len(emptied), done=len(recent) <= max_rooms)
 
     def _forget(self, rooms: list[str]) -> None:
-        if not rooms:
-            return
+        """The rooms' messages are deleted: free their numbers, and count any room that comes
+        back on above their ids (inside the transaction that deleted the messages)."""
         high = self._forgotten_high_id
         for room in rooms:
-            high = max(high, self._last_id.pop(room, 0))
-            self._since_trim.pop(room, None)
+            high = max(high, self._last_id.get(room, 0))
+            self._numbers.forget(room)
         if high != self._forgotten_high_id:
             self._db.execute("UPDATE forgotten SET high_id = ?", (high,))
-            self._forgotten_high_id = high
+
+    def _forgotten(self, rooms: list[str]) -> None:
+        """_forget's transaction committed: the rooms are gone from memory too."""
+        for room in rooms:
+            self._forgotten_high_id = max(self._forgotten_high_id, self._last_id.pop(room, 0))
+            self._since_trim.pop(room, None)
+            if self._recent is not None:
+                self._recent.pop(room, None)
 
     async def find_ref(
         self, room: str, name: str, ref: str, application: bool = False
     ) -> Message | None:
-        row = self._read(
-            f"SELECT {_COLUMNS} FROM messages "
-            "WHERE room = ? AND name = ? AND ref = ? AND application = ? LIMIT 1",
-            (room, name, ref, int(application)),
-            ref,
-        )
-        return _message(room, row[0]) if row else None
+        # The sweeper keeps the table within the window.
+        return self._find_ref(room, name, ref, application, "")
+
+    def _find_ref(
+        self, room: str, name: str, ref: str, application: bool, not_before_ts: str
+    ) -> Message | None:
+        pending = self._backlog.find_ref(room, name, application, ref, not_before_ts)
+        try:
+            if pending is not None:
+                row = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id = ?", (room, pending)
+                ).fetchone()
+            else:
+                row = refs.find(self._db, room, name, ref, application, not_before_ts)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"the history could not be read ({exc})", ref) from None
+        return _message(room, row) if row is not None else None
 
     async def latest(self, room: str, limit: int) -> list[Message]:
         rows = self._read(
@@ -304,14 +357,22 @@ class SqliteHistory:
             return [_message(room, r) for r in rows]
         rows = self._read(
             f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? ORDER BY id DESC LIMIT ?",
-            (room, before if before is not None else MAX_ID, limit),
+            (room, before if before is not None else MAX_ID + 1, limit),
         )
         return [_message(room, r) for r in reversed(rows)]
 
     async def search(
         self, room: str, query: Query, before: int | None, limit: int
     ) -> list[Message]:
-        raise SearchUnavailable("not yet indexed")
+        try:
+            self._backlog.flush()
+            no = self._numbers.of(room)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"the history could not be searched ({exc})") from None
+        if no is None:
+            return []
+        rows = self._read(*index.search(room, no, query, before, limit))
+        return [_message(room, r) for r in rows]
 
     def _read(
         self, sql: str, params: tuple[object, ...], ref: str | None = None
@@ -327,6 +388,11 @@ class SqliteHistory:
         return None
 
     def close(self) -> None:
+        try:
+            self._backlog.flush()
+        except sqlite3.Error:
+            # Indexed at the next start, from rooms.indexed.
+            pass
         self._db.close()
 
 

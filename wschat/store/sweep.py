@@ -1,10 +1,13 @@
-"""The history sweeps that keep the disk from filling (--history-ttl, --max-history-rooms).
+"""The history sweeps that keep the disk from filling (the ref window, --history-ttl,
+--max-history-rooms).
 
 Every SWEEP_INTERVAL_S a sweep runs on the reactor thread as a series of small batches, each
 its own short transaction, with a reactor turn between two batches (callLater(0)): the chat
-is served between them, as it is between two messages. A sweep first deletes the messages
-older than the TTL, then, while the store holds more than the bound of rooms, forgets the
-histories of the rooms written to least recently; it ends with at most one log line.
+is served between them, as it is between two messages. A sweep first forgets the refs older
+than the idempotency window (store/refs.py), then deletes the messages older than the TTL,
+then, while the store holds more than the bound of rooms, deletes the histories of the rooms
+written to least recently; it ends with at most one log line (forgetting refs is routine and
+logs nothing).
 """
 
 from __future__ import annotations
@@ -18,19 +21,24 @@ from twisted.internet.task import LoopingCall
 
 from wschat.chat.model import format_ts
 from wschat.logger import NamedLogger
+from wschat.store.refs import REF_WINDOW_S
 from wschat.store.sqlite import Swept
 
 SWEEP_INTERVAL_S = 1.0
-# A few milliseconds of work each: one batch deletes this many messages, or this many rooms'
-# histories (each at most --history-size plus the trimming slack).
-EXPIRE_BATCH_MESSAGES = 500
-EVICT_BATCH_ROOMS = 10
+# A few milliseconds of work each: one batch deletes this many refs or messages (a message
+# with its search index entry).
+BATCH_MESSAGES = 500
 
 
 class Sweepable(Protocol):
+    def forget_refs(self, before_ts: str, batch: int) -> Swept: ...
+
     def expire(self, before_ts: str, batch: int) -> Swept: ...
 
     def evict(self, max_rooms: int, batch: int) -> Swept: ...
+
+
+_NOTHING = Swept(0, 0, False)
 
 
 class HistorySweeper(Service):
@@ -75,22 +83,27 @@ class HistorySweeper(Service):
         if self._sweeping:
             return
         self._sweeping = True
-        cutoff = None if self._ttl_s is None else format_ts(self._now_s() - self._ttl_s)
-        self._batch(cutoff, Swept(0, 0, False), Swept(0, 0, False))
+        now_s = self._now_s()
+        refs_cutoff = format_ts(now_s - REF_WINDOW_S)
+        cutoff = None if self._ttl_s is None else format_ts(now_s - self._ttl_s)
+        self._batch(refs_cutoff, cutoff, _NOTHING, _NOTHING, _NOTHING)
 
-    def _batch(self, cutoff: str | None, expired: Swept, evicted: Swept) -> None:
+    def _batch(
+        self,
+        refs_cutoff: str,
+        cutoff: str | None,
+        refs: Swept,
+        expired: Swept,
+        evicted: Swept,
+    ) -> None:
         self._next_batch = None
         try:
-            if cutoff is not None and not expired.done:
-                step = self._store.expire(cutoff, EXPIRE_BATCH_MESSAGES)
-                expired = Swept(
-                    expired.messages + step.messages, expired.rooms + step.rooms, step.done
-                )
+            if not refs.done:
+                refs = _add(refs, self._store.forget_refs(refs_cutoff, BATCH_MESSAGES))
+            elif cutoff is not None and not expired.done:
+                expired = _add(expired, self._store.expire(cutoff, BATCH_MESSAGES))
             elif self._max_rooms and not evicted.done:
-                step = self._store.evict(self._max_rooms, EVICT_BATCH_ROOMS)
-                evicted = Swept(
-                    evicted.messages + step.messages, evicted.rooms + step.rooms, step.done
-                )
+                evicted = _add(evicted, self._store.evict(self._max_rooms, BATCH_MESSAGES))
             else:
                 self._finish(expired, evicted)
                 return
@@ -98,7 +111,9 @@ class HistorySweeper(Service):
             self._log.failure("history sweep failed; the next one tries again")
             self._finish(expired, evicted)
             return
-        self._next_batch = self._clock.callLater(0, self._batch, cutoff, expired, evicted)
+        self._next_batch = self._clock.callLater(
+            0, self._batch, refs_cutoff, cutoff, refs, expired, evicted
+        )
 
     def _finish(self, expired: Swept, evicted: Swept) -> None:
         self._sweeping = False
@@ -115,3 +130,7 @@ class HistorySweeper(Service):
                 evicted=evicted.messages,
                 max_rooms=self._max_rooms,
             )
+
+
+def _add(total: Swept, step: Swept) -> Swept:
+    return Swept(total.messages + step.messages, total.rooms + step.rooms, step.done)
