@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel
 from twisted.python import usage
@@ -26,9 +26,15 @@ from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
 from wschat.chat.search import Query, words
 from wschat.postgres.commit import MAX_LEXEME_BYTES, lexemes
-from wschat.postgres.link import connect
+from wschat.postgres.link import PgLink, connect
 from wschat.postgres.schema import SCHEMA_VERSION, SchemaTooNew, migrate
-from wschat.postgres.store import SEARCH_SCAN, PostgresHistory, open_store, ts_query
+from wschat.postgres.store import (
+    SEARCH_SCAN,
+    SWEEP_EVERY_S,
+    PostgresHistory,
+    open_store,
+    ts_query,
+)
 from wschat.postgres.url import conninfo, redacted
 
 from .conftest import PgStoreFactory
@@ -252,6 +258,31 @@ async def test_the_ttl_deletes_older_messages_and_ids_go_on(pg_stores: PgStoreFa
     assert (await store.append("dev", NewMessage("a", "new", format_ts(now[0]))))[0].id == 2
     now[0] += 3600
     assert await store.sweep() == (0, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_started_store_sweeps_every_minute(pg_url: str) -> None:
+    """start() sweeps every SWEEP_EVERY_S: the refs past the window go without anyone asking."""
+    now = [1_800_000_000.0]
+    clock = Clock()
+    link = PgLink(conninfo(pg_url), reactor, "test")
+    with connect(pg_url) as conn:
+        migrate(conn)
+    store = PostgresHistory(link, 0, lambda: now[0], 60.0, clock=clock)
+    store.start()
+    try:
+        await store.append("lobby", said("a", "hi", "r1"))
+        now[0] += 61
+        clock.advance(SWEEP_EVERY_S)
+        await until(lambda: refs_left(pg_url) == 0)
+    finally:
+        store.close()
+
+
+def refs_left(url: str) -> int:
+    with connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM refs").fetchone()
+        return int(row[0]) if row else -1
 
 
 def test_the_ts_index_is_made_only_for_a_ttl(pg_url: str) -> None:

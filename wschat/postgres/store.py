@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -60,14 +61,16 @@ class PostgresHistory:
         now_s: Callable[[], float] = time.time,
         ref_window_s: float = REF_WINDOW_S,
         ttl_s: float | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._link = link
         self._now_s = now_s
         self._ref_window_s = ref_window_s
         self._ttl_s = ttl_s
         self._commit = GroupCommit(link, keep, now_s, ref_window_s)
+        # (LoopingCall runs a coroutine function through maybeDeferred, and waits for it.)
         self._sweeping = LoopingCall(self.sweep)
-        self._sweeping.clock = link.reactor
+        self._sweeping.clock = clock if clock is not None else link.reactor
 
     @property
     def up(self) -> bool:
