@@ -80,6 +80,7 @@ class PgServer:
         self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self._databases = 0
+        self._tls_only = False
         self._as: dict[str, Any] = {}
         if os.geteuid() == 0:
             # PostgreSQL will not run as root; the directory must be the server's own.
@@ -91,7 +92,11 @@ class PgServer:
 
     def start(self) -> PgServer:
         if not self.data.exists():
-            self._run(
+            self._initdb()
+        return self._launch()
+
+    def _initdb(self) -> None:
+        self._run(
                 str(self.bin / "initdb"),
                 "-D", str(self.data),
                 "-A", "trust",
@@ -100,6 +105,14 @@ class PgServer:
                 "--locale", "C",
                 "--no-sync",
             )  # fmt: skip
+        if self._tls_only:
+            # Local sockets stay open to the tests' own administration; TCP only with TLS.
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+            if self._as:
+                shutil.chown(hba, "postgres", "postgres")
+
+    def _launch(self) -> PgServer:
         args = [
             str(self.bin / "postgres"),
             "-D", str(self.data),
@@ -132,6 +145,20 @@ class PgServer:
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def with_tls(self) -> Path:
+        """Serve TLS (and refuse anything else over TCP) with a development certificate for
+        localhost and 127.0.0.1; call before start(). The certificate, to trust."""
+        from wschat.certs import write_dev_cert
+
+        cert, key = write_dev_cert(self.root / "tls")
+        if self._as:
+            for path in (cert.parent, cert, key):
+                shutil.chown(path, "postgres", "postgres")
+        key.chmod(0o600)
+        self.settings |= {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
+        self._tls_only = True
+        return cert
 
     def admin(self, sql: Any, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from wschat.app.options import Options
 from wschat.app.wiring import make_store, postgres_backend
+from wschat.certs import write_dev_cert
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.model import format_ts
 from wschat.chat.ports import NewMessage
@@ -103,6 +104,33 @@ def test_the_index_gets_the_words_search_folds(text: str) -> None:
     path), each no heavier than a lexeme may be."""
     expected = [w.encode()[:MAX_LEXEME_BYTES].decode("utf-8", "ignore") for w in words(text)]
     assert lexemes(text) == " ".join(expected)
+
+
+def test_tls_is_checked_as_libpq_checks_it(tmp_path: Path) -> None:
+    """sslmode=verify-full with the CA that signed the server's certificate connects, over TLS;
+    another CA, or another host name, is refused; and a server that takes TLS only refuses a
+    connection without it."""
+    server = PgServer()
+    ca = server.with_tls()
+    server.start()
+    try:
+        base = f"postgresql://postgres@127.0.0.1:{server.port}/{server.create_database()}"
+        with connect(conninfo(f"{base}?sslmode=verify-full&sslrootcert={ca}")) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        other, _ = write_dev_cert(tmp_path / "other")
+        refused = {
+            f"{base}?sslmode=verify-full&sslrootcert={other}": "certificate verify failed",
+            f"{base}?sslmode=verify-full&sslrootcert={ca}&host=db.example&hostaddr=127.0.0.1": (
+                "does not match host name"
+            ),
+            f"{base}?sslmode=disable": "no encryption",
+        }
+        for url, reason in refused.items():
+            with pytest.raises(psycopg.OperationalError, match=reason):
+                connect(conninfo(url))
+    finally:
+        server.remove()
 
 
 # Migrations.
