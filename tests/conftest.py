@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -12,12 +13,15 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
+from wschat.postgres.store import PostgresHistory, open_store
+from wschat.postgres.url import conninfo
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import RedisNode, redis_node
 from wschat.server.factory import ChatFactory
 from wschat.testing import autobahn_clock, make_factory
 
 from .e2e.redis import RedisServer
+from .pgkit import PgServer
 
 
 @pytest.fixture
@@ -70,6 +74,44 @@ async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[RedisNodeFacto
     for node in reversed(started):
         for service in reversed(node.services):
             await maybeDeferred(service.stopService)
+
+
+# A real PostgreSQL for the PostgreSQL store's tests: one server per session (initdb takes
+# seconds), a new database for each test (milliseconds).
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The tests' own PostgreSQL; missing, it skips (fails with CI=true)."""
+    server = PgServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of an empty database of this test's own."""
+    return pg_server.url(pg_server.create_database())
+
+
+PgStoreFactory = Callable[..., PostgresHistory]
+
+
+@pytest.fixture
+def pg_stores(pg_url: str) -> Iterator[PgStoreFactory]:
+    """`make(keep=0, now_s=..., ref_window_s=...)`: a started store on the test's database
+    (migrated); every one is closed after the test."""
+    made: list[PostgresHistory] = []
+
+    def make(keep: int = 0, **options: Any) -> PostgresHistory:
+        store = open_store(conninfo(pg_url), "test", reactor, keep, **options)
+        store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture

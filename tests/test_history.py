@@ -1,6 +1,6 @@
-"""Every history store keeps the same contract (in memory, SQLite, and Redis running the real
-scripts on a real redis-server): ids, refs, recovery, pages and search; SQLite also survives a
-reopen, and opens the databases of the releases before it."""
+"""Every history store keeps the same contract (in memory, SQLite, Redis running the real
+scripts on a real redis-server, and PostgreSQL on a real server): ids, refs, recovery, pages and
+search; SQLite also survives a reopen, and opens the databases of the releases before it."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from wschat.store.sqlite import (
 )
 
 from .chatkit import run
-from .conftest import RedisNodeFactory
+from .conftest import PgStoreFactory, RedisNodeFactory
 
 StoreFactory = Callable[[int], Awaitable[HistoryStore]]
 TS = "2026-11-27T00:00:00.000Z"
@@ -36,14 +36,21 @@ TS_S = 1_795_737_600.0
 # Every engine runs the contract; those that search run the search contract too (Redis alone
 # has no index, and says so). A new engine: a name in these lists and a branch in
 # store_factory.
-ENGINES = ["memory", "sqlite", "redis"]
-SEARCHING = ["memory", "sqlite"]
+ENGINES = ["memory", "sqlite", "redis", "postgres"]
+SEARCHING = ["memory", "sqlite", "postgres"]
 NOT_SEARCHING = ["redis"]
 
 
 def store_factory(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """`await factory(keep)`: an empty store of `engine` that keeps about `keep` messages a
     room."""
+    if engine == "postgres":
+        make_pg: PgStoreFactory = request.getfixturevalue("pg_stores")
+
+        async def pg_store(keep: int) -> HistoryStore:
+            return make_pg(keep)
+
+        return pg_store
     if engine == "redis":
         make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
 

@@ -17,6 +17,7 @@ from wschat.app.tls import (
 )
 from wschat.chat.identity import AuthMode
 from wschat.chat.limits import Limits
+from wschat.postgres.url import conninfo, is_postgres_url, redacted
 from wschat.server.api import KeyFileError, load_api_keys
 from wschat.server.settings import AuthSettings, WsSettings
 from wschat.server.tokens import KeyConfigError, check_jwks_url, load_public_key, load_secret
@@ -502,6 +503,7 @@ class Options(usage.Options):
                 "with --redis, --history-size bounds each room (docs/deployment.md), and "
                 "':memory:' keeps nothing anyway"
             )
+        self._check_history_db()
         if self["drain-seconds"] >= self["shutdown-timeout"]:
             raise usage.UsageError("--drain-seconds must be shorter than --shutdown-timeout")
         self["listen"], self["tls"] = self._listeners()
@@ -514,6 +516,30 @@ class Options(usage.Options):
                 self["api-keys"] = load_api_keys(self["api-key-file"])
             except KeyFileError as exc:
                 raise usage.UsageError(str(exc)) from None
+
+    def _check_history_db(self) -> None:
+        """A PostgreSQL URL is checked now, its password read from its file: the libpq
+        connection string is `history-conninfo` (None for SQLite or ':memory:')."""
+        self["history-conninfo"] = None
+        url = self["history-db"]
+        if not is_postgres_url(url):
+            if self["history-db-password-file"] is not None:
+                raise usage.UsageError(
+                    "--history-db-password-file is for a PostgreSQL --history-db "
+                    "(postgresql://user@host/db)"
+                )
+            return
+        if self["max-history-rooms"]:
+            raise usage.UsageError(
+                "--max-history-rooms is not implemented for PostgreSQL yet: bound each room "
+                "with --history-keep, and the age of messages with --history-ttl "
+                "(docs/scaling.md)"
+            )
+        try:
+            self["history-conninfo"] = conninfo(url, self["history-db-password-file"])
+        except (ValueError, OSError) as exc:
+            raise usage.UsageError(f"--history-db: {exc}") from None
+        self["history-db-shown"] = redacted(url)
 
     def _listeners(self) -> tuple[list[str], list[str]]:
         """The plain and the TLS endpoint strings: --tls-port, --tls-listen and `ssl:` strings

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from twisted.application import strports
 from twisted.application.service import IService
 from twisted.python import usage
@@ -27,6 +28,8 @@ from wschat.chat.limits import Limits
 from wschat.chat.memory import LocalBroker, LocalRoster, MemoryHistory
 from wschat.chat.model import new_resume_token
 from wschat.chat.ports import Broker, HistoryStore, Roster
+from wschat.postgres.schema import SchemaTooNew
+from wschat.postgres.store import PostgresHistory, StoreService, open_store
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import redis_node
 from wschat.server.api import ApiContext, make_api_site
@@ -64,6 +67,8 @@ def sweeps_wanted(options: Options) -> bool:
 
 
 def make_store(options: Options, reactor: Any) -> HistoryStore:
+    if options["history-conninfo"] is not None:
+        return postgres_store(options, reactor)
     path = options["history-db"]
     if path == MEMORY:
         # Memory only: bounded whatever --history-keep says.
@@ -89,8 +94,35 @@ class Backend:
     checks: list[HealthCheck] = field(default_factory=list)
 
 
+def postgres_store(options: Options, reactor: Any) -> PostgresHistory:
+    """The schema brought up to date now: a database out of reach, or one a newer wschat
+    migrated, stops start-up."""
+    try:
+        return open_store(
+            options["history-conninfo"],
+            options["history-db-shown"],
+            reactor,
+            options["history-keep"],
+            ttl_s=options["history-ttl"],
+        )
+    except (psycopg.Error, SchemaTooNew) as exc:
+        raise usage.UsageError(f"--history-db: {str(exc).strip()}") from None
+
+
+def postgres_backend(options: Options, reactor: Any) -> Backend:
+    """One node on PostgreSQL; its heartbeat and pruning start with the service tree."""
+    store = postgres_store(options, reactor)
+
+    def store_health() -> tuple[dict[str, object], bool]:
+        return {"store": "up" if store.up else "down"}, store.up
+
+    return Backend(store, LocalBroker(store), services=[StoreService(store)], checks=[store_health])
+
+
 def make_backend(options: Options, reactor: Any) -> Backend:
     if options["redis"] is None:
+        if options["history-conninfo"] is not None:
+            return postgres_backend(options, reactor)
         store = make_store(options, reactor)
         return Backend(store, LocalBroker(store))
     try:
