@@ -9,8 +9,8 @@ real `twistd wschat` nodes:
 
     .venv/bin/python -m bench.history_says [--senders 32] [--seconds 10] [--runs 3]
 
-The PostgreSQL server is unpinned. PostgreSQL and redis-server are the benchmark's own (tests/pgkit.py, tests/e2e/process.py), on
-free ports in temporary directories. One JSON line per run on stdout, a table on stderr.
+PostgreSQL and redis-server are the benchmark's own (tests/pgkit.py, tests/e2e/process.py), on
+free ports in temporary directories, unpinned. One JSON line per run on stdout, a table on stderr.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
         def med(key: str, sub: str | None = None, of: list[dict[str, Any]] = runs) -> str:
             values = [r[key][sub] if sub else r[key] for r in of]
-            return f"{statistics.median(values):,.1f} ({min(values):,.1f}–{max(values):,.1f})"
+            return f"{statistics.median(values):,.1f} ({min(values):,.1f}-{max(values):,.1f})"
 
         errors = sum(sum(r["errors"].values()) for r in runs)
         missing = sum(r["messages_missing"] for r in runs)
