@@ -9,12 +9,12 @@ Playwright, as the browser tests do) in the room `flood`; one sender says --rate
 second there for --seconds, 140 characters each. The page follows the bottom, as a person
 watching the room would. Every --interval seconds it reads Chrome's own counters (the DevTools
 Protocol's Performance.getMetrics): the time spent in layout, style recalculation, script and all
-main-thread tasks, as milliseconds per second of that interval, the layouts per second, the DOM's
-node count and the JS heap; the CPU time of the renderers' main threads and of all of Chromium
-(from /proc: unlike the durations above it does not grow when other processes take the CPU); and
-how far behind the page is: the last id acked to the sender minus the last id in the list, and
-how long the page took to answer that question (its main thread's backlog). Chromium, Playwright
-and the sender run on LOADGEN_CPU.
+main-thread tasks, as milliseconds per second of that interval, the layouts per second and the
+JS heap; the CPU time of the renderers' main threads and of all of Chromium (from /proc: unlike
+the durations above it does not grow when other processes take the CPU); the messages the list
+holds; and how far behind the page is: the last id acked to the sender minus the last id in the
+list, and how long the page took to answer that question (its main thread's backlog). Chromium,
+Playwright and the sender run on LOADGEN_CPU.
 
 --client-rev serves the browser client of another commit (`git archive REV wschat/static`,
 through Playwright's request routing) against today's server: the before of a before/after.
@@ -50,10 +50,11 @@ ROOM = "flood"
 TEXT_CHARS = 140
 FILLER = "the quick brown fox jumps over the lazy dog " * 4
 METRICS = ("LayoutDuration", "RecalcStyleDuration", "ScriptDuration", "TaskDuration")
-# What the page is asked each interval: the id of the last message in its list.
+# What the page is asked each interval: the id of the last message in its list, and how many
+# messages the list holds.
 LAST_SHOWN_JS = """() => {
     const items = document.querySelectorAll('#messages li[data-id]');
-    return items.length ? Number(items[items.length - 1].dataset.id) : 0;
+    return [items.length ? Number(items[items.length - 1].dataset.id) : 0, items.length];
 }"""
 
 
@@ -74,7 +75,7 @@ class Row:
     layouts_per_s: float
     renderer_cpu_ms_per_s: float
     chromium_cpu_ms_per_s: float
-    nodes: int
+    items: int
     heap_mb: float
 
 
@@ -243,11 +244,14 @@ def run(opts: argparse.Namespace, workdir: str) -> list[Row]:
                 while (now := time.monotonic()) - start < opts.seconds:
                     time.sleep(max(0.0, min(opts.interval, start + opts.seconds - now)))
                     asked = time.monotonic()
-                    shown = int(page.evaluate(LAST_SHOWN_JS))
+                    shown, items = page.evaluate(LAST_SHOWN_JS)
                     answer_ms = (time.monotonic() - asked) * 1000
                     got = metrics(cdp, chromium)
                     t = time.monotonic()
-                    rows.append(row(t - start, t - last_t, sender, shown, answer_ms, last, got))
+                    span_s = t - last_t
+                    rows.append(
+                        row(t - start, span_s, sender, (shown, items), answer_ms, last, got)
+                    )
                     print(format_row(rows[-1]), flush=True)
                     last, last_t = got, t
             finally:
@@ -262,12 +266,13 @@ def row(
     t_s: float,
     span_s: float,
     sender: Sender,
-    shown: int,
+    page: tuple[int, int],
     answer_ms: float,
     before: dict[str, float],
     after: dict[str, float],
 ) -> Row:
     per_s = {k: (after[k] - before[k]) * 1000 / span_s for k in METRICS}
+    shown, items = page
     return Row(
         t_s=round(t_s, 1),
         sent=sender.sent,
@@ -286,7 +291,7 @@ def row(
         chromium_cpu_ms_per_s=round(
             (after["chromium_cpu"] - before["chromium_cpu"]) * 1000 / span_s
         ),
-        nodes=int(after["Nodes"]),
+        items=items,
         heap_mb=round(after["JSHeapUsedSize"] / 2**20, 1),
     )
 
@@ -295,7 +300,7 @@ def header() -> None:
     print(
         "| t (s) | sent | behind (ids) | answer (ms) | layout (ms/s) | style (ms/s) "
         "| script (ms/s) | tasks (ms/s) | layouts/s | renderer CPU (ms/s) | Chromium CPU (ms/s) "
-        "| DOM nodes | JS heap (MB) |"
+        "| messages in the list | JS heap (MB) |"
     )
     print("|" + " ---: |" * 13)
 
@@ -305,7 +310,7 @@ def format_row(r: Row) -> str:
         f"| {r.t_s:.0f} | {r.sent:,} | {r.behind:,} | {r.answer_ms:,.0f} | {r.layout_ms_per_s:.1f} "
         f"| {r.style_ms_per_s:.1f} | {r.script_ms_per_s:.1f} | {r.task_ms_per_s:.1f} "
         f"| {r.layouts_per_s:.1f} | {r.renderer_cpu_ms_per_s:.0f} | {r.chromium_cpu_ms_per_s:.0f} "
-        f"| {r.nodes:,} | {r.heap_mb:.1f} |"
+        f"| {r.items:,} | {r.heap_mb:.1f} |"
     )
 
 
@@ -325,7 +330,9 @@ def summary(rows: list[Row], opts: argparse.Namespace) -> str:
     fields = ("layout_ms_per_s", "style_ms_per_s", "script_ms_per_s", "task_ms_per_s")
     for field in (*fields, "layouts_per_s", "renderer_cpu_ms_per_s", "chromium_cpu_ms_per_s"):
         parts.append(f"{field}: first {mean(first, field):.1f}, last {mean(final, field):.1f}")
-    parts.append(f"DOM nodes at the end: {rows[-1].nodes:,}; JS heap {rows[-1].heap_mb} MB")
+    parts.append(
+        f"messages in the list at the end: {rows[-1].items:,}; JS heap {rows[-1].heap_mb} MB"
+    )
     return "\n".join(parts)
 
 
