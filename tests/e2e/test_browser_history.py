@@ -262,8 +262,9 @@ def test_search_opens_a_result_in_its_context_and_jump_to_latest_returns(
         alice.click("#input")
         alice.focus("#search-input")
         expect(results).to_have_count(30)
-        alice.press("#search-input", "Escape")
+        alice.press("#search-input", "Escape")  # empties the box, and ends the room's search
         expect(alice.locator("#search-panel")).to_be_hidden()
+        expect(alice.locator("#search-input")).to_have_value("")
     finally:
         bot.close()
 
@@ -272,9 +273,9 @@ def test_a_busy_room_keeps_a_bounded_window_added_a_frame_at_a_time(
     wschat_server: ServerFactory, open_page: OpenPage
 ) -> None:
     """1,200 messages as fast as the server takes them: the page following the bottom keeps up
-    (the last one shown), holds at most MAX_WINDOW in one run, and adds them in batches (far fewer list
-    insertions than messages). Scrolled up reading, 600 more do not move what it reads nor grow
-    the list; "Jump to latest" reads them back."""
+    (the last one shown), holds at most MAX_WINDOW in one run, and adds them in batches (far
+    fewer list insertions than messages). Scrolled up reading, 600 more do not move what it
+    reads nor grow the list; "Jump to latest" reads them back."""
     srv = wschat_server("--history-db", ":memory:", "--history-size", "5000", *SMALL_WELCOME, *FAST)
     bot = bot_in(srv)
     try:

@@ -81,6 +81,7 @@ function onWelcome(frame) {
     // complete, show the server's latest history instead. Before the first welcome, what came
     // live (a takeover's messages) stays where it is newer.
     if (room.welcomed) room.arrived = [];
+    room.lastId = null; // `since` counts from this history now (it may be a new epoch's)
     setWindow(room, history, { olderMore: history.length > 0, live: true });
     followBottom(room);
   } else {
@@ -181,12 +182,13 @@ function onServerError(frame) {
       break;
     }
     if (PASSING.has(frame.code)) showPassingError(text);
-    else showError(text);
+    else if (frame.code !== 'rate_limited') showError(text);
     return;
   }
   // Requests without a ref are answered in order: the oldest one waiting is refused. A search
   // refused for having no index says so itself.
-  const i = frame.code === 'search_unavailable' ? state.awaiting.findIndex((a) => a.kind === 'search') : 0;
+  const search = frame.code === 'search_unavailable';
+  const i = search ? state.awaiting.findIndex((a) => a.kind === 'search') : 0;
   const request = i >= 0 ? state.awaiting.splice(i, 1)[0] : undefined;
   if (request && request.kind === 'join') onJoinError(request, frame, text);
   else if (request && request.kind === 'history') onHistoryError(request.room, frame.code, text);

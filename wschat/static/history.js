@@ -48,7 +48,8 @@ function ask(room, kind, fields, extra = {}) {
 // After each redraw and scroll of the open room: near an end of the list whose messages go on
 // beyond the window, ask for the next page there.
 export function loadNearEnds(room) {
-  if (room !== activeRoom() || room.loading || room.joinState !== 'joined' || !room.messages.length) return;
+  if (room !== activeRoom() || room.loading || room.joinState !== 'joined') return;
+  if (!room.messages.length) return;
   const list = ui.messages;
   const margin = list.clientHeight * NEAR_END_SCREENS;
   if (room.olderMore && list.scrollTop < margin) {
@@ -139,7 +140,8 @@ export function onHistoryError(roomName, code, text) {
   if (PASSING.has(code)) {
     // Ask again later; scrolling asks for older and newer pages by itself.
     const { kind, fields, stale, ...extra } = request;
-    if (kind !== 'older' && kind !== 'newer' && !stale && !room.queued) room.queued = { kind, fields, extra };
+    const scrolled = kind === 'older' || kind === 'newer'; // scrolling asks for these again
+    if (!scrolled && !stale && !room.queued) room.queued = { kind, fields, extra };
     setTimeout(() => {
       askQueued(room);
       loadNearEnds(room);

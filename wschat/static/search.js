@@ -133,7 +133,8 @@ function resultNode(message, marked) {
   const meta = el('span', 'meta');
   const time = el('time');
   setTime(time, message.ts);
-  meta.append(authorNode({ name: message.name, user: message.user, guest: message.guest === true }), ' ', time);
+  const author = authorNode({ name: message.name, user: message.user, guest: message.guest === true });
+  meta.append(author, ' ', time);
   const text = el('span', 'text');
   text.dir = 'auto';
   text.append(markWords(message.text, marked));

@@ -73,7 +73,7 @@ export function makeRoom(name) {
     gone: [], // nodes of messages that left the window, removed at the next redraw
     loading: null, // the `history` request on its way (history.js): one per room at a time
     queued: null, // the request to make once that one is answered
-    arrived: [], // live messages that came while the window was not live and a page was asked
+    arrived: [], // the last live messages: a page that ends at the newest takes those after it
     search: { q: '', results: [], next: null, loading: false, done: false, note: '', open: false },
     welcomed: false,
     joinState: 'idle', // idle | joining | joined | error

@@ -115,7 +115,9 @@ export function appendNewer(room, messages, more) {
   if (!more || newer.length === 0) {
     room.live = true;
     const end = room.messages.length ? room.messages[room.messages.length - 1].id : -1;
-    for (const message of room.arrived) if (message.id > end && !room.byId.has(message.id)) storeMessage(room, message);
+    for (const message of room.arrived) {
+      if (message.id > end) storeMessage(room, message);
+    }
     room.arrived = [];
   }
   trim(room, 'oldest');
@@ -253,7 +255,8 @@ function firstInView(room) {
   const top = ui.messages.getBoundingClientRect().top;
   for (const entry of room.messages) {
     const node = entry.node;
-    if (node && node.parentNode === ui.messages && node.getBoundingClientRect().bottom > top) return node;
+    if (!node || node.parentNode !== ui.messages) continue;
+    if (node.getBoundingClientRect().bottom > top) return node;
   }
   return null;
 }
@@ -281,7 +284,9 @@ function place(room, anchor, anchorTop) {
 function renderEdges(room) {
   let text = '';
   if (room.loading && room.loading.kind === 'older') text = 'Loading older messages…';
-  else if (room.welcomed && !room.olderMore && room.messages.length > 0) text = `The beginning of #${room.name}`;
+  else if (room.welcomed && !room.olderMore && room.messages.length) {
+    text = `The beginning of #${room.name}`;
+  }
   if (ui.edge.textContent !== text) ui.edge.textContent = text;
   if (ui.messages.firstChild !== ui.edge) ui.messages.prepend(ui.edge);
   ui.empty.hidden = !(room.welcomed && room.messages.length === 0 && room.outbox.length === 0);
