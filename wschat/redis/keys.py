@@ -15,6 +15,8 @@ A node's:
   wschat:nodes               sorted set: node -> when its lease ends (Redis's clock, ms)
   wschat:node:<node>:rooms   the rooms where the node may hold names (for whoever reaps it)
   wschat:node:<node>         the channel of the node's subscription probes
+A node's two connections are named (CLIENT LIST shows them) wschat:<node>:commands and
+wschat:<node>:subscriber, the node's name with what is not printable ASCII as `_`.
 """
 
 from __future__ import annotations
@@ -76,3 +78,9 @@ def rooms_key(node: str) -> str:
 
 def probe_channel(node: str) -> str:
     return f"wschat:node:{node}"
+
+
+def client_name(node: str, role: str) -> str:
+    """The name of a node's connection (CLIENT SETNAME takes printable ASCII only)."""
+    shown = "".join(c if "!" <= c <= "~" else "_" for c in node)
+    return f"wschat:{shown}:{role}"
