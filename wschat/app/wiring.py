@@ -132,13 +132,13 @@ def make_backend(options: Options, reactor: Any) -> Backend:
     except (ValueError, OSError) as exc:
         raise usage.UsageError(f"--redis: {exc}") from None
     node = options["node-name"] or f"{socket.gethostname()}-{os.getpid()}"
-    redis = redis_node(address, reactor, node, options["history-size"])
+    redis = redis_node(address, reactor, node, options["history-keep"])
     link = redis.link
 
     def redis_health() -> tuple[dict[str, object], bool]:
         return {"node": node, "redis": "up" if link.up else "down"}, link.up
 
-    return Backend(redis.broker, redis.broker, redis.roster, redis.services, [redis_health])
+    return Backend(redis.store, redis.broker, redis.roster, redis.services, [redis_health])
 
 
 def make_auth(options: Options, reactor: Any) -> AuthSettings:

@@ -3,14 +3,17 @@ every version agree on them.
 
 A room's keys are all under the hash tag {room} (so that a Redis Cluster could hold them):
   wschat:{room}:seq      the last message id given out (INCR)
-  wschat:{room}:log      the history stream, entry ids `<id>-0`, trimmed to about --history-size
+  wschat:{room}:log      the history stream, entry ids `<id>-0`, trimmed to about --history-keep
+                         (with Redis alone; never with --history-keep 0)
   wschat:{room}:refs     hash "name\\nref" -> id, for ref idempotency ("\\nname\\nref" for
                          the application's refs: no name starts with a newline)
-  wschat:{room}:refz     the same refs by id, so that those of trimmed messages are dropped
+  wschat:{room}:refz     the same refs by when they were stored (µs), so that those out of the
+                         24 h window, or past --history-keep of them, are forgotten
   wschat:{room}:epoch    a random id of this history: if Redis loses the room, it changes
   wschat:{room}:members  hash name -> {"h": {node: 1, ...}, "u": user, "g": guest, "t": token}
   wschat:{room}:pver     the number of the room's last roster change
   wschat:{room}:ch       the channel: every stored message and every roster change
+(With a store of record in PostgreSQL, Redis holds no history: only members, pver and ch.)
 A node's:
   wschat:nodes               sorted set: node -> when its lease ends (Redis's clock, ms)
   wschat:node:<node>:rooms   the rooms where the node may hold names (for whoever reaps it)
