@@ -282,9 +282,9 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Share rooms with the other wschat nodes on this Redis (history kept there, not in "
-            "SQLite): redis://[user:password@]host:port/db, rediss://... (TLS), "
-            "unix:///path.sock.",
+            "Share rooms with the other wschat nodes on this Redis (history kept there too, "
+            "unless --history-db is a PostgreSQL URL; a SQLite file is not used): "
+            "redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path.sock.",
         ],
         [
             "redis-password-file",
@@ -500,7 +500,7 @@ class Options(usage.Options):
         ):
             raise usage.UsageError(
                 "--history-ttl and --max-history-rooms apply to the SQLite history file: "
-                "with --redis, --history-size bounds each room (docs/deployment.md), and "
+                "with --redis, --history-keep bounds each room (docs/deployment.md), and "
                 "':memory:' keeps nothing anyway"
             )
         self._check_history_db()
