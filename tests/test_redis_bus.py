@@ -17,7 +17,7 @@ from wschat.chat.errors import StorageUnavailable
 from wschat.chat.memory import MemoryHistory
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import NewMessage, RoomEvent
-from wschat.redis.bus import ANNOUNCE_WAIT_S
+from wschat.redis.bus import ANNOUNCE_WAIT_S, MAX_GAP_READ
 from wschat.redis.keys import client_name
 from wschat.redis.node import RedisNode
 
@@ -230,3 +230,20 @@ async def test_the_store_down_when_the_subscription_comes_back_is_tried_again(
     assert m0.ids == []
     store.down = False
     await until(lambda: m0.ids == [1], "n0 to catch up once the store is back")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hole_longer_than_a_read_makes_the_members_resync(
+    redis_nodes: RedisNodeFactory,
+) -> None:
+    """More than MAX_GAP_READ ids never announced: rather than hand them all out live, each
+    node reads no more than that, tells its members to resync (they rejoin with `since`), and
+    goes on from the next id."""
+    store = SharedHistory()
+    (_n0, m0), (n1, m1) = await two_nodes(redis_nodes, store)
+    for i in range(MAX_GAP_READ + 1):
+        await store.append("lobby", NewMessage("alice", f"m{i}", "t", None))
+    await n1.broker.publish("lobby", say(MAX_GAP_READ + 2))
+    await until(lambda: m0.resyncs == m1.resyncs == 1, "both nodes to resync")
+    await until(lambda: len(m0.ids) == len(m1.ids) == 1, "the next id on both")
+    assert m0.ids == m1.ids == [MAX_GAP_READ + 2]

@@ -148,8 +148,11 @@ def test_a_hole_is_what_is_missing_below_the_newest_waiting_id() -> None:
 
 
 def test_an_own_message_held_for_its_ack_is_no_hole() -> None:
-    """An own message seen on the channel and waiting for its local offer is not missing."""
+    """An own message seen on the channel and waiting for its local offer is not missing;
+    what is missing after it is."""
     seq = Sequencer(0)
     seq.channel(msg(1), own=True)
     seq.channel(msg(2), own=False)
     assert seq.hole() is None
+    seq.local(msg(5))
+    assert seq.hole() == Gap(3, 4)

@@ -87,11 +87,14 @@ class Sequencer:
 
     def hole(self) -> Gap | None:
         """The ids missing below the newest one waiting, if any."""
-        waiting = self._waiting
-        if not waiting:
-            return None
-        missing = [i for i in range(self.last + 1, max(waiting)) if i not in waiting]
-        return Gap(missing[0], missing[-1]) if missing else None
+        first = last = None
+        expected = self.last + 1
+        for i in sorted(self._waiting):
+            if i > expected:
+                first = expected if first is None else first
+                last = i - 1
+            expected = i + 1
+        return Gap(first, last) if first is not None and last is not None else None
 
     def reset(self, last: int) -> None:
         """The store's history was lost or restarted: count from its current last id."""

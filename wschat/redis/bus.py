@@ -42,6 +42,9 @@ OWN_HOLD_S = 2.0
 # the store; and then how long between reads while the store cannot answer.
 ANNOUNCE_WAIT_S = 0.25
 RETRY_S = 1.0
+# Missed messages read back at most at once: past that (a long cut with everything kept) the
+# members resync instead, and a rejoin with `since` gets at most --history-size anyway.
+MAX_GAP_READ = 10_000
 
 
 class BusStore(HistoryStore, Protocol):
@@ -288,14 +291,15 @@ class RedisBus:
         )
 
     async def _read_gap(self, room: str, watched: _Watched, gap: Gap) -> None:
-        found = await self._store.page(room, None, gap.first - 1, gap.last - gap.first + 1)
+        limit = min(gap.last - gap.first + 1, MAX_GAP_READ)
+        found = await self._store.page(room, None, gap.first - 1, limit)
         if self._rooms.get(room) is not watched or watched.sequencer is None:
             return
         ready, lost = watched.sequencer.fill(gap.first, gap.last, found)
         if lost:
             self._log.warn(
-                "ids {first}-{last} of {room} were trimmed before this node got them; "
-                "its members resync",
+                "ids {first}-{last} of {room} were trimmed before this node got them (or are "
+                "more than it reads at once); its members resync",
                 first=gap.first,
                 last=gap.last,
                 room=room,
