@@ -310,8 +310,10 @@ class RedisBus:
     def _failed_read(self, failure: Failure, room: str, watched: _Watched) -> None:
         if not failure.check(Unavailable, StorageUnavailable):
             self._log.failure("reading missed messages of {room} failed", failure, room=room)
-        # What is still missing is read again later (or when the subscription is back).
-        self._check_holes(room, watched, RETRY_S)
+        if self._link.up:
+            # What is still missing is read again later; with the link down, the catch-up
+            # when it is back reads it.
+            self._check_holes(room, watched, RETRY_S)
 
     def _hand(self, room: str, watched: _Watched, events: Sequence[RoomEvent]) -> None:
         deliver = self._deliver
