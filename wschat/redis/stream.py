@@ -5,7 +5,7 @@ The stream's entry ids are the message ids themselves (`<id>-0`), so ids increas
 room across every node and stream order is id order (keys.py names the keys). `--history-keep`
 bounds each stream (0 keeps every message: Redis memory is then the operator's to watch).
 
-A `ref` is remembered for REF_WINDOW_S, as the SQL stores do: a resend within that long of
+A `ref` is remembered for REF_WINDOW_S, as the SQL stores do: a resend at most that long after
 the first is the stored message again (while the stream keeps it), a later one is a new
 message. The refs are indexed by the time they were stored (the node's clock, µs), and each say
 forgets a few of the oldest: those out of the window, and those past `keep` of them (refs of
@@ -25,7 +25,7 @@ from wschat.chat.search import Query
 from wschat.redis.keys import ref_field, room_keys
 from wschat.redis.link import RedisLink, Script
 
-# How long a ref is remembered (the SQLite and PostgreSQL stores keep theirs as long).
+# How long a ref is remembered (store/refs.py and postgres/store.py keep theirs as long).
 REF_WINDOW_S = 24 * 3600
 
 APPEND = Script.named("append")

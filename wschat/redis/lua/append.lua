@@ -2,7 +2,7 @@
 -- all atomic. KEYS: seq, log, refs, refz, epoch. Returns {stored (1 new, 0 a resend of a
 -- remembered ref), id, epoch}. An application's ref (application '1') is indexed under a
 -- leading newline, which no name has: apart from every client's (keys.py ref_field says the
--- same). keep: the stream's bound (0: none). A ref is remembered while it was stored less than
+-- same). keep: the stream's bound (0: none). A ref is remembered while it was stored at most
 -- window µs ago (now: the node's clock, µs) and its message is still in the stream.
 local seq, log, refs, refz, epoch_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name, text, ts, ref, keep, channel, new_epoch, node, user, guest, application, now,
@@ -20,12 +20,12 @@ local ref_key = name .. '\n' .. ref
 if application == '1' then
   ref_key = '\n' .. ref_key
 end
-local oldest_known = string.format('%d', now - window)
+local oldest_known = now - window
 if ref ~= '' then
   local found = redis.call('HGET', refs, ref_key)
   if found then
     local at = tonumber(redis.call('ZSCORE', refz, ref_key) or '0')
-    if at > tonumber(oldest_known) and #redis.call('XRANGE', log, found .. '-0', found .. '-0') > 0 then
+    if at >= oldest_known and #redis.call('XRANGE', log, found .. '-0', found .. '-0') > 0 then
       return {0, tonumber(found), epoch}
     end
   end
@@ -47,7 +47,7 @@ if ref ~= '' then
 end
 -- The refs to forget are the oldest (the index is ordered by time): those out of the window,
 -- and, with a keep, those past `keep` of them (their messages were trimmed).
-local forget = redis.call('ZCOUNT', refz, '-inf', oldest_known)
+local forget = redis.call('ZCOUNT', refz, '-inf', string.format('(%d', oldest_known))
 if keep > 0 then
   forget = math.max(forget, redis.call('ZCARD', refz) - keep)
 end
