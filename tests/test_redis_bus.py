@@ -1,25 +1,31 @@
 """The bus of several nodes over a store of record that draws the ids itself (as PostgreSQL
 does): two nodes on a real redis-server share one store; each says what it committed on the
 room's channel, and every node hands its members every id in order, once, whatever
-announcement was lost on the way."""
+announcement was lost on the way. And the wiring of `--redis` with a PostgreSQL history."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.python import usage
 
+from wschat.app.options import Options
+from wschat.app.wiring import make_backend
 from wschat.chat.errors import StorageUnavailable
 from wschat.chat.memory import MemoryHistory
 from wschat.chat.model import Message, Recovery
 from wschat.chat.ports import NewMessage, RoomEvent
-from wschat.redis.bus import ANNOUNCE_WAIT_S, MAX_GAP_READ
+from wschat.postgres.store import PostgresHistory, StoreService
+from wschat.redis.bus import ANNOUNCE_WAIT_S, MAX_GAP_READ, RedisBus
 from wschat.redis.keys import client_name
 from wschat.redis.node import RedisNode
+from wschat.redis.stream import RedisStream
 
 from .conftest import RedisNodeFactory
 from .e2e.redis import RedisServer
@@ -247,3 +253,42 @@ async def test_a_hole_longer_than_a_read_makes_the_members_resync(
     await until(lambda: m0.resyncs == m1.resyncs == 1, "both nodes to resync")
     await until(lambda: len(m0.ids) == len(m1.ids) == 1, "the next id on both")
     assert m0.ids == m1.ids == [MAX_GAP_READ + 2]
+
+
+def test_redis_with_a_postgresql_history_db_makes_postgres_the_store_and_redis_the_bus(
+    redis_server: RedisServer, pg_url: str
+) -> None:
+    """`--redis` with `--history-db postgresql://...`: the hub's store is PostgreSQL (Redis
+    keeps no history), its broker the Redis bus, and /healthz checks both; with a SQLite
+    --history-db the history stays in Redis, as before."""
+    options = Options()
+    options.parseOptions(["--redis", redis_server.url, "--history-db", pg_url])
+    backend = make_backend(options, reactor)
+    try:
+        assert isinstance(backend.store, PostgresHistory)
+        assert isinstance(backend.broker, RedisBus)
+        assert isinstance(backend.services[0], StoreService)
+        assert [check()[0].keys() for check in backend.checks] == [
+            {"node", "redis"},
+            {"store"},
+        ]
+    finally:
+        backend.store.close()
+    options = Options()
+    options.parseOptions(["--redis", redis_server.url, "--history-db", "h.sqlite3"])
+    backend = make_backend(options, reactor)
+    assert isinstance(backend.store, RedisStream) and isinstance(backend.broker, RedisBus)
+    assert [check()[0].keys() for check in backend.checks] == [{"node", "redis"}]
+
+
+def test_redis_with_postgresql_takes_the_postgresql_retention() -> None:
+    """--history-ttl applies to a PostgreSQL history with --redis too (each node sweeps); with
+    the history in Redis it is refused, and --max-history-rooms with PostgreSQL as alone."""
+    redis, pg = "redis://127.0.0.1:6379/0", "postgresql://wschat@db.example/wschat"
+    options = Options()
+    options.parseOptions(["--redis", redis, "--history-db", pg, "--history-ttl", "30d"])
+    assert options["history-ttl"] == 30 * 86400
+    with pytest.raises(usage.UsageError, match="--history-keep"):
+        Options().parseOptions(["--redis", redis, "--history-ttl", "30d"])
+    with pytest.raises(usage.UsageError, match="not implemented for PostgreSQL"):
+        Options().parseOptions(["--redis", redis, "--history-db", pg, "--max-history-rooms", "9"])
