@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .docs import load_results, render_docs
+from .docs import kept_sections, load_results, render_docs
 from .harness import CGEN, CGEN_SRC, build_cgen, generator_for, log, raise_fd_limit_and_pin
 from .multinode import run_multinode
 from .probe import check_python, machine, redis_version, versions, wschat_extra_args
@@ -149,8 +149,9 @@ def report(argv: Sequence[str]) -> int:
     opts = report_parser().parse_args(argv)
     meta, records = load_results(opts.results)
     name = os.path.relpath(os.path.abspath(opts.results), ROOT)
+    page = render_docs(meta, records, name) + kept_sections(opts.docs)
     with open(opts.docs, "w") as f:
-        f.write(render_docs(meta, records, name))
+        f.write(page)
     log(f"bench: wrote {opts.docs} from {opts.results}")
     return 0
 
@@ -309,7 +310,8 @@ def run(argv: Sequence[str]) -> int:
         # that is not git-ignored
         latest = os.path.join(opts.out, f"latest-{kind}.jsonl")
         shutil.copyfile(results_path, latest)
+        page = render_docs(meta, records, os.path.relpath(latest, ROOT)) + kept_sections(opts.docs)
         with open(opts.docs, "w") as f:
-            f.write(render_docs(meta, records, os.path.relpath(latest, ROOT)))
+            f.write(page)
         log(f"bench: wrote {opts.docs}")
     return 0 if all(r.get("ok") for r in records) else 1

@@ -12,6 +12,10 @@ from .settings import Record
 from .tables import summarize
 from .targets import targets
 
+# Sections of the page below this line come from benchmarks of their own (bench/*.py run by
+# hand), not from the suite: writing the page again keeps them as they are.
+KEPT_MARK = "<!-- Kept by hand: bench/run.py keeps what follows when it writes this page. -->"
+
 # Written into the settings line from the runs that first recorded them; older results ran
 # with the defaults of their time, which these are.
 DEFAULT_ADDRS = 100
@@ -85,6 +89,17 @@ def load_results(path: str) -> tuple[Record, list[Record]]:
     if not lines or not lines[0].get("meta"):
         raise ValueError(f"{path}: the first line is not the settings line")
     return lines[0], lines[1:]
+
+
+def kept_sections(path: str) -> str:
+    """What the page at `path` holds from KEPT_MARK on (with it), or nothing."""
+    try:
+        with open(path) as f:
+            page = f.read()
+    except FileNotFoundError:
+        return ""
+    at = page.find(KEPT_MARK)
+    return "\n" + page[at:] if at >= 0 else ""
 
 
 def in_order(records: list[Record], key: str) -> list[str]:

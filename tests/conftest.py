@@ -15,6 +15,7 @@ from twisted.logger import globalLogPublisher
 
 from wschat.postgres.store import PostgresHistory, open_store
 from wschat.postgres.url import conninfo
+from wschat.redis.bus import BusStore
 from wschat.redis.link import parse_redis_url
 from wschat.redis.node import RedisNode, redis_node
 from wschat.server.factory import ChatFactory
@@ -45,20 +46,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.kill()
 
 
-RedisNodeFactory = Callable[[str, int], Awaitable[RedisNode]]
+RedisNodeFactory = Callable[..., Awaitable[RedisNode]]
 REDIS_UP_TIMEOUT_S = 5.0
 
 
 @pytest_twisted.async_yield_fixture
 async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[RedisNodeFactory]:
-    """`await make(node_name, history_size)`: a node's Redis engine, started and connected,
-    on the emptied redis-server; every one is stopped after the test."""
+    """`await make(node_name, keep, store=None)`: a node's Redis engine, started and connected,
+    on the emptied redis-server (its history in Redis, `keep` messages a room, or in `store`);
+    every one is stopped after the test."""
     redis_server.cli("FLUSHALL")
     started: list[RedisNode] = []
 
-    async def make(name: str, history_size: int) -> RedisNode:
+    async def make(name: str, keep: int, store: BusStore | None = None) -> RedisNode:
         address = parse_redis_url(redis_server.url)
-        node = redis_node(address, reactor, name, history_size)
+        node = redis_node(address, reactor, name, keep, store)
         for service in node.services:
             service.startService()
         started.append(node)

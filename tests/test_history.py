@@ -55,7 +55,7 @@ def store_factory(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -
         make_node: RedisNodeFactory = request.getfixturevalue("redis_nodes")
 
         async def redis_store(keep: int) -> HistoryStore:
-            return (await make_node("n0", keep)).broker
+            return (await make_node("n0", keep)).store
 
         return redis_store
 

@@ -164,8 +164,9 @@ def test_a_connection_lost_while_being_made_ready_is_tried_again_without_an_erro
     clock = Clock()
     redis = _FakeRedis(clock)
     link = _link(clock, redis)
-    for connection in redis.open():
-        connection.answer()  # SELECT; the commands' SCRIPT LOAD is now on its way
+    for _ in range(2):
+        for connection in redis.open():
+            connection.answer()  # SELECT, CLIENT SETNAME; the commands' SCRIPT LOAD is next
     commands = redis.connections[0]
     assert b"SCRIPT" in commands.value() and not link.up
     commands.loseConnection()
@@ -185,7 +186,8 @@ def test_a_connection_that_cannot_be_made_ready_is_closed_and_tried_again() -> N
     redis = _FakeRedis(clock)
     link = _link(clock, redis)
     first = redis.connections[0]
-    first.answer()
+    first.answer()  # SELECT
+    first.answer()  # CLIENT SETNAME
     first.answer(b"-LOADING Redis is loading the dataset in memory\r\n")
     clock.advance(0)
     assert first.disconnected

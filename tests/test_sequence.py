@@ -134,3 +134,25 @@ def test_any_arrival_order_delivers_every_id_once_in_order(
     for i in range(1, 13):
         delivered += ids(seq.release(i))
     assert delivered == list(range(1, 13))
+
+
+def test_a_hole_is_what_is_missing_below_the_newest_waiting_id() -> None:
+    """Our 7 acked while 4 and 6 never came: the hole is 4-6 (5 came); none once filled."""
+    seq = Sequencer(3)
+    assert seq.hole() is None
+    seq.local(msg(7))
+    seq.channel(msg(5), own=False)
+    assert seq.hole() == Gap(4, 6)
+    assert ids(seq.fill(4, 6, [msg(4), msg(6)])[0]) == [4, 5, 6, 7]
+    assert seq.hole() is None
+
+
+def test_an_own_message_held_for_its_ack_is_no_hole() -> None:
+    """An own message seen on the channel and waiting for its local offer is not missing;
+    what is missing after it is."""
+    seq = Sequencer(0)
+    seq.channel(msg(1), own=True)
+    seq.channel(msg(2), own=False)
+    assert seq.hole() is None
+    seq.local(msg(5))
+    assert seq.hole() == Gap(3, 4)

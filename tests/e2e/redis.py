@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,3 +75,52 @@ def join_when_available(chat: Chat, room: str, name: str, **extra: Any) -> dict[
         assert event.get("code") == "unavailable", event
         assert time.monotonic() < deadline, "still unavailable"
         time.sleep(0.2)
+
+
+def messages_until(chat: Chat, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next `count` messages, skipping presence; nothing else may come in between."""
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        event = chat.recv(timeout)
+        if event["type"] == "presence":
+            continue
+        assert event["type"] == "message", event
+        got.append(event)
+    return got
+
+
+class Sender(threading.Thread):
+    """A client that keeps saying in the lobby, as the browser client does: each say with a
+    ref, resent with the same ref after an error with one of `codes`, the next one only once
+    the ack is in."""
+
+    def __init__(self, url: str, name: str, codes: Sequence[str] = ("unavailable",)) -> None:
+        super().__init__(daemon=True)
+        self.codes = tuple(codes)
+        self.chat = Chat(url)
+        self.chat.join("lobby", name)
+        self.name = name
+        self.acked: list[int] = []
+        self.unavailable = 0
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            i = 0
+            while not self.stop.is_set():
+                self.chat.send(type="say", room="lobby", text=f"{self.name} {i}", ref=f"{i}")
+                while True:
+                    event = self.chat.recv(timeout=15)
+                    if event["type"] == "ack":
+                        self.acked.append(int(event["id"]))
+                        i += 1
+                        break
+                    if event["type"] == "error":
+                        assert event["code"] in self.codes, event
+                        self.unavailable += 1
+                        time.sleep(0.05)
+                        break
+                    assert event["type"] in ("message", "presence"), event
+        except BaseException as exc:  # reported by the test
+            self.failure = exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,21 +12,16 @@ import pytest
 
 from .client import Chat
 from .conftest import ServerFactory
-from .redis import RedisServer, health, join_when_available, nodes_on
+from .redis import (
+    RedisServer,
+    Sender,
+    health,
+    join_when_available,
+    messages_until,
+    nodes_on,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def messages_until(chat: Chat, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The next `count` messages, skipping presence; nothing else may come in between."""
-    got: list[dict[str, Any]] = []
-    while len(got) < count:
-        event = chat.recv(timeout)
-        if event["type"] == "presence":
-            continue
-        assert event["type"] == "message", event
-        got.append(event)
-    return got
 
 
 def say_reading(
@@ -187,41 +181,6 @@ def test_redis_killed_during_traffic_loses_nothing_acked(
         assert got == acked
     assert acked == sorted(acked) and len(set(acked)) == len(acked)
     assert "is out of reach" in a.log() and "is back after" in a.log()
-
-
-class Sender(threading.Thread):
-    """A client that keeps saying, as the browser client does: each say with a ref, resent
-    with the same ref after `unavailable`, the next one only once the ack is in."""
-
-    def __init__(self, url: str, name: str) -> None:
-        super().__init__(daemon=True)
-        self.chat = Chat(url)
-        self.chat.join("lobby", name)
-        self.name = name
-        self.acked: list[int] = []
-        self.unavailable = 0
-        self.stop = threading.Event()
-        self.failure: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            i = 0
-            while not self.stop.is_set():
-                self.chat.send(type="say", room="lobby", text=f"{self.name} {i}", ref=f"{i}")
-                while True:
-                    event = self.chat.recv(timeout=15)
-                    if event["type"] == "ack":
-                        self.acked.append(int(event["id"]))
-                        i += 1
-                        break
-                    if event["type"] == "error":
-                        assert event["code"] == "unavailable", event
-                        self.unavailable += 1
-                        time.sleep(0.05)
-                        break
-                    assert event["type"] in ("message", "presence"), event
-        except BaseException as exc:  # reported by the test
-            self.failure = exc
 
 
 def test_redis_killed_under_concurrent_traffic_from_both_nodes(

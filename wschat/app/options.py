@@ -282,9 +282,9 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Share rooms with the other wschat nodes on this Redis (history kept there, not in "
-            "SQLite): redis://[user:password@]host:port/db, rediss://... (TLS), "
-            "unix:///path.sock.",
+            "Share rooms with the other wschat nodes on this Redis (history kept there too, "
+            "unless --history-db is a PostgreSQL URL; a SQLite file is not used): "
+            "redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path.sock.",
         ],
         [
             "redis-password-file",
@@ -495,13 +495,14 @@ class Options(usage.Options):
         twistd = getattr(self, "parent", None)  # twistd's own options, when run by twistd
         if twistd is not None:
             check_twistd_options(self["log-format"], twistd)
+        in_redis = self["redis"] is not None and not is_postgres_url(self["history-db"])
         if (self["history-ttl"] is not None or self["max-history-rooms"]) and (
-            self["redis"] is not None or self["history-db"] == MEMORY
+            in_redis or self["history-db"] == MEMORY
         ):
             raise usage.UsageError(
-                "--history-ttl and --max-history-rooms apply to the SQLite history file: "
-                "with --redis, --history-size bounds each room (docs/deployment.md), and "
-                "':memory:' keeps nothing anyway"
+                "--history-ttl and --max-history-rooms apply to a SQLite or PostgreSQL history: "
+                "with the history in Redis, --history-keep bounds each room "
+                "(docs/deployment.md), and ':memory:' keeps nothing anyway"
             )
         self._check_history_db()
         if self["drain-seconds"] >= self["shutdown-timeout"]:

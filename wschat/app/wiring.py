@@ -84,8 +84,8 @@ def make_store(options: Options, reactor: Any) -> HistoryStore:
 
 @dataclass
 class Backend:
-    """Where history lives and how messages reach the members: one process on SQLite, or
-    a node of several on Redis."""
+    """Where history lives and how messages reach the members: one process on SQLite or
+    PostgreSQL, or a node of several on Redis (with the history there or in PostgreSQL)."""
 
     store: HistoryStore
     broker: Broker
@@ -109,14 +109,19 @@ def postgres_store(options: Options, reactor: Any) -> PostgresHistory:
         raise usage.UsageError(f"--history-db: {str(exc).strip()}") from None
 
 
+def store_health(store: PostgresHistory) -> HealthCheck:
+    def check() -> tuple[dict[str, object], bool]:
+        return {"store": "up" if store.up else "down"}, store.up
+
+    return check
+
+
 def postgres_backend(options: Options, reactor: Any) -> Backend:
     """One node on PostgreSQL; its heartbeat and pruning start with the service tree."""
     store = postgres_store(options, reactor)
-
-    def store_health() -> tuple[dict[str, object], bool]:
-        return {"store": "up" if store.up else "down"}, store.up
-
-    return Backend(store, LocalBroker(store), services=[StoreService(store)], checks=[store_health])
+    return Backend(
+        store, LocalBroker(store), services=[StoreService(store)], checks=[store_health(store)]
+    )
 
 
 def make_backend(options: Options, reactor: Any) -> Backend:
@@ -132,13 +137,24 @@ def make_backend(options: Options, reactor: Any) -> Backend:
     except (ValueError, OSError) as exc:
         raise usage.UsageError(f"--redis: {exc}") from None
     node = options["node-name"] or f"{socket.gethostname()}-{os.getpid()}"
-    redis = redis_node(address, reactor, node, options["history-size"])
+    # With PostgreSQL it is the store of record and Redis the bus; without, Redis is both (a
+    # SQLite --history-db is not used).
+    postgres = postgres_store(options, reactor) if options["history-conninfo"] else None
+    redis = redis_node(address, reactor, node, options["history-keep"], postgres)
     link = redis.link
 
     def redis_health() -> tuple[dict[str, object], bool]:
         return {"node": node, "redis": "up" if link.up else "down"}, link.up
 
-    return Backend(redis.broker, redis.broker, redis.roster, redis.services, [redis_health])
+    if postgres is None:
+        return Backend(redis.store, redis.broker, redis.roster, redis.services, [redis_health])
+    return Backend(
+        postgres,
+        redis.broker,
+        redis.roster,
+        [StoreService(postgres), *redis.services],
+        [redis_health, store_health(postgres)],
+    )
 
 
 def make_auth(options: Options, reactor: Any) -> AuthSettings:

@@ -86,6 +86,11 @@ class MemoryHistory:
     async def epoch(self, room: str) -> str | None:
         return None
 
+    async def last_id(self, room: str) -> int:
+        """The room's newest id (0 if none): what several nodes sharing this store catch up
+        to (wschat/redis/bus.py)."""
+        return self._last_id.get(room, 0)
+
     def close(self) -> None:
         self._rooms.clear()
 

@@ -22,6 +22,9 @@ _WORD_RE = re.compile(r"\w+")
 
 def fold(text: str) -> str:
     """Lower case without accents: NFKD splits `é` into `e` and a combining mark, dropped."""
+    if text.isascii():
+        # Nothing to decompose, and casefold is lower for ASCII: ~200x faster, most chat text.
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 

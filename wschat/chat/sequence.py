@@ -10,7 +10,11 @@ copy, and the channel copy may well arrive first. So:
   the way) or for `release` (the ack never came: the node gave up waiting for the store);
 - an id that the channel skipped is a gap (the node missed part of the channel): it is to be
   read from the store with `fill`; what the store no longer has is reported as lost, and the
-  room's members must recover with `since`.
+  room's members must recover with `since`;
+- `hole` says which ids are still missing below the newest one waiting: where the store does
+  not announce in order itself (several nodes announce what they committed in PostgreSQL, and
+  their announcements may cross, or one may never come), the broker reads a hole that outlives
+  a short wait.
   (A message read back this way goes out as soon as its turn comes, even if it is one of
   ours whose ack is still on the way: the stream does not say which node stored it.)
 """
@@ -80,6 +84,17 @@ class Sequencer:
             self.last = max(self.last, last)
             self._waiting = {i: m for i, m in self._waiting.items() if i > self.last}
         return self._drain(), lost
+
+    def hole(self) -> Gap | None:
+        """The ids missing below the newest one waiting, if any."""
+        first = last = None
+        expected = self.last + 1
+        for i in sorted(self._waiting):
+            if i > expected:
+                first = expected if first is None else first
+                last = i - 1
+            expected = i + 1
+        return Gap(first, last) if first is not None and last is not None else None
 
     def reset(self, last: int) -> None:
         """The store's history was lost or restarted: count from its current last id."""

@@ -3,18 +3,23 @@ every version agree on them.
 
 A room's keys are all under the hash tag {room} (so that a Redis Cluster could hold them):
   wschat:{room}:seq      the last message id given out (INCR)
-  wschat:{room}:log      the history stream, entry ids `<id>-0`, trimmed to about --history-size
+  wschat:{room}:log      the history stream, entry ids `<id>-0`, trimmed to about --history-keep
+                         (with Redis alone; never with --history-keep 0)
   wschat:{room}:refs     hash "name\\nref" -> id, for ref idempotency ("\\nname\\nref" for
                          the application's refs: no name starts with a newline)
-  wschat:{room}:refz     the same refs by id, so that those of trimmed messages are dropped
+  wschat:{room}:refz     the same refs by when they were stored (µs), so that those out of the
+                         24 h window, or past --history-keep of them, are forgotten
   wschat:{room}:epoch    a random id of this history: if Redis loses the room, it changes
   wschat:{room}:members  hash name -> {"h": {node: 1, ...}, "u": user, "g": guest, "t": token}
   wschat:{room}:pver     the number of the room's last roster change
   wschat:{room}:ch       the channel: every stored message and every roster change
+(With a store of record in PostgreSQL, Redis holds no history: only members, pver and ch.)
 A node's:
   wschat:nodes               sorted set: node -> when its lease ends (Redis's clock, ms)
   wschat:node:<node>:rooms   the rooms where the node may hold names (for whoever reaps it)
   wschat:node:<node>         the channel of the node's subscription probes
+A node's two connections are named (CLIENT LIST shows them) wschat:<node>:commands and
+wschat:<node>:subscriber, the node's name with what is not printable ASCII as `_`.
 """
 
 from __future__ import annotations
@@ -76,3 +81,9 @@ def rooms_key(node: str) -> str:
 
 def probe_channel(node: str) -> str:
     return f"wschat:node:{node}"
+
+
+def client_name(node: str, role: str) -> str:
+    """The name of a node's connection (CLIENT SETNAME takes printable ASCII only)."""
+    shown = "".join(c if "!" <= c <= "~" else "_" for c in node)
+    return f"wschat:{shown}:{role}"

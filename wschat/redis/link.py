@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wschat.chat.errors import Unavailable
-from wschat.redis.keys import probe_channel
+from wschat.redis.keys import client_name, probe_channel
 
 DEFAULT_PORT = 6379
 # A command that gets no answer in this long is failed (and its connection dropped): a say
@@ -365,6 +365,7 @@ class RedisLink(MultiService):
         Deferred.fromCoroutine(prepare()).addErrback(failed)
 
     async def _commands_ready(self, protocol: Any) -> None:
+        await protocol.execute_command("CLIENT", "SETNAME", client_name(self.node, "commands"))
         # Loaded before anything runs: a command sent on the way out (a release while the node
         # stops) then needs no second round trip for NOSCRIPT.
         for script in self._scripts:
@@ -379,6 +380,7 @@ class RedisLink(MultiService):
             self._went_down()
 
     async def _subscriber_ready(self, protocol: Any) -> None:
+        await protocol.execute_command("CLIENT", "SETNAME", client_name(self.node, "subscriber"))
         await protocol.subscribe([self.probe_channel, *sorted(self._channels)])
         self._subscriber = protocol
         self._probe_seen = self._probe_sent

@@ -1,5 +1,8 @@
-"""One node of several on Redis: its link, broker, roster and lease, made in order and tied
-once; and the routing of what the link hears.
+"""One node of several on Redis: its link, history, bus, roster and lease, made in order and
+tied once; and the routing of what the link hears.
+
+The history is the Redis stream (stream.py), or a store of record given to it (PostgreSQL):
+either way the bus (bus.py) carries the room's messages between the nodes.
 
 A room's channel carries both its messages and its roster changes (one channel, so that one
 subscription per room keeps them in Redis's order): a payload with a `p` (the roster change's
@@ -14,18 +17,21 @@ from dataclasses import dataclass
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
+from wschat.chat.ports import HistoryStore
 from wschat.logger import NamedLogger
-from wschat.redis.broker import RedisBroker
+from wschat.redis.bus import BusStore, RedisBus
 from wschat.redis.keys import channel_room
 from wschat.redis.lease import NodeLease
 from wschat.redis.link import RedisAddress, RedisLink
 from wschat.redis.roster import RedisRoster
+from wschat.redis.stream import RedisStream
 
 
 @dataclass(frozen=True, slots=True)
 class RedisNode:
     link: RedisLink
-    broker: RedisBroker
+    store: HistoryStore
+    broker: RedisBus
     roster: RedisRoster
     lease: NodeLease
 
@@ -39,7 +45,7 @@ class _Router:
     # A bad payload was the broker's to report when it routed them.
     _log = NamedLogger("wschat.redis_broker.RedisBroker")
 
-    def __init__(self, broker: RedisBroker, roster: RedisRoster, lease: NodeLease) -> None:
+    def __init__(self, broker: RedisBus, roster: RedisRoster, lease: NodeLease) -> None:
         self._broker = broker
         self._roster = roster
         self._lease = lease
@@ -65,13 +71,24 @@ class _Router:
 
 
 def redis_node(
-    address: RedisAddress, reactor: IReactorTime, node: str, history_size: int
+    address: RedisAddress,
+    reactor: IReactorTime,
+    node: str,
+    keep: int,
+    store: BusStore | None = None,
 ) -> RedisNode:
-    """Make a node's Redis engine; its services are not started."""
+    """Make a node's Redis engine; its services are not started. Without a `store` the
+    history is kept in Redis, `keep` messages a room (0: all)."""
     link = RedisLink(address, reactor, node)
-    broker = RedisBroker(link, history_size, reactor)
+    if store is None:
+        stream = RedisStream(link, keep, reactor.seconds)
+        history: HistoryStore = stream
+        broker = RedisBus(link, stream, reactor, store_announces=True)
+    else:
+        history = store
+        broker = RedisBus(link, store, reactor, store_announces=False)
     lease = NodeLease(link, reactor)
     roster = RedisRoster(link, lease)
     router = _Router(broker, roster, lease)
     link.listen(router.message, router.subscribed)
-    return RedisNode(link, broker, roster, lease)
+    return RedisNode(link, history, broker, roster, lease)

@@ -1,7 +1,11 @@
 // wschat browser client: plain JavaScript modules and the native WebSocket API, no build step
 // (protocol: docs/protocol.md). This module wires the others to the page and starts the client:
-//   state.js       what the page knows (rooms, messages in id order, outboxes, identity)
-//   views.js       rendering it; dom.js the elements and the text-only way into them
+//   state.js       what the page knows (rooms, their windows of messages, outboxes, identity)
+//   timeline.js    a room's window of messages and the list that shows it, redrawn once a frame;
+//                  items.js its items (delivered and pending messages)
+//   history.js     older and newer pages of a room, "jump to latest", a result in its context
+//   search.js      the search box and its results
+//   views.js       rendering the rest; dom.js the elements and the text-only way into them
 //   connection.js  the WebSocket, its close codes and reconnecting with backoff
 //   session.js     what a connection says: sign in, join with since/token, send the outbox
 //   frames.js      what the server says, one handler per frame type; members.js the member list
@@ -12,6 +16,8 @@
 // - every user-provided string reaches the page through textContent or an attribute, never innerHTML;
 // - a message is shown once per (room, id), in id order, whatever mix of history, live messages,
 //   acks and reconnects delivers it;
+// - the page holds at most MAX_WINDOW messages of a room, however long it stays open: older
+//   and newer ones come back from the server's history as the person scrolls;
 // - nothing typed is silently lost: a message waits in the room's outbox (shown as pending) until the
 //   server acks it, is resent after a reconnect with the same `ref` (the server dedupes by ref), and
 //   is marked "not sent" when the server refuses it;
@@ -24,17 +30,22 @@ import { bindComposer } from './composer.js';
 import { clearRetry, connect, isOpen, reconnectNow, setHandlers } from './connection.js';
 import { ui } from './dom.js';
 import { handleFrame } from './frames.js';
+import { jumpToLatest, loadNearEnds, onScroll } from './history.js';
 import { nameProblem } from './limits.js';
 import { requestPage } from './members.js';
 import { bindTabs, DEFAULT_ROOM, openRoom, roomFromUrl } from './rooms.js';
+import { bindSearch } from './search.js';
 import { onClosed, onOpen } from './session.js';
 import { activeRoom, state } from './state.js';
-import { askName, nearBottom, renderMe, scrollToBottom, setConn } from './views.js';
+import { onListScroll, setAfterRender } from './timeline.js';
+import { askName, renderMe, setConn } from './views.js';
 
 function init() {
   setHandlers({ open: onOpen, frame: handleFrame, closed: onClosed });
   bindTabs();
   bindComposer();
+  bindSearch();
+  setAfterRender(loadNearEnds);
   ui.roomForm.addEventListener('submit', (event) => {
     event.preventDefault();
     const name = ui.roomInput.value.trim().replace(/^#/, '');
@@ -46,11 +57,13 @@ function init() {
   });
   ui.reconnectNow.addEventListener('click', reconnectNow);
   ui.jump.addEventListener('click', () => {
-    scrollToBottom();
+    const room = activeRoom();
+    if (room) jumpToLatest(room);
     ui.input.focus();
   });
   ui.messages.addEventListener('scroll', () => {
-    if (nearBottom()) ui.jump.hidden = true;
+    onListScroll();
+    onScroll();
   }, { passive: true });
   window.addEventListener('hashchange', () => {
     if (location.hash.startsWith('#/')) openRoom(roomFromUrl());

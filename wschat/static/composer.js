@@ -6,18 +6,12 @@
 import { ui } from './dom.js';
 import { dropSocket, isOpen, reconnectNow } from './connection.js';
 import { charCount, MAX_TEXT_CHARS, nameProblem } from './limits.js';
+import { jumpToLatest } from './history.js';
+import { outboxNode, renderOutboxItem } from './items.js';
 import { flushOutbox } from './session.js';
 import { activeRoom, roomOf, saveName, state } from './state.js';
-import {
-  clearError,
-  outboxNode,
-  removeOutboxItem,
-  renderMe,
-  renderOutboxItem,
-  renderRoom,
-  scrollToBottom,
-  showError,
-} from './views.js';
+import { removeOutboxItem, scrollToBottom } from './timeline.js';
+import { clearError, renderMe, renderRoom, showError } from './views.js';
 
 const MAX_INPUT_HEIGHT_PX = 160;
 
@@ -54,6 +48,8 @@ function submitMessage() {
     return;
   }
   clearError();
+  // Sent from far back in the history: back to the newest messages, where it will show.
+  if (!room.live || room.highlight !== null) jumpToLatest(room);
   const item = { ref: newRef(), text, state: 'queued', error: '', sentAt: 0, node: null };
   room.outbox.push(item);
   ui.messages.append(outboxNode(item));

@@ -14,6 +14,16 @@ export const ui = {
   messages: $('messages'),
   empty: $('empty'),
   jump: $('jump'),
+  // The list's first item, always there and of one height, so that what it says changes
+  // nothing below it: "Loading older messages…", "The beginning of #room", or nothing.
+  edge: el('li', 'edge'),
+  searchForm: $('search-form'),
+  searchInput: $('search-input'),
+  searchPanel: $('search-panel'),
+  searchNote: $('search-note'),
+  searchResults: $('search-results'),
+  searchMore: $('search-more'),
+  searchClose: $('search-close'),
   people: $('people'),
   users: $('users'),
   userCount: $('user-count'),
@@ -33,6 +43,14 @@ export function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// A message's text: in its own bidi isolate (dir=auto), so that right-to-left letters or bidi
+// controls in it can never reorder what is shown around it.
+export function textBlock(text) {
+  const p = el('p', 'text', text);
+  p.dir = 'auto';
+  return p;
 }
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });

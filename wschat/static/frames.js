@@ -3,7 +3,10 @@
 
 import { ui } from './dom.js';
 import { isOpen } from './connection.js';
+import { onHistoryError, onPage } from './history.js';
+import { renderOutboxItem } from './items.js';
 import { onMembers, onPresence, requestPage, resetPages } from './members.js';
+import { onResults, onSearchError } from './search.js';
 import {
   flushOutbox,
   onAuthed,
@@ -13,24 +16,18 @@ import {
   sendLeave,
   takeAwaiting,
 } from './session.js';
-import { activeRoom, me, state } from './state.js';
+import { activeRoom, isMessage, me, state } from './state.js';
+import { addLive, followBottom, removeOutboxItem, setWindow } from './timeline.js';
 import {
   askName,
   clearError,
-  nearBottom,
-  removeOutboxItem,
   renderAll,
   renderMe,
-  renderOutboxItem,
-  renderRoom,
   renderTabs,
   renderTitle,
   renderUsers,
-  replaceMessages,
-  scrollToBottom,
   setConn,
   showError,
-  upsertMessage,
 } from './views.js';
 
 // A join answered `unavailable` (the server's shared store, Redis, is down) is tried again.
@@ -48,6 +45,8 @@ export function handleFrame(frame) {
     case 'presence': return inRoom(frame, onPresence);
     case 'members': return inRoom(frame, onMembers);
     case 'resync': return onResync(frame);
+    case 'page': return onPage(frame);
+    case 'results': return onResults(frame);
     case 'left': return onLeft(frame);
     case 'error': return onServerError(frame);
     case 'authed': return onAuthed(frame);
@@ -77,14 +76,16 @@ function onWelcome(frame) {
   }
   state.attempt = 0;
   const history = Array.isArray(frame.history) ? frame.history.filter(isMessage) : [];
-  const wasActive = room === activeRoom();
-  const keepScrollTop = wasActive && !nearBottom() ? ui.messages.scrollTop : null;
   if (!room.welcomed || frame.recovered === false) {
     // recovered:false: some messages since our last id are gone; never show a partial set as
-    // complete, show the server's latest history instead.
-    replaceMessages(room, history);
+    // complete, show the server's latest history instead. Before the first welcome, what came
+    // live (a takeover's messages) stays where it is newer.
+    if (room.welcomed) room.arrived = [];
+    room.lastId = null; // `since` counts from this history now (it may be a new epoch's)
+    setWindow(room, history, { olderMore: history.length > 0, live: true });
+    followBottom(room);
   } else {
-    for (const message of history) upsertMessage(room, message);
+    for (const message of history) addLive(room, message);
   }
   room.welcomed = true;
   room.joinState = 'joined';
@@ -93,11 +94,7 @@ function onWelcome(frame) {
   room.listing = false;
   resetPages(room);
   if (room.users === null && room === activeRoom() && ui.people.open) requestPage(room);
-  if (wasActive) {
-    room.scrollTop = keepScrollTop;
-    renderRoom();
-    renderUsers();
-  }
+  if (room === activeRoom()) renderUsers();
   renderTabs();
   setConn('online');
   serverBack();
@@ -115,25 +112,18 @@ function showPassingError(text) {
   showError(text);
 }
 
-function isMessage(m) {
-  return m && Number.isInteger(m.id) && typeof m.text === 'string' && typeof m.name === 'string';
-}
-
 function onMessage(frame) {
   const room = state.rooms.get(frame.room);
   if (!room || !isMessage(frame)) return;
-  const isNew = !room.byId.has(frame.id);
-  const stick = room === activeRoom() && nearBottom();
-  upsertMessage(room, frame);
-  if (!isNew) return;
-  if (room === activeRoom()) {
-    if (stick || frame.name === me()) scrollToBottom();
-    else ui.jump.hidden = false;
-  } else if (frame.name !== me()) {
+  const own = frame.name === me();
+  // Our own message (from another tab) brings the list down to it, as sending does.
+  if (own && room.live && room === activeRoom()) followBottom(room);
+  if (!addLive(room, frame)) return;
+  if (room !== activeRoom() && !own) {
     room.unread += 1;
     renderTabs();
+    renderTitle();
   }
-  renderTitle();
 }
 
 function onAck(frame) {
@@ -146,13 +136,13 @@ function onAck(frame) {
   removeOutboxItem(room, item);
   if (Number.isInteger(frame.id) && !room.byId.has(frame.id)) {
     // Shown now as delivered; the broadcast of the same id (if any) only refreshes its time.
-    upsertMessage(room, {
+    if (room.live && room === activeRoom()) followBottom(room);
+    addLive(room, {
       id: frame.id, room: room.name, name: me(), text: item.text, ts: new Date().toISOString(),
       user: state.auth.signed ? state.auth.signed.user : undefined,
       guest: !state.auth.signed && state.auth.mode === 'optional', // as the server marks it
     });
   }
-  if (room === activeRoom()) scrollToBottom();
 }
 
 function onLeft(frame) {
@@ -195,8 +185,14 @@ function onServerError(frame) {
     else if (frame.code !== 'rate_limited') showError(text);
     return;
   }
-  const request = state.awaiting.shift();
+  // Requests without a ref are answered in order: the oldest one waiting is refused. A search
+  // refused for having no index says so itself.
+  const search = frame.code === 'search_unavailable';
+  const i = search ? state.awaiting.findIndex((a) => a.kind === 'search') : 0;
+  const request = i >= 0 ? state.awaiting.splice(i, 1)[0] : undefined;
   if (request && request.kind === 'join') onJoinError(request, frame, text);
+  else if (request && request.kind === 'history') onHistoryError(request.room, frame.code, text);
+  else if (request && request.kind === 'search') onSearchError(request.room, frame.code, text);
   else showError(text);
 }
 

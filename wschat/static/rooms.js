@@ -5,9 +5,11 @@ import { ui } from './dom.js';
 import { isOpen } from './connection.js';
 import { ROOM_RE } from './limits.js';
 import { requestPage } from './members.js';
+import { showRoomSearch } from './search.js';
 import { sendJoin, sendLeave } from './session.js';
 import { activeRoom, makeRoom, state } from './state.js';
-import { nearBottom, renderAll, renderTabs, showError } from './views.js';
+import { leaveList } from './timeline.js';
+import { renderAll, renderTabs, showError } from './views.js';
 
 export const DEFAULT_ROOM = 'lobby';
 
@@ -38,8 +40,12 @@ function closeRoom(name) {
   if (state.active === name) {
     const next = state.rooms.keys().next();
     state.active = null;
-    if (!next.done) setActive(next.value);
-    else renderAll();
+    if (!next.done) {
+      setActive(next.value);
+    } else {
+      renderAll();
+      showRoomSearch();
+    }
   } else {
     renderTabs();
   }
@@ -47,9 +53,7 @@ function closeRoom(name) {
 
 function setActive(name) {
   const previous = activeRoom();
-  if (previous && previous.name !== name) {
-    previous.scrollTop = nearBottom() ? null : ui.messages.scrollTop;
-  }
+  if (previous) leaveList(previous);
   state.active = name;
   const room = activeRoom();
   room.unread = 0;
@@ -58,6 +62,7 @@ function setActive(name) {
   const hash = `#/${name}`;
   if (location.hash !== hash) history.replaceState(null, '', hash);
   renderAll();
+  if (!previous || previous.name !== name) showRoomSearch();
 }
 
 export function roomFromUrl() {

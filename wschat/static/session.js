@@ -11,7 +11,8 @@
 import { fetchToken } from './auth.js';
 import { isOpen, send } from './connection.js';
 import { state } from './state.js';
-import { renderMe, renderOutboxItem, renderOutboxStates, setConn } from './views.js';
+import { renderOutboxItem, renderOutboxStates } from './items.js';
+import { renderMe, setConn } from './views.js';
 
 // While the server cannot store: wait 0.5–1 s, 1–2 s, then 2–4 s before each try ("equal
 // jitter", so that the pages of one outage do not all try at once).
@@ -45,6 +46,10 @@ export function onClosed() {
   state.auth.refreshTimer = 0;
   for (const room of state.rooms.values()) {
     room.joinState = 'idle';
+    // Requests on their way are lost with the connection (history.js, search.js ask again).
+    room.loading = null;
+    room.queued = null;
+    room.search.loading = false;
     // Not acked yet means maybe stored, maybe not: resend with the same ref after rejoining.
     for (const item of room.outbox) if (item.state === 'sending') item.state = 'queued';
   }

@@ -56,10 +56,25 @@ export function me() {
 export function makeRoom(name) {
   return {
     name,
-    messages: [], // sorted by id
+    // The window (timeline.js): at most MAX_WINDOW messages, a run of the room's history in id
+    // order with nothing missing inside it.
+    messages: [],
     byId: new Map(),
-    lastId: null, // the highest id seen: `since` when rejoining
+    lastId: null, // the highest id seen, in the window or not: `since` when rejoining
     epoch: null, // which history lastId counts in (servers on Redis send it)
+    olderMore: true, // older messages than the window's first may be kept: scrolling up asks
+    live: true, // the window reaches the newest message, so live messages join it
+    following: true, // the list shows its bottom and keeps it in view as messages come
+    unseen: 0, // messages that came while the list was not following: the jump button says so
+    highlight: null, // the id of the search result opened in its context
+    reveal: null, // an id to scroll into view at the next redraw
+    shifted: false, // the next redraw adds or removes messages above the reading position
+    rebuild: false, // the window was replaced: the next redraw draws the whole list
+    gone: [], // nodes of messages that left the window, removed at the next redraw
+    loading: null, // the `history` request on its way (history.js): one per room at a time
+    queued: null, // the request to make once that one is answered
+    arrived: [], // the last live messages: a page that ends at the newest takes those after it
+    search: { q: '', results: [], next: null, loading: false, done: false, note: '', open: false },
     welcomed: false,
     joinState: 'idle', // idle | joining | joined | error
     // The member list while the server sends it (rooms up to its member-list limit); null
@@ -86,11 +101,9 @@ export function roomOf(item) {
   return [...state.rooms.values()].find((r) => r.outbox.includes(item)) || null;
 }
 
-// Files a message under its id, keeping room.messages in id order. Returns the new entry and
-// its index, or null for an id already there: the caller refreshes that one instead.
-export function storeMessage(room, message) {
-  if (room.byId.has(message.id)) return null;
-  const entry = {
+// What the page keeps of a message; `node` is its list item once drawn (items.js).
+export function entryOf(message) {
+  return {
     id: message.id,
     name: message.name,
     text: message.text,
@@ -99,17 +112,31 @@ export function storeMessage(room, message) {
     guest: message.guest === true,
     node: null,
   };
+}
+
+// Files a message under its id, keeping room.messages in id order. Returns the new entry, or
+// null for an id already there.
+export function storeMessage(room, message) {
+  if (room.byId.has(message.id)) return null;
+  const entry = entryOf(message);
   room.byId.set(entry.id, entry);
   const list = room.messages;
   let i = list.length;
   while (i > 0 && list[i - 1].id > entry.id) i -= 1;
   list.splice(i, 0, entry);
-  if (room.lastId === null || entry.id > room.lastId) room.lastId = entry.id;
-  return { entry, index: i };
+  noteId(room, entry.id);
+  return entry;
 }
 
-export function clearMessages(room) {
-  room.messages = [];
-  room.byId = new Map();
-  room.lastId = null;
+// A frame's message has what the page needs to show it.
+export function isMessage(m) {
+  return m && Number.isInteger(m.id) && typeof m.text === 'string' && typeof m.name === 'string';
+}
+
+// A message of the room was seen (in the window or not). Returns whether it is newer than all
+// seen before.
+export function noteId(room, id) {
+  if (room.lastId !== null && id <= room.lastId) return false;
+  room.lastId = id;
+  return true;
 }

@@ -1,128 +1,10 @@
-// Rendering: the tabs, the message list with its pending messages, the member panel, the
+// Rendering the page around the message list (timeline.js): the tabs, the member panel, the
 // status line, the name chip and the error line, all from `state`. Nothing here sends; the
 // buttons it draws are handled by delegated listeners (rooms.js, composer.js).
 
-import { el, setTime, ui } from './dom.js';
-import { activeRoom, clearMessages, me, state, storeMessage } from './state.js';
-
-// Closer than this to the bottom counts as "reading the newest messages": keep following.
-const STICKY_BOTTOM_PX = 48;
-const OUTBOX_NOTE = { queued: 'Waiting for connection…', sending: 'Sending…', failed: 'Not sent' };
-
-export function nearBottom() {
-  const list = ui.messages;
-  return list.scrollHeight - list.scrollTop - list.clientHeight < STICKY_BOTTOM_PX;
-}
-
-export function scrollToBottom() {
-  ui.messages.scrollTop = ui.messages.scrollHeight;
-  ui.jump.hidden = true;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Message list
-
-export function replaceMessages(room, history) {
-  for (const m of room.messages) if (m.node) m.node.remove();
-  clearMessages(room);
-  const sorted = [...history].sort((a, b) => a.id - b.id);
-  for (const message of sorted) upsertMessage(room, message);
-}
-
-export function upsertMessage(room, message) {
-  const stored = storeMessage(room, message);
-  if (stored === null) {
-    // Same id again (history after a reconnect, or the broadcast after our ack): refresh only.
-    const known = room.byId.get(message.id);
-    known.ts = message.ts;
-    if (known.node) setTime(known.node.querySelector('time'), known.ts);
-    return;
-  }
-  if (room === activeRoom()) {
-    const next = room.messages[stored.index + 1];
-    const firstPending = room.outbox.find((item) => item.node && item.node.isConnected);
-    const before = next && next.node && next.node.isConnected ? next.node : (firstPending ? firstPending.node : null);
-    ui.messages.insertBefore(messageNode(stored.entry), before);
-    ui.empty.hidden = true;
-  }
-}
-
-function messageNode(entry) {
-  if (entry.node) return entry.node;
-  const own = entry.name === me();
-  const li = el('li', own ? 'msg own' : 'msg');
-  li.dataset.id = String(entry.id);
-  li.dataset.name = entry.name;
-  const meta = el('div', 'meta');
-  // Every name and text in its own bidi isolate: right-to-left letters or bidi controls in
-  // one can never reorder what is shown around it (the sender, the time, another message).
-  const author = el('bdi', 'author', entry.name);
-  if (entry.user !== null) {
-    // Signed by the application: two people with one display name differ by their user id.
-    author.classList.add('signed');
-    author.dataset.user = entry.user;
-    author.title = `signed in as ${entry.user}`;
-  } else if (entry.guest) {
-    author.classList.add('guest');
-    author.title = 'a guest: not signed in';
-  }
-  meta.append(author);
-  if (own) meta.append(el('span', 'visually-hidden', ' (you)'));
-  const time = el('time');
-  setTime(time, entry.ts);
-  meta.append(' ', time);
-  li.append(meta, textNode(entry.text));
-  entry.node = li;
-  return li;
-}
-
-function textNode(text) {
-  const p = el('p', 'text', text);
-  p.dir = 'auto';
-  return p;
-}
-
-// A pending message; its Retry and Discard buttons are found by its data-ref (composer.js).
-export function outboxNode(item) {
-  if (item.node) return item.node;
-  const li = el('li', 'msg own pending');
-  li.dataset.ref = item.ref;
-  const meta = el('div', 'meta');
-  meta.append(el('bdi', 'author', me()), el('span', 'visually-hidden', ' (you)'), ' ', el('span', 'note'));
-  const actions = el('div', 'actions');
-  const retry = el('button', 'link-button retry', 'Retry');
-  retry.type = 'button';
-  const discard = el('button', 'link-button discard', 'Discard');
-  discard.type = 'button';
-  actions.append(retry, discard);
-  li.append(meta, textNode(item.text), actions);
-  item.node = li;
-  renderOutboxItem(item);
-  return li;
-}
-
-export function renderOutboxItem(item) {
-  const li = item.node;
-  if (!li) return;
-  li.dataset.state = item.state;
-  li.classList.toggle('failed', item.state === 'failed');
-  const note = item.state === 'failed' && item.error ? `Not sent: ${item.error}` : OUTBOX_NOTE[item.state];
-  li.querySelector('.note').textContent = note;
-  li.querySelector('.actions').hidden = item.state !== 'failed';
-}
-
-export function renderOutboxStates() {
-  for (const room of state.rooms.values()) for (const item of room.outbox) renderOutboxItem(item);
-}
-
-export function removeOutboxItem(room, item) {
-  room.outbox.splice(room.outbox.indexOf(item), 1);
-  if (item.node) item.node.remove();
-  ui.empty.hidden = !(room === activeRoom() && room.messages.length === 0 && room.outbox.length === 0);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The page around it
+import { el, ui } from './dom.js';
+import { activeRoom, me, state } from './state.js';
+import { renderList } from './timeline.js';
 
 export function renderAll() {
   renderTabs();
@@ -134,22 +16,9 @@ export function renderAll() {
 
 export function renderRoom() {
   const room = activeRoom();
-  const nodes = [];
-  if (room) {
-    for (const entry of room.messages) nodes.push(messageNode(entry));
-    for (const item of room.outbox) nodes.push(outboxNode(item));
-  }
-  ui.messages.replaceChildren(...nodes);
+  renderList();
   ui.messages.setAttribute('aria-label', room ? `Messages in #${room.name}` : 'Messages');
-  ui.empty.hidden = !(room && room.welcomed && nodes.length === 0);
   ui.input.placeholder = room ? `Message #${room.name}` : 'Join a room first';
-  if (room && room.scrollTop !== null) {
-    ui.messages.scrollTop = room.scrollTop;
-    room.scrollTop = null;
-    ui.jump.hidden = nearBottom();
-  } else {
-    scrollToBottom();
-  }
 }
 
 // The tab button and its <li> carry data-room; rooms.js listens on the list.
