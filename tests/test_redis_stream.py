@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest_twisted
 
 from wschat.chat.ports import NewMessage
-from wschat.redis.keys import client_name, room_keys
+from wschat.redis.keys import client_name, room_channel, room_keys
 from wschat.redis.stream import REF_WINDOW_S, RedisStream
 
 from .conftest import RedisNodeFactory
@@ -149,3 +149,9 @@ def test_connections_are_named_for_their_node() -> None:
     """CLIENT LIST shows which node a connection is, its name made printable ASCII."""
     assert client_name("web-1", "commands") == "wschat:web-1:commands"
     assert client_name("host é 2", "subscriber") == "wschat:host___2:subscriber"
+
+
+def test_a_rooms_channel_alone_is_the_one_of_its_keys() -> None:
+    """room_channel (said once per announcement) names the channel room_keys names."""
+    for room in ("lobby", "é {x}", ""):
+        assert room_channel(room) == room_keys(room).channel

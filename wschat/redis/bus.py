@@ -33,7 +33,7 @@ from wschat.chat.model import Message
 from wschat.chat.ports import Deliver, HistoryStore, NewMessage, Resync, RoomEvent, Stored
 from wschat.chat.sequence import Gap, Sequencer
 from wschat.logger import NamedLogger
-from wschat.redis.keys import room_keys
+from wschat.redis.keys import room_channel
 from wschat.redis.link import RedisLink
 
 # How long one of our own messages seen on the channel waits for its ack to be sent first.
@@ -164,7 +164,7 @@ class RedisBus:
             waiter.errback(Unavailable("left before the room's channel was ready"))
         if watched.hole_check is not None and watched.hole_check.active():
             watched.hole_check.cancel()
-        self._link.unsubscribe(room_keys(room).channel)
+        self._link.unsubscribe(room_channel(room))
 
     # From the link (through the node's router).
 
@@ -196,9 +196,8 @@ class RedisBus:
     # Inside.
 
     def _announce(self, room: str, msg: Message) -> None:
-        Deferred.fromCoroutine(
-            self._link.call("PUBLISH", room_keys(room).channel, announcement(msg, self._link.node))
-        ).addCallbacks(
+        payload = announcement(msg, self._link.node)
+        self._link.send("PUBLISH", room_channel(room), payload).addCallbacks(
             self._was_announced,
             self._not_announced,
             callbackArgs=(room, msg),
@@ -223,7 +222,7 @@ class RedisBus:
         )
 
     async def _subscribe(self, room: str, watched: _Watched) -> None:
-        await self._link.subscribe(room_keys(room).channel)
+        await self._link.subscribe(room_channel(room))
         # Subscribed first, then the last id: every later one comes on the channel (or is
         # read as a hole below one that does), every earlier one is in the history the
         # joining members are welcomed with.
@@ -240,7 +239,7 @@ class RedisBus:
         if self._rooms.get(room) is watched:
             del self._rooms[room]
             # Not watched: not subscribed again on the next reconnect either.
-            self._link.unsubscribe(room_keys(room).channel)
+            self._link.unsubscribe(room_channel(room))
         waiters, watched.waiters = watched.waiters, []
         for waiter in waiters:
             waiter.errback(failure)

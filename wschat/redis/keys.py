@@ -68,6 +68,11 @@ def room_keys(room: str) -> RoomKeys:
     )
 
 
+def room_channel(room: str) -> str:
+    """room_keys(room).channel alone (once per say with a store of record)."""
+    return f"{_ROOM_PREFIX}{room}{_CHANNEL_SUFFIX}"
+
+
 def channel_room(channel: str) -> str | None:
     """The room of a room's channel, else None."""
     if channel.startswith(_ROOM_PREFIX) and channel.endswith(_CHANNEL_SUFFIX):

@@ -24,7 +24,7 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, race
+from twisted.internet.defer import Deferred, fail, race
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -130,6 +130,11 @@ def endpoint_for(address: RedisAddress, reactor: Any) -> IStreamClientEndpoint:
         else ssl.platformTrust()
     )
     return wrapClientTLS(ssl.optionsForClientTLS(address.host, trustRoot=trust), tcp)
+
+
+def _unanswered(failure: Failure) -> None:
+    failure.trap(txredisapi.ConnectionError, txredisapi.TimeoutError)
+    raise Unavailable("the chat's shared store (Redis) did not answer") from failure.value
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -299,13 +304,17 @@ class RedisLink(MultiService):
 
     async def call(self, *args: Any) -> Any:
         """Run one command; Unavailable if Redis is out of reach or does not answer."""
+        return await self.send(*args)
+
+    def send(self, *args: Any) -> Deferred[Any]:
+        """`call` without a coroutine, for the commands sent once per say."""
         commands = self._commands
         if commands is None:
-            raise Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
-        try:
-            return await commands.execute_command(*args)
-        except (txredisapi.ConnectionError, txredisapi.TimeoutError) as exc:
-            raise Unavailable("the chat's shared store (Redis) did not answer") from exc
+            return fail(
+                Unavailable("the chat's shared store (Redis) is out of reach; try again soon")
+            )
+        sent: Deferred[Any] = commands.execute_command(*args)
+        return sent.addErrback(_unanswered)
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         try:
