@@ -203,11 +203,17 @@ def measure(url: str, messages: int, requests: int) -> dict[str, Any]:
 
 
 def one_store(
-    label: str, history_db: Callable[[Path], str], messages: int, requests: int, args: list[str]
+    label: str,
+    history_db: Callable[[Path], str],
+    messages: int,
+    requests: int,
+    args: list[str],
+    after_fill: Callable[[str], None] = lambda db: None,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="wschat-bench-history-"))
     db = history_db(workdir)
     filled_s = fill(db, messages)
+    after_fill(db)
     server = ServerProcess(workdir, "--history-db", db, *OPEN_LIMITS, *args)
     server.start()
     try:
@@ -227,6 +233,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n(p50 / p99, ms)"
 
 
+def analyze(url: str) -> None:
+    """A freshly filled table has no statistics until autovacuum gets to it."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
@@ -241,6 +255,24 @@ def main() -> None:
                     "SQLite", lambda d: str(d / "history.sqlite3"), opts.messages, opts.requests, []
                 )
             )
+        elif store == "postgres":
+            from tests.pgkit import PgServer
+
+            # PostgreSQL's durable defaults, not the tests' fsync off.
+            pg = PgServer({"fsync": "on", "full_page_writes": "on"}).start()
+            try:
+                rows.append(
+                    one_store(
+                        "PostgreSQL",
+                        lambda d, pg=pg: pg.url(pg.create_database()),  # type: ignore[misc]
+                        opts.messages,
+                        opts.requests,
+                        [],
+                        analyze,
+                    )
+                )
+            finally:
+                pg.remove()
         else:
             raise SystemExit(f"unknown store {store!r}")
         print(json.dumps(rows[-1]), flush=True)

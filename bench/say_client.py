@@ -11,8 +11,7 @@ server's parsing and one round trip over loopback.
     python bench/say_client.py '{"url": …, "senders": 32, "warmup": 1, "duration": 8}'
 
 With `says`, each sender sends that many and all of them count; otherwise each sends for
-`warmup` + `duration` seconds and the says sent inside the window count. `urls` (instead of
-`url`) spreads the senders over several nodes in turn. `watch` ({label: pid})
+`warmup` + `duration` seconds and the says sent inside the window count. `watch` ({label: pid})
 adds the CPU % of those processes over the same window. One JSON line goes to stdout: the
 result, or {"event": "fatal", ...}.
 """
@@ -155,9 +154,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     room = cfg.get("room", "say")
     watch = {k: int(v) for k, v in cfg.get("watch", {}).items()}
 
-    # Several nodes: the senders take turns among them.
-    urls = cfg.get("urls") or [cfg["url"]]
-    conns = [Conn(urls[i % len(urls)], i, f"{room}-{i}", MAX_WAIT_S) for i in range(senders)]
+    conns = [Conn(cfg["url"], i, f"{room}-{i}", MAX_WAIT_S) for i in range(senders)]
     sel = selectors.DefaultSelector()
     for c in conns:
         sel.register(c.sock, selectors.EVENT_READ, c)
