@@ -246,10 +246,25 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=1000, help="timed pages per kind")
     parser.add_argument("--stores", default="sqlite", help="sqlite, postgres (comma-separated)")
+    parser.add_argument(
+        "--reuse",
+        metavar="FILE",
+        help="a SQLite file an earlier run filled with --messages (filling takes ~10 minutes)",
+    )
     opts = parser.parse_args()
     rows = []
     for store in opts.stores.split(","):
-        if store == "sqlite":
+        if store == "sqlite" and opts.reuse:
+            server = ServerProcess(
+                Path(tempfile.mkdtemp()), "--history-db", opts.reuse, *OPEN_LIMITS
+            )
+            server.start()
+            try:
+                measured = measure(server.ws_url, opts.messages, opts.requests)
+            finally:
+                server.stop()
+            rows.append({"store": "SQLite", "messages": opts.messages, **measured})
+        elif store == "sqlite":
             rows.append(
                 one_store(
                     "SQLite", lambda d: str(d / "history.sqlite3"), opts.messages, opts.requests, []
